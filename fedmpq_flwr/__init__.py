@@ -1,0 +1,1 @@
+"""FedMPQ, FedMPQ-KD and baselines for federated learning on Flower."""

@@ -1,0 +1,160 @@
+"""Run one experiment through the real Flower path and leave no process behind.
+
+`python -m fedmpq_flwr.launch --config RUN_DIR/config.yaml` starts a private SuperLink
+(simulation runtime, free port, private FLWR_HOME, no runtime dependency installation),
+submits the app with `flwr run --stream`, then stops the SuperLink and everything it started.
+Exit status 0 means the run wrote a complete results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from fedmpq_flwr.config import ConfigError, load_yaml, validate
+from fedmpq_flwr.results import is_complete
+
+APP_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_GPU_SHARE = 0.25
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def client_gpu_share(config: dict[str, Any]) -> float:
+    """`federation.client_gpus`, with -1 meaning a quarter GPU per client when CUDA exists."""
+    share = config["federation"]["client_gpus"]
+    if share >= 0:
+        return share
+    if config["federation"]["device"] == "cpu":
+        return 0.0
+    import torch
+
+    return DEFAULT_GPU_SHARE if torch.cuda.is_available() else 0.0
+
+
+def federation_config(config: dict[str, Any]) -> str:
+    fed = config["federation"]
+    return (
+        f"num-supernodes={fed['num_clients']} client-resources-num-cpus={fed['client_cpus']} "
+        f"client-resources-num-gpus={client_gpu_share(config)}"
+    )
+
+
+def stop_process_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Terminate `process` and all its descendants (SuperExec, simulation, Ray), then kill stragglers.
+
+    The tree is collected before anything is signalled: Flower starts SuperExec in its own
+    session, so killing a process group would miss it.
+    """
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5.0)
+    process.poll()
+
+
+def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not answer on port {port} within {timeout_s:.0f} s")
+
+
+def launch(config_path: Path) -> int:
+    """Run the experiment described by `config_path`; return 0 when its results are complete."""
+    config = validate(load_yaml(str(config_path)) or {})
+    run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
+    bin_dir = Path(sys.executable).parent
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home:
+        env = {
+            **os.environ,
+            "FLWR_HOME": flwr_home,
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", tempfile.gettempdir()),
+            "PYTHONUNBUFFERED": "1",
+            # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH.
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        superlink_cmd = [
+            str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
+            "--log-file", str(Path(flwr_home) / "superlink.log"),
+        ]
+        superlink = subprocess.Popen(
+            superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            wait_healthy(port, superlink)
+            run_cmd = [
+                str(bin_dir / "flwr"), "run", str(APP_DIR), "local", "--stream",
+                "--run-config", f"config_file={_toml_string(str(config_path.resolve()))}",
+                "--federation-config", federation_config(config),
+            ]
+            print("$ " + shlex.join(run_cmd), file=sys.stderr, flush=True)
+            subprocess.run(run_cmd, env=env, cwd=APP_DIR, check=False)
+        finally:
+            stop_process_tree(superlink)
+    if not is_complete(run_dir):
+        print(f"run {config['run_id']} did not complete: no complete results.json in {run_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _toml_string(value: str) -> str:
+    """Quote a path for Flower's `key=value` run-config parser (TOML literal string)."""
+    if "'" in value:
+        raise ConfigError(f"config path {value!r} contains a single quote, which Flower's --run-config cannot carry")
+    return f"'{value}'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="a resolved run config (config.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        return launch(args.config)
+    except (ConfigError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

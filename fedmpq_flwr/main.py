@@ -1,0 +1,195 @@
+"""Experiment runner: every run variation of a YAML file, one after another, then the analyzer.
+
+    python -m fedmpq_flwr.main --smoke-test|--full-experiment|--config FILE --results-dir DIR
+        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...]
+
+The whole file is validated before anything runs. Each run is a subprocess
+(`python -m fedmpq_flwr.launch`) whose output goes to DIR/<run_id>/stdout.log|stderr.log and
+to the console. Finished runs (complete results.json) are skipped unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, load_yaml, unflatten, validate
+from fedmpq_flwr.results import CONFIG_FILE, is_complete
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+FILE_KEYS = {"defaults", "runs"}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set train.lr=0.05` -> {"train": {"lr": 0.05}} (values parsed as YAML scalars)."""
+    flat = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.lr=0.05")
+        flat[key.strip()] = yaml.safe_load(value) if value else ""
+    return unflatten(flat)
+
+
+def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """All runs of a runner file, resolved and validated; raises ConfigError on the first problem."""
+    document = load_yaml(str(path))
+    if not isinstance(document, dict) or not isinstance(document.get("runs"), list) or not document["runs"]:
+        raise ConfigError(f"{path}: expected a mapping with a non-empty 'runs' list (and optional 'defaults')")
+    unknown = set(document) - FILE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'; allowed: defaults, runs")
+    shared = document.get("defaults") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: key 'defaults' must be a mapping")
+    runs: list[dict[str, Any]] = []
+    for index, entry in enumerate(document["runs"]):
+        where = f"{path}: runs[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping with run_id, description and settings")
+        entry = dict(entry)
+        for required in ("run_id", "description"):
+            if not entry.get(required):
+                raise ConfigError(f"{where}: key '{required}' is missing or empty")
+        where = f"{path}: run '{entry['run_id']}'"
+        seeds = entry.pop("seeds", None)
+        if seeds is not None and "seed" in entry:
+            raise ConfigError(f"{where}: give either 'seed' or 'seeds', not both")
+        if seeds is not None and (
+            not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        ):
+            raise ConfigError(f"{where}: key 'seeds': value {seeds!r} must be a non-empty list of integers >= 0")
+        variation = str(entry["run_id"])
+        for seed in seeds if seeds is not None else [None]:
+            run = deep_merge(deep_merge(shared, entry), overrides)
+            run["variation"] = variation
+            if seed is not None:
+                run["seed"], run["run_id"] = seed, f"{variation}_seed{seed}"
+            run["results_dir"] = str(results_dir)
+            try:
+                resolved = validate(run)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            if resolved["dataset"]["path"]:
+                resolved["dataset"]["path"] = str(Path(resolved["dataset"]["path"]).expanduser().resolve())
+            runs.append(resolved)
+    seen: set[str] = set()
+    for run in runs:
+        if run["run_id"] in seen:
+            raise ConfigError(f"{path}: run_id '{run['run_id']}' appears twice")
+        seen.add(run["run_id"])
+    return runs
+
+
+def _pump(source: IO[str], sinks: list[IO[str]]) -> None:
+    for line in iter(source.readline, ""):
+        for sink in sinks:
+            sink.write(line)
+            sink.flush()
+
+
+def run_teed(cmd: list[str], stdout_log: Path, stderr_log: Path, header: str) -> int:
+    """Run `cmd`, copying its stdout/stderr to the log files and to this process's console."""
+    with open(stdout_log, "w") as out_file, open(stderr_log, "w") as err_file:
+        out_file.write(header)
+        out_file.flush()
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        pumps = [
+            threading.Thread(target=_pump, args=(process.stdout, [out_file, sys.stdout])),
+            threading.Thread(target=_pump, args=(process.stderr, [err_file, sys.stderr])),
+        ]
+        for pump in pumps:
+            pump.start()
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            process.wait()  # the child got the same SIGINT and cleans up its SuperLink
+            raise
+        for pump in pumps:
+            pump.join()
+    return returncode
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def describe(run: dict[str, Any]) -> str:
+    dataset, train = run["dataset"], run["train"]
+    return (
+        f"=== {run['run_id']} ===\n{run['description'].strip()}\n"
+        f"strategy={run['strategy']['name']} model={run['model']['name']} dataset={dataset['name']}"
+        f" (source={dataset['source'] if dataset['name'] == 'cifar10' else 'generated'},"
+        f" train_subset={dataset['train_subset'] or 'all'}, alpha={dataset['alpha']})"
+        f" clients={run['federation']['num_clients']} rounds={train['num_rounds']}"
+        f" local_epochs={train['local_epochs']} batch={train['batch_size']} lr={train['lr']} seed={run['seed']}"
+    )
+
+
+def execute(run: dict[str, Any], results_dir: Path, overwrite: bool) -> str:
+    """Run one variation; return its status: completed, skipped or failed."""
+    run_dir = results_dir / run["run_id"]
+    if is_complete(run_dir) and not overwrite:
+        emit({"event": "run_skipped", "run_id": run["run_id"], "reason": "already complete (use --overwrite)"})
+        return "skipped"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    config_path = run_dir / CONFIG_FILE
+    dump_yaml(run, str(config_path))
+    cmd = [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)]
+    print(describe(run), flush=True)
+    emit({"event": "run_started", "run_id": run["run_id"], "variation": run["variation"], "description": run["description"].strip()})
+    started = time.perf_counter()
+    returncode = run_teed(cmd, run_dir / "stdout.log", run_dir / "stderr.log", f"# reproduce: {shlex.join(cmd)}\n")
+    status = "completed" if returncode == 0 and is_complete(run_dir) else "failed"
+    emit({"event": "run_" + status, "run_id": run["run_id"], "returncode": returncode, "duration_s": round(time.perf_counter() - started, 1)})
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the run variations of a YAML file, then the analyzer.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--smoke-test", action="store_true", help="configs/smoke_test.yaml")
+    which.add_argument("--full-experiment", action="store_true", help="configs/full_experiment.yaml")
+    which.add_argument("--config", type=Path, help="another runner YAML file (e.g. configs/ablations/...)")
+    parser.add_argument("--results-dir", required=True, type=Path)
+    parser.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these run_ids or variations")
+    parser.add_argument("--overwrite", action="store_true", help="rerun runs that already finished")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key in every run, e.g. --set train.num_rounds=5")
+    args = parser.parse_args(argv)
+    path = args.config or CONFIG_DIR / ("smoke_test.yaml" if args.smoke_test else "full_experiment.yaml")
+    results_dir = args.results_dir.expanduser().resolve()
+    try:
+        runs = expand_runs(path, results_dir, parse_overrides(args.overrides))
+        if args.only:
+            names = {r["run_id"] for r in runs} | {r["variation"] for r in runs}
+            missing = [name for name in args.only if name not in names]
+            if missing:
+                raise ConfigError(f"--only: unknown run_id {missing[0]!r}; known: {', '.join(sorted(names))}")
+            runs = [r for r in runs if r["run_id"] in args.only or r["variation"] in args.only]
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    results_dir.mkdir(parents=True, exist_ok=True)
+    failed = [run["run_id"] for run in runs if execute(run, results_dir, args.overwrite) == "failed"]
+    analyzer = subprocess.run([sys.executable, "-m", "fedmpq_flwr.evaluate", "--results-dir", str(results_dir)], check=False)
+    if failed:
+        print(f"failed runs ({len(failed)}): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 1 if analyzer.returncode else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""ResNet-20 for 32x32 inputs (He et al., 2016, Sec. 4.2), written in torchvision's style.
+
+Shape-changing shortcuts are a 1x1 convolution + BatchNorm held in `downsample`, so that
+quantization code can recognise (and skip) them by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or `downsample`) shortcut.
+
+    Each ReLU is its own module so activation quantizers can replace them one by one.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem with 16 channels, three stages of BasicBlocks (16/32/64), global pooling, `fc`."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_stage(16, 16, blocks_per_stage, stride=1)
+        self.layer2 = self._make_stage(16, 32, blocks_per_stage, stride=2)
+        self.layer3 = self._make_stage(32, 64, blocks_per_stage, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(in_planes, planes, stride)]
+        layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, 64] (for distillation analyses and t-SNE)."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    """ResNet-20: 3 stages x 3 BasicBlocks, about 0.27 M parameters."""
+    return CifarResNet(blocks_per_stage=3, num_classes=num_classes)

@@ -1,0 +1,125 @@
+"""The results contract: file names, the per-run recorder and the summary numbers.
+
+Pure Python (no torch), so the analyzer can read runs without importing training code.
+Layout of one run, `<results_dir>/<run_id>/`:
+  config.yaml     the resolved config
+  metrics.jsonl   one JSON object per round, flushed as the round ends
+  results.json    history, final/best/auc accuracy and metadata; written last, with status
+  final_model.pt  see `fedmpq_flwr.models.load_final_model`
+  stdout.log, stderr.log  written by the experiment runner
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+MODEL_FILE = "final_model.pt"
+STATUS_COMPLETED = "completed"
+
+
+def auc_accuracy(rounds: Sequence[float], accuracies: Sequence[float]) -> float:
+    """Normalised area under the accuracy-vs-round curve (trapezoids / round span).
+
+    Equals the mean accuracy over the span, so runs of different length stay comparable;
+    a single round gives its own accuracy.
+    """
+    if len(rounds) != len(accuracies) or not rounds:
+        raise ValueError("auc_accuracy needs equally long, non-empty rounds and accuracies")
+    if len(rounds) == 1:
+        return float(accuracies[0])
+    area = sum(
+        (rounds[i + 1] - rounds[i]) * (accuracies[i + 1] + accuracies[i]) / 2.0
+        for i in range(len(rounds) - 1)
+    )
+    return float(area / (rounds[-1] - rounds[0]))
+
+
+def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """final, best and AUC test accuracy of a list of per-round records."""
+    if not history:
+        return {"final_accuracy": math.nan, "best_accuracy": math.nan, "auc_accuracy": math.nan}
+    rounds = [rec["round"] for rec in history]
+    accs = [rec["test_accuracy"] for rec in history]
+    return {
+        "final_accuracy": float(accs[-1]),
+        "best_accuracy": float(max(accs)),
+        "auc_accuracy": auc_accuracy(rounds, accs),
+    }
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per-round records of a run; a torn last line (a run killed mid-write) is ignored."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's results.json, or None when it is missing or unreadable."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """True when the run wrote a complete results.json (the runner skips such runs)."""
+    results = read_results(run_dir)
+    return bool(results) and results.get("status") == STATUS_COMPLETED
+
+
+class RunRecorder:
+    """Writes metrics.jsonl round by round (and echoes each record as a JSON line on stdout)."""
+
+    def __init__(self, run_dir: str | Path, run_id: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.history: list[dict[str, Any]] = []
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / METRICS_FILE).write_text("")
+        (self.run_dir / RESULTS_FILE).unlink(missing_ok=True)
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        record = {"run_id": self.run_id, **record}
+        line = json.dumps(record, sort_keys=False)
+        with open(self.run_dir / METRICS_FILE, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.history.append(record)
+        print(line, flush=True)
+
+    def finish(self, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write results.json atomically (temp file + rename) and return it."""
+        results = {
+            "run_id": self.run_id,
+            "status": STATUS_COMPLETED,
+            "num_rounds": len(self.history),
+            **summarize_history(self.history),
+            **(extra or {}),
+            "history": self.history,
+            "metadata": metadata,
+        }
+        tmp = self.run_dir / (RESULTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(self.run_dir / RESULTS_FILE)
+        summary = {k: results[k] for k in ("run_id", "final_accuracy", "best_accuracy", "auc_accuracy")}
+        print(json.dumps({"event": "run_finished", **summary}), file=sys.stdout, flush=True)
+        return results
