@@ -55,14 +55,14 @@ def federation_config(config: dict[str, Any]) -> str:
     )
 
 
-def stop_process_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Terminate `process` and all its descendants (SuperExec, simulation, Ray), then kill stragglers.
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
+    """Terminate process `pid` and all its descendants (SuperExec, simulation, Ray), then kill stragglers.
 
     The tree is collected before anything is signalled: Flower starts SuperExec in its own
     session, so killing a process group would miss it.
     """
     try:
-        root = psutil.Process(process.pid)
+        root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
@@ -78,7 +78,22 @@ def stop_process_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5.0)
-    process.poll()
+
+
+def flower_env(flwr_home: Path, port: int) -> dict[str, str]:
+    """Environment for a private SuperLink: own FLWR_HOME and port, offline-safe, venv on PATH."""
+    bin_dir = Path(sys.executable).parent
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        # `flwr run` (connection "local") uses the SuperLink on this port instead of starting one.
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+        # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH.
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -102,21 +117,11 @@ def launch(config_path: Path) -> int:
     bin_dir = Path(sys.executable).parent
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home:
-        env = {
-            **os.environ,
-            "FLWR_HOME": flwr_home,
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", tempfile.gettempdir()),
-            "PYTHONUNBUFFERED": "1",
-            # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH.
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        env = flower_env(Path(flwr_home), port)
         superlink_cmd = [
             str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
             "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
-            "--log-file", str(Path(flwr_home) / "superlink.log"),
+            "--log-file", str(run_dir / "superlink.log"),
         ]
         superlink = subprocess.Popen(
             superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -131,7 +136,8 @@ def launch(config_path: Path) -> int:
             print("$ " + shlex.join(run_cmd), file=sys.stderr, flush=True)
             subprocess.run(run_cmd, env=env, cwd=APP_DIR, check=False)
         finally:
-            stop_process_tree(superlink)
+            stop_process_tree(superlink.pid)
+            superlink.wait()
     if not is_complete(run_dir):
         print(f"run {config['run_id']} did not complete: no complete results.json in {run_dir}", file=sys.stderr)
         return 1

@@ -91,6 +91,24 @@ def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> lis
     return runs
 
 
+def preflight(runs: list[dict[str, Any]]) -> None:
+    """Load and partition each distinct data setting once, so a bad source fails before any training."""
+    from fedmpq_flwr.dataset import load_data, partition_indices  # imports torch: only after validation
+
+    checked: set[str] = set()
+    for run in runs:
+        dataset, num_clients = run["dataset"], run["federation"]["num_clients"]
+        key = json.dumps([dataset, num_clients], sort_keys=True)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            data = load_data(dataset)
+            partition_indices(data.y_train, num_clients, dataset["alpha"], dataset["seed"])
+        except ValueError as err:  # DataSourceError included
+            raise ConfigError(f"run '{run['run_id']}': {err}") from None
+
+
 def _pump(source: IO[str], sinks: list[IO[str]]) -> None:
     for line in iter(source.readline, ""):
         for sink in sinks:
@@ -124,10 +142,10 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
-def describe(run: dict[str, Any]) -> str:
+def describe(run: dict[str, Any], position: str) -> str:
     dataset, train = run["dataset"], run["train"]
     return (
-        f"=== {run['run_id']} ===\n{run['description'].strip()}\n"
+        f"=== [{position}] {run['run_id']} ===\n{run['description'].strip()}\n"
         f"strategy={run['strategy']['name']} model={run['model']['name']} dataset={dataset['name']}"
         f" (source={dataset['source'] if dataset['name'] == 'cifar10' else 'generated'},"
         f" train_subset={dataset['train_subset'] or 'all'}, alpha={dataset['alpha']})"
@@ -136,7 +154,7 @@ def describe(run: dict[str, Any]) -> str:
     )
 
 
-def execute(run: dict[str, Any], results_dir: Path, overwrite: bool) -> str:
+def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: str) -> str:
     """Run one variation; return its status: completed, skipped or failed."""
     run_dir = results_dir / run["run_id"]
     if is_complete(run_dir) and not overwrite:
@@ -148,7 +166,7 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool) -> str:
     config_path = run_dir / CONFIG_FILE
     dump_yaml(run, str(config_path))
     cmd = [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)]
-    print(describe(run), flush=True)
+    print(describe(run, position), flush=True)
     emit({"event": "run_started", "run_id": run["run_id"], "variation": run["variation"], "description": run["description"].strip()})
     started = time.perf_counter()
     returncode = run_teed(cmd, run_dir / "stdout.log", run_dir / "stderr.log", f"# reproduce: {shlex.join(cmd)}\n")
@@ -179,11 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise ConfigError(f"--only: unknown run_id {missing[0]!r}; known: {', '.join(sorted(names))}")
             runs = [r for r in runs if r["run_id"] in args.only or r["variation"] in args.only]
+        preflight(runs)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     results_dir.mkdir(parents=True, exist_ok=True)
-    failed = [run["run_id"] for run in runs if execute(run, results_dir, args.overwrite) == "failed"]
+    failed = [
+        run["run_id"]
+        for index, run in enumerate(runs, start=1)
+        if execute(run, results_dir, args.overwrite, f"{index}/{len(runs)}") == "failed"
+    ]
     analyzer = subprocess.run([sys.executable, "-m", "fedmpq_flwr.evaluate", "--results-dir", str(results_dir)], check=False)
     if failed:
         print(f"failed runs ({len(failed)}): {', '.join(failed)}", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""Config schema: defaults, one-line errors, and the Flower app's declared keys."""
+
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedmpq_flwr.config import ConfigError, defaults, flatten, from_flower_run_config, unflatten, validate
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_main_experiment() -> None:
+    config = validate({})
+    assert config["model"]["name"] == "resnet20"
+    assert config["train"] == {
+        "num_rounds": 50, "local_epochs": 1, "batch_size": 64, "lr": 0.1,
+        "momentum": 0.9, "weight_decay": 0.0, "eval_batch_size": 256,
+    }
+    assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
+    assert config["variation"] == config["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ({"train": {"lr": -0.1}}, "key 'train.lr': value -0.1 is out of range"),
+        ({"train": {"lrr": 0.1}}, "unknown key 'train.lrr'"),
+        ({"seed": "one"}, "key 'seed': value 'one' has type str; expected int"),
+        ({"train": {"num_rounds": True}}, "key 'train.num_rounds': value True has type bool"),
+        ({"dataset": {"name": "mnist"}}, "key 'dataset.name': value 'mnist' is not allowed; choose one of cifar10, synthetic"),
+        ({"strategy": {"name": "fedprox"}}, "key 'strategy.name': value 'fedprox' is not allowed; choose one of fedavg"),
+        ({"model": {"name": "MODEL_PLACEHOLDER"}}, "key 'model.name': value 'MODEL_PLACEHOLDER' is a leftover placeholder"),
+        ({"dataset": {"alpha": 0}}, "key 'dataset.alpha': value 0.0 is out of range"),
+        ({"dataset": {"source": "npz"}}, "key 'dataset.path': value '' is empty"),
+        ({"strategy": {"fraction_fit": 1.5}}, "key 'strategy.fraction_fit': value 1.5 is out of range"),
+        ({"run_id": "a b"}, "key 'run_id': value 'a b' must be"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(override: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(override)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_inf_alpha_and_int_for_float() -> None:
+    config = validate({"dataset": {"alpha": "inf"}, "train": {"lr": 1}})
+    assert math.isinf(config["dataset"]["alpha"])
+    assert config["train"]["lr"] == 1.0 and isinstance(config["train"]["lr"], float)
+
+
+def test_flatten_round_trip() -> None:
+    nested = defaults()
+    assert unflatten(flatten(nested)) == nested
+    assert flatten({"train": {"lr": 0.1}}) == {"train.lr": 0.1}
+
+
+def test_flower_app_config_declares_valid_keys() -> None:
+    """`flwr run .` only accepts --run-config keys declared in pyproject: they must be schema keys."""
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        app_config = tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+    flat = flatten(app_config)
+    assert flat.pop("config_file") == ""
+    assert set(flat) <= set(flatten(defaults()))
+    config = from_flower_run_config(flatten(app_config))
+    assert config["dataset"]["name"] == "synthetic" and config["model"]["name"] == "tiny_cnn"
+
+
+def test_config_file_replaces_flat_keys(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("run_id: from_file\ntrain: {lr: 0.02}\n")
+    config = from_flower_run_config({"config_file": str(path), "run_id": "ignored"})
+    assert config["run_id"] == "from_file" and config["train"]["lr"] == 0.02

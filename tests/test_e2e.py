@@ -1,0 +1,133 @@
+"""End to end through the real Flower path: `flwr run .` and the experiment runner.
+
+Each test starts a SuperLink on a free port with a private FLWR_HOME and checks that no
+Flower or Ray process is left behind.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from fedmpq_flwr.config import validate
+from fedmpq_flwr.dataset import eval_loader, load_data
+from fedmpq_flwr.launch import flower_env, free_port, stop_process_tree
+from fedmpq_flwr.models import build_model, load_final_model
+from fedmpq_flwr.train import evaluate
+from fedmpq_flwr.weights import get_weights
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ROUND_KEYS = {"run_id", "round", "test_accuracy", "test_loss", "bits_up", "bits_down", "round_time_s",
+              "num_sampled", "num_failures"}
+FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server",
+                          "ray::")
+
+
+def flower_processes_since(started: float) -> list[str]:
+    """Command lines of Flower/Ray processes created after `started` that are still alive."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["create_time"] >= started - 1 and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            if any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
+                found.append(cmdline)
+    return found
+
+
+def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_round: int) -> dict:
+    config = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(1, rounds + 1))
+    floats = sum(w.size for w in get_weights(build_model(config["model"]["name"])))
+    for record in records:
+        assert ROUND_KEYS <= set(record) and record["run_id"] == run_id
+        assert record["num_sampled"] == clients_per_round and record["num_failures"] == 0
+        assert record["bits_up"] == record["bits_down"] == clients_per_round * 32 * floats
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["round_time_s"] > 0
+    results = json.loads((run_dir / "results.json").read_text())
+    accuracies = [r["test_accuracy"] for r in records]
+    assert results["status"] == "completed" and results["history"] == records
+    assert results["final_accuracy"] == accuracies[-1] and results["best_accuracy"] == max(accuracies)
+    assert min(accuracies) <= results["auc_accuracy"] <= max(accuracies)
+    metadata = results["metadata"]
+    assert metadata["seed"] == config["seed"] and {"git_commit", "versions", "device", "start_time", "end_time"} <= set(metadata)
+    assert {"flwr", "torch", "flwr-datasets"} <= set(metadata["versions"])
+    # the saved model is the final global model: it reproduces the last round's accuracy
+    model = load_final_model(run_dir)
+    data = load_data(config["dataset"])
+    _, accuracy = evaluate(model, eval_loader(data.x_test, data.y_test, config["train"]["eval_batch_size"]), "cpu")
+    assert accuracy == pytest.approx(results["final_accuracy"], abs=1e-9)
+    return results
+
+
+def test_flwr_run_dot_with_overrides(tmp_path: Path) -> None:
+    """The command a user types: `flwr run . --stream` with --run-config/--federation-config."""
+    started = time.time()
+    port = free_port()
+    env = flower_env(tmp_path / "flwr_home", port)
+    results_dir = tmp_path / "results"
+    cmd = [
+        str(BIN / "flwr"), "run", ".", "--stream",
+        "--run-config", f"results_dir='{results_dir}' run_id='e2e' train.num_rounds=2",
+        "--federation-config", "num-supernodes=3",
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finally:  # `flwr run` started a detached local SuperLink on our port: stop it and its children
+        for candidate in psutil.process_iter(["cmdline"]):
+            cmdline = candidate.info["cmdline"] or []
+            if any("flower-superlink" in part for part in cmdline) and str(port) in cmdline:
+                stop_process_tree(candidate.pid)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    streamed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"run_id"')]
+    assert [r["round"] for r in streamed] == [1, 2]
+    results = check_results_contract(results_dir / "e2e", "e2e", rounds=2, clients_per_round=3)
+    assert results["metadata"]["num_clients"] == 3
+    assert results["final_accuracy"] > 0.2  # synthetic data: 10 classes, chance is 0.1
+    assert flower_processes_since(started) == []
+
+
+def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
+    """Two identical runs through the runner: same metrics, logs written, analyzer run, nothing left."""
+    started = time.time()
+    settings = {
+        "model": {"name": "tiny_cnn"},
+        "dataset": {"name": "synthetic", "synthetic_train_size": 600, "synthetic_test_size": 200},
+        "train": {"num_rounds": 2, "batch_size": 32, "lr": 0.05},
+        "strategy": {"fraction_fit": 0.67},
+        "federation": {"num_clients": 3, "device": "cpu"},
+    }
+    document = {"defaults": settings, "runs": [
+        {"run_id": "same_a", "description": "first copy", "seed": 5},
+        {"run_id": "same_b", "description": "second copy", "seed": 5},
+    ]}
+    config_path = tmp_path / "runs.yaml"
+    config_path.write_text(yaml.safe_dump(document))
+    results_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.index("first copy") < proc.stdout.index('{"run_id": "same_a", "round": 1')
+    runs = {}
+    for run_id in ("same_a", "same_b"):
+        run_dir = results_dir / run_id
+        runs[run_id] = check_results_contract(run_dir, run_id, rounds=2, clients_per_round=2)
+        stdout_log = (run_dir / "stdout.log").read_text()
+        assert stdout_log.startswith("# reproduce: ") and "fedmpq_flwr.launch --config" in stdout_log.splitlines()[0]
+        assert f'{{"run_id": "{run_id}", "round": 2' in stdout_log
+        assert (run_dir / "stderr.log").exists()
+    volatile = {"run_id", "round_time_s", "client_time_s"}
+    strip = lambda history: [{k: v for k, v in r.items() if k not in volatile} for r in history]  # noqa: E731
+    assert strip(runs["same_a"]["history"]) == strip(runs["same_b"]["history"])
+    comparison = json.loads((results_dir / "comparison.json").read_text())
+    assert set(comparison["variations"]) == {"same_a", "same_b"}
+    assert (results_dir / "images" / "accuracy_vs_rounds.pdf").read_bytes().startswith(b"%PDF")
+    assert flower_processes_since(started) == []

@@ -1,0 +1,119 @@
+"""The experiment runner's validation, expansion and skipping (no training is started here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedmpq_flwr.config import ConfigError
+from fedmpq_flwr.main import expand_runs, parse_overrides
+from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "defaults": {
+        "model": {"name": "tiny_cnn"},
+        "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 50},
+        "train": {"num_rounds": 2},
+        "federation": {"num_clients": 2},
+    },
+    "runs": [
+        {"run_id": "a", "description": "first", "seeds": [0, 1]},
+        {"run_id": "b", "description": "second", "train": {"lr": 0.01}},
+    ],
+}
+
+
+def write(tmp_path: Path, document: object, name: str = "runs.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.main", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+
+
+def test_seeds_expand_and_overrides_apply(tmp_path: Path) -> None:
+    runs = expand_runs(write(tmp_path, TINY), tmp_path / "out", parse_overrides(["train.num_rounds=3"]))
+    assert [r["run_id"] for r in runs] == ["a_seed0", "a_seed1", "b"]
+    assert [r["seed"] for r in runs] == [0, 1, 0]
+    assert {r["variation"] for r in runs} == {"a", "b"}
+    assert all(r["train"]["num_rounds"] == 3 for r in runs)
+    assert runs[2]["train"]["lr"] == 0.01 and runs[0]["train"]["lr"] == 0.1
+    assert runs[0]["results_dir"] == str(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda d: d["runs"][1].update(train={"lr": "fast"}), "run 'b': key 'train.lr': value 'fast' has type str"),
+        (lambda d: d["runs"][1].update(optimiser="adam"), "run 'b': unknown key 'optimiser'"),
+        (lambda d: d["runs"][0].update(seeds=[0, -1]), "run 'a': key 'seeds'"),
+        (lambda d: d["runs"][1].pop("description"), "runs[1]: key 'description' is missing"),
+        (lambda d: d["runs"][1].update(run_id="a_seed0"), "run_id 'a_seed0' appears twice"),
+        (lambda d: d.update(extra=1), "unknown top-level key 'extra'"),
+        (lambda d: d["defaults"]["dataset"].update(name="DATASET_PLACEHOLDER"), "leftover placeholder"),
+    ],
+)
+def test_invalid_files_are_rejected(tmp_path: Path, mutate, fragment: str) -> None:
+    document = json.loads(json.dumps(TINY))
+    mutate(document)
+    with pytest.raises(ConfigError) as info:
+        expand_runs(write(tmp_path, document), tmp_path / "out", {})
+    assert fragment in str(info.value)
+
+
+def test_cli_config_error_is_one_line_exit_2_and_keeps_files(tmp_path: Path) -> None:
+    document = json.loads(json.dumps(TINY))
+    document["runs"][1]["train"] = {"num_rounds": 0}
+    results = tmp_path / "out"
+    (results / "a_seed0").mkdir(parents=True)
+    keep = results / "a_seed0" / "stdout.log"
+    keep.write_text("earlier output\n")
+    proc = run_main("--config", str(write(tmp_path, document)), "--results-dir", str(results))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "key 'train.num_rounds': value 0 is out of range" in lines[0]
+    assert keep.read_text() == "earlier output\n"
+
+
+def test_missing_data_source_fails_before_training(tmp_path: Path) -> None:
+    document = json.loads(json.dumps(TINY))
+    document["defaults"]["dataset"] = {"name": "cifar10", "source": "npz", "path": str(tmp_path / "nowhere")}
+    proc = run_main("--config", str(write(tmp_path, document)), "--results-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "dataset.path" in proc.stderr and "npz" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_only_is_rejected(tmp_path: Path) -> None:
+    proc = run_main("--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "out"), "--only", "zzz")
+    assert proc.returncode == 2 and "--only: unknown run_id 'zzz'" in proc.stderr
+
+
+def test_finished_runs_are_skipped_not_overwritten(tmp_path: Path) -> None:
+    results = tmp_path / "out"
+    for run_id in ("a_seed0", "a_seed1", "b"):
+        run_dir = results / run_id
+        run_dir.mkdir(parents=True)
+        record = {"run_id": run_id, "round": 1, "test_accuracy": 0.5}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"run_id": run_id, "variation": run_id[0]}))
+        (run_dir / RESULTS_FILE).write_text(json.dumps({"status": STATUS_COMPLETED, "history": [record]}))
+    before = (results / "b" / RESULTS_FILE).read_text()
+    proc = run_main("--config", str(write(tmp_path, TINY)), "--results-dir", str(results))
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"event"')]
+    assert [(e["event"], e["run_id"]) for e in events] == [
+        ("run_skipped", "a_seed0"), ("run_skipped", "a_seed1"), ("run_skipped", "b")
+    ]
+    assert (results / "b" / RESULTS_FILE).read_text() == before
+    assert (results / "comparison.json").exists()  # the analyzer still ran
