@@ -92,11 +92,16 @@ def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> lis
 
 
 def preflight(runs: list[dict[str, Any]]) -> None:
-    """Load and partition each distinct data setting once, so a bad source fails before any training."""
+    """Check devices, load and partition each distinct data setting once: bad input fails before training."""
     from fedmpq_flwr.dataset import load_data, partition_indices  # imports torch: only after validation
+    from fedmpq_flwr.train import resolve_device
 
     checked: set[str] = set()
     for run in runs:
+        try:
+            resolve_device(run["federation"]["device"])
+        except RuntimeError as err:
+            raise ConfigError(f"run '{run['run_id']}': {err}") from None
         dataset, num_clients = run["dataset"], run["federation"]["num_clients"]
         key = json.dumps([dataset, num_clients], sort_keys=True)
         if key in checked:

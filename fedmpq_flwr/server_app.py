@@ -6,17 +6,19 @@ import datetime as dt
 import platform
 import subprocess
 from importlib import metadata as importlib_metadata
+from logging import ERROR
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.common import Context
+from flwr.common import Context, log
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
-from fedmpq_flwr.config import dump_yaml, from_flower_run_config
+from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
 from fedmpq_flwr.methods import METHODS
 from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
+from fedmpq_flwr.train import resolve_device
 
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
 
@@ -35,8 +37,9 @@ def git_commit() -> str:
 
 
 def run_metadata(config: dict[str, Any], started_at: str) -> dict[str, Any]:
-    device = str(torch.device("cuda" if torch.cuda.is_available() and config["federation"]["device"] != "cpu" else "cpu"))
-    if device == "cuda":
+    """Provenance stored in results.json: what ran, where, with which code and versions."""
+    device = str(resolve_device(config["federation"]["device"]))
+    if device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name(0)})"
     return {
         "seed": config["seed"],
@@ -55,8 +58,13 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """Resolve the config, run the legacy-API strategy for all rounds, then save model and results."""
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    config = from_flower_run_config(context.run_config)
+    try:
+        config = from_flower_run_config(context.run_config)
+    except ConfigError as err:
+        log(ERROR, "invalid run config: %s", err)  # the one line to read above Flower's traceback
+        raise
     config["federation"]["num_clients"] = len(list(grid.get_node_ids()))
     run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ FLOAT_BITS = 32
 
 
 def format_seconds(seconds: float) -> str:
+    """1h02m03s / 2m03s: for progress lines."""
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
@@ -63,7 +64,7 @@ class FedAvgStrategy(Strategy):
         self.partition_of_node: dict[str, int] = {}
         self.latest_parameters: NDArrays = get_weights(self.model)
         self.round_stats: dict[str, Any] = {}
-        self.started = time.perf_counter()
+        self.started = self.round_started = time.perf_counter()
 
     # ---- client sampling -------------------------------------------------------------
 

@@ -117,3 +117,41 @@ def test_finished_runs_are_skipped_not_overwritten(tmp_path: Path) -> None:
     ]
     assert (results / "b" / RESULTS_FILE).read_text() == before
     assert (results / "comparison.json").exists()  # the analyzer still ran
+
+
+def test_a_failed_run_does_not_stop_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import fedmpq_flwr.main as runner
+
+    executed = []
+
+    def fake_execute(run: dict, results_dir: Path, overwrite: bool, position: str) -> str:
+        executed.append((run["run_id"], position))
+        return "failed" if run["run_id"] == "a_seed0" else "completed"
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    code = runner.main(["--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "out")])
+    assert code == 1
+    assert executed == [("a_seed0", "1/3"), ("a_seed1", "2/3"), ("b", "3/3")]
+    assert "failed runs (1): a_seed0" in capsys.readouterr().err
+    assert (tmp_path / "out" / "comparison.json").exists()  # the analyzer ran anyway
+
+
+def test_only_selects_a_variation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedmpq_flwr.main as runner
+
+    executed = []
+    monkeypatch.setattr(runner, "execute", lambda run, *_: executed.append(run["run_id"]) or "completed")
+    assert runner.main(["--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "o"), "--only", "a"]) == 0
+    assert executed == ["a_seed0", "a_seed1"]
+
+
+def test_run_teed_copies_both_streams(tmp_path: Path, capsys) -> None:
+    from fedmpq_flwr.main import run_teed
+
+    code = "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)"
+    returncode = run_teed([sys.executable, "-c", code], tmp_path / "o.log", tmp_path / "e.log", "# header\n")
+    assert returncode == 3
+    assert (tmp_path / "o.log").read_text() == "# header\nto out\n"
+    assert (tmp_path / "e.log").read_text() == "to err\n"
+    console = capsys.readouterr()
+    assert "to out" in console.out and "to err" in console.err

@@ -73,7 +73,6 @@ def test_communicated_floats_are_the_model_state(tmp_path: Path) -> None:
 
 def test_evaluate_logs_a_round_record(tmp_path: Path) -> None:
     strategy = make_strategy(tmp_path)
-    strategy.round_started = 0.0
     strategy.round_stats = {"sampled_partitions": [1, 2], "bits_down": 10, "bits_up": 20, "num_failures": 0}
     loss, metrics = strategy.evaluate(1, ndarrays_to_parameters(strategy.latest_parameters))
     record = json.loads((tmp_path / "unit" / "metrics.jsonl").read_text().splitlines()[0])
