@@ -16,7 +16,7 @@ def test_defaults_are_the_main_experiment() -> None:
     assert config["model"]["name"] == "resnet20"
     assert config["train"] == {
         "num_rounds": 50, "local_epochs": 1, "batch_size": 64, "lr": 0.1,
-        "momentum": 0.9, "weight_decay": 0.0, "eval_batch_size": 256,
+        "momentum": 0.9, "weight_decay": 0.0, "eval_batch_size": 128,
     }
     assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
     assert config["variation"] == config["run_id"]
