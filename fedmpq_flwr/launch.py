@@ -30,6 +30,7 @@ DEFAULT_GPU_SHARE = 0.25
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -48,6 +49,7 @@ def client_gpu_share(config: dict[str, Any]) -> float:
 
 
 def federation_config(config: dict[str, Any]) -> str:
+    """`--federation-config` value: SuperNodes and per-client CPU/GPU resources."""
     fed = config["federation"]
     return (
         f"num-supernodes={fed['num_clients']} client-resources-num-cpus={fed['client_cpus']} "
@@ -112,6 +114,8 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60.0) 
 
 def launch(config_path: Path) -> int:
     """Run the experiment described by `config_path`; return 0 when its results are complete."""
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise RuntimeError(f"no pyproject.toml in {APP_DIR}: `flwr run` needs a source checkout (pip install -e .)")
     config = validate(load_yaml(str(config_path)) or {})
     run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
     bin_dir = Path(sys.executable).parent
