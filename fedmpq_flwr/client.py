@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.client import NumPyClient
+from torch import nn
+from torch.utils.data import DataLoader
 
 from fedmpq_flwr.dataset import client_loader, load_data
 from fedmpq_flwr.models import build_model
@@ -21,7 +24,10 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 class FedAvgClient(NumPyClient):
-    """Full-precision client: SGD with momentum for `train.local_epochs` epochs."""
+    """Full-precision client: SGD with momentum for `train.local_epochs` epochs.
+
+    Subclasses change what is trained and sent by overriding `train`.
+    """
 
     def __init__(self, config: dict[str, Any], partition_id: int, num_partitions: int) -> None:
         self.config = config
@@ -33,27 +39,29 @@ class FedAvgClient(NumPyClient):
         """Tell the server which data partition this node holds (it samples by partition id)."""
         return {"partition_id": self.partition_id}
 
+    def optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        train_cfg = self.config["train"]
+        return torch.optim.SGD(
+            parameters, lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"]
+        )
+
+    def train(
+        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Train the received global model; return what to upload and the metrics to report."""
+        stats = train_epochs(model, loader, self.optimizer(model.parameters()), self.config["train"]["local_epochs"], self.device)
+        return get_weights(model), {"train_loss": stats["train_loss"]}
+
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         started = time.perf_counter()
-        train_cfg = self.config["train"]
         seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
         torch.manual_seed(seed)
         data = load_data(self.config["dataset"])
         loader = client_loader(
-            data, self.partition_id, self.num_partitions, self.config["dataset"], train_cfg["batch_size"], seed
+            data, self.partition_id, self.num_partitions, self.config["dataset"], self.config["train"]["batch_size"], seed
         )
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=train_cfg["lr"],
-            momentum=train_cfg["momentum"],
-            weight_decay=train_cfg["weight_decay"],
-        )
-        stats = train_epochs(model, loader, optimizer, train_cfg["local_epochs"], self.device)
-        metrics = {
-            "partition_id": self.partition_id,
-            "train_loss": stats["train_loss"],
-            "client_time_s": time.perf_counter() - started,
-        }
-        return get_weights(model), len(loader.dataset), metrics
+        weights, metrics = self.train(model, loader, config, seed)
+        metrics.update(partition_id=self.partition_id, client_time_s=time.perf_counter() - started)
+        return weights, len(loader.dataset), metrics

@@ -33,6 +33,7 @@ class Field:
     check: Callable[[Any], bool] | None = None
     allowed: str = ""
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
+    parse: Callable[[str, Any], Any] | None = None  # turns accepted spellings into `kind`, or raises ConfigError
 
 
 def _range(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> tuple[Callable[[Any], bool], str]:
@@ -52,6 +53,23 @@ def _field(kind: type, default: Any, bounds: tuple[Callable[[Any], bool], str] |
 
 def _choice(default: str, *choices: str) -> Field:
     return Field(str, default, choices=choices)
+
+
+def _parse_budgets(key: str, value: Any) -> list[float]:
+    """Per-client bit budgets: a YAML list or a comma-separated string ("2,2,3"); "" means none."""
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"key '{key}': value {value!r} must be a list of numbers in [1, 8] or a string like '2,2,3'")
+    budgets = []
+    for item in items:
+        try:
+            budget = float(item)
+        except (TypeError, ValueError):
+            budget = math.nan
+        if isinstance(item, bool) or not 1 <= budget <= 8:
+            raise ConfigError(f"key '{key}': value {value!r} has entry {item!r}; each budget must be a number in [1, 8]")
+        budgets.append(int(budget) if budget.is_integer() else budget)
+    return budgets
 
 
 def _strategy_names() -> tuple[str, ...]:
@@ -92,6 +110,13 @@ SCHEMA: dict[str, Field] = {
     "train.momentum": _field(float, 0.9, _range(0, 1, high_open=True)),
     "train.weight_decay": _field(float, 0.0, _range(0)),
     "train.eval_batch_size": _field(int, 128, _range(1)),  # faster per image than 256 on CPU
+    "strategy.weighting": _choice("samples", "samples", "uniform"),
+    "quant.budgets": Field(list, [], parse=_parse_budgets),
+    "quant.avg_bits": _field(float, 4.0, _range(1, 8)),
+    "quant.lambda_b": _field(float, 0.01, _range(0)),
+    "quant.thre": _field(float, 2.0, _range(0, 100)),
+    "quant.act_bits": _field(int, 4, _range(1, 8)),
+    "quant.rounding": _choice("stochastic", "stochastic", "nearest"),
     "federation.num_clients": _field(int, 10, _range(1)),
     "federation.client_cpus": _field(int, 1, _range(1)),
     "federation.client_gpus": _field(float, -1.0, (lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]")),
@@ -143,6 +168,8 @@ def _coerce(key: str, value: Any, field: Field) -> Any:
     """Check the type of one value (ints pass as floats, 'inf' as infinity)."""
     if isinstance(value, str) and PLACEHOLDER_PATTERN.search(value):
         raise ConfigError(f"key '{key}': value {value!r} is a leftover placeholder; set a real value")
+    if field.parse is not None:
+        value = field.parse(key, value)
     if field.kind is float and isinstance(value, str) and value.strip().lower() in ("inf", "+inf", ".inf"):
         value = math.inf
     if field.kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -173,6 +200,18 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"key 'run_id': value {checked['run_id']!r} must be letters, digits, '_', '.' or '-'")
     if checked["dataset.name"] == "cifar10" and checked["dataset.source"] in ("npz", "torchvision") and not checked["dataset.path"]:
         raise ConfigError(f"key 'dataset.path': value '' is empty; dataset.source {checked['dataset.source']!r} needs a directory")
+    budgets = checked["quant.budgets"]
+    if budgets and len(budgets) != checked["federation.num_clients"]:
+        raise ConfigError(
+            f"key 'quant.budgets': value {budgets} has {len(budgets)} entries; "
+            f"expected one per client (federation.num_clients = {checked['federation.num_clients']})"
+        )
+    default_avg = SCHEMA["quant.avg_bits"].default
+    if budgets and checked["quant.avg_bits"] not in (default_avg, sum(budgets) / len(budgets)):
+        raise ConfigError(
+            f"key 'quant.avg_bits': value {checked['quant.avg_bits']:g} conflicts with quant.budgets {budgets} "
+            f"(mean {sum(budgets) / len(budgets):g}); set one of them"
+        )
     if not checked["variation"]:
         checked["variation"] = checked["run_id"]
     return unflatten(checked)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from flwr.client import NumPyClient
 
 from fedmpq_flwr.client import FedAvgClient
+from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.strategy import FedAvgStrategy
 
 
@@ -21,4 +22,5 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "fedavg": Method(client=FedAvgClient, strategy=FedAvgStrategy),
+    "fedmpq": Method(client=FedMPQClient, strategy=FedMPQStrategy),
 }

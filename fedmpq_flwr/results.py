@@ -6,6 +6,7 @@ Layout of one run, `<results_dir>/<run_id>/`:
   metrics.jsonl   one JSON object per round, flushed as the round ends
   results.json    history, final/best/auc accuracy and metadata; written last, with status
   final_model.pt  see `fedmpq_flwr.models.load_final_model`
+  bit_assignments.json  quantized methods: final per-client per-layer bits and layer sizes
   stdout.log, stderr.log  written by the experiment runner
 """
 
@@ -23,6 +24,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 MODEL_FILE = "final_model.pt"
+BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 STATUS_COMPLETED = "completed"
 
 

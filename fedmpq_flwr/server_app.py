@@ -72,5 +72,5 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir, config["run_id"])
     strategy = METHODS[config["strategy"]["name"]].strategy(config, recorder)
     start_grid(grid=grid, strategy=strategy, config=ServerConfig(num_rounds=config["train"]["num_rounds"]))
-    strategy.save_final_model()
+    strategy.save_outputs()
     recorder.finish(run_metadata(config, started_at), extra={"variation": config["variation"], "strategy": config["strategy"]["name"]})

@@ -1,7 +1,7 @@
 """Server side of full-precision FedAvg: seeded sampling, weighted averaging, server evaluation.
 
 Quantized methods subclass `FedAvgStrategy` and override the hooks (`fit_config`,
-`aggregate`, `upload_bits`, `download_bits`, `round_metrics`).
+`aggregate`, `upload_bits`, `download_bits`, `round_metrics`, `evaluate_extra`, `save_outputs`).
 """
 
 from __future__ import annotations
@@ -100,14 +100,24 @@ class FedAvgStrategy(Strategy):
         return FLOAT_BITS * sum(int(array.size) for array in weights)
 
     def aggregate(self, updates: list[tuple[int, NDArrays, FitRes]]) -> NDArrays:
-        """Sample-weighted average (FedAvg) of the clients' weights."""
-        return aggregate([(weights, fit_res.num_examples) for _, weights, fit_res in updates])
+        """Average of the clients' weights: by sample count (FedAvg, default) or unweighted
+        (`strategy.weighting: uniform`, as the official FedMPQ code)."""
+        uniform = self.config["strategy"]["weighting"] == "uniform"
+        return aggregate([(weights, 1 if uniform else fit_res.num_examples) for _, weights, fit_res in updates])
 
     def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]]) -> dict[str, Any]:
-        """Extra per-round fields for metrics.jsonl."""
+        """Extra per-round fields for metrics.jsonl (computed before `aggregate`)."""
         total = sum(fit_res.num_examples for _, _, fit_res in updates)
         loss = sum(float(fit_res.metrics["train_loss"]) * fit_res.num_examples for _, _, fit_res in updates)
         return {"train_loss": loss / total if total else None}
+
+    def evaluate_extra(self, server_round: int) -> dict[str, Any]:
+        """More evaluation fields for the round, with `self.model` holding the new global model."""
+        return {}
+
+    def progress_fields(self, record: dict[str, Any]) -> str:
+        """Extra text for the per-round progress line."""
+        return ""
 
     # ---- Strategy interface -------------------------------------------------------------
 
@@ -165,6 +175,7 @@ class FedAvgStrategy(Strategy):
         record: dict[str, Any] = {"round": server_round, "test_accuracy": test_accuracy, "test_loss": test_loss}
         if self.val_loader is not None:
             record["val_loss"], record["val_accuracy"] = evaluate(self.model, self.val_loader, self.device)
+        record.update(self.evaluate_extra(server_round))
         stats = dict(self.round_stats)
         sampled = stats.pop("sampled_partitions")
         record.update(
@@ -181,13 +192,14 @@ class FedAvgStrategy(Strategy):
         eta = elapsed / server_round * (self.num_rounds - server_round)
         log(
             INFO,
-            "[%s] round %d/%d  test_acc=%.4f  %.1f s/round  elapsed %s  ETA %s",
-            self.config["run_id"], server_round, self.num_rounds, test_accuracy,
+            "[%s] round %d/%d  test_acc=%.4f%s  %.1f s/round  elapsed %s  ETA %s",
+            self.config["run_id"], server_round, self.num_rounds, test_accuracy, self.progress_fields(record),
             record["round_time_s"], format_seconds(elapsed), format_seconds(eta),
         )
         return test_loss, {"test_accuracy": test_accuracy}
 
-    def save_final_model(self) -> None:
+    def save_outputs(self) -> None:
+        """Files written after the last round (the final global model)."""
         set_weights(self.model, self.latest_parameters)
         save_final_model(
             self.recorder.run_dir / MODEL_FILE, self.model, self.config["model"]["name"], self.data.num_classes

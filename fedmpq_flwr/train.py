@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# A loss function returns named terms: "loss" is what is minimised, the others are logged.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """The task loss of full-precision training."""
-    return F.cross_entropy(model(images), labels)
+    task_loss = F.cross_entropy(model(images), labels)
+    return {"loss": task_loss, "task_loss": task_loss}
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -33,21 +35,28 @@ def train_epochs(
     epochs: int,
     device: torch.device,
     loss_fn: LossFn = cross_entropy_loss,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Run `epochs` passes of SGD over `loader`; return the mean training loss and step count."""
+    """Run `epochs` passes of SGD over `loader` (calling `after_step` after each optimizer step);
+    return the mean of every loss term (`loss` reported as `train_loss`) and the step count."""
     model.train()
-    total_loss, steps = 0.0, 0
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
     for _ in range(epochs):
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, images, labels)
-            loss.backward()
+            terms = loss_fn(model, images, labels)
+            terms["loss"].backward()
             optimizer.step()
-            total_loss += loss.item()
+            if after_step is not None:
+                after_step()
+            for name, value in terms.items():  # summed on the device: no sync per step
+                sums[name] = sums.get(name, 0.0) + value.detach().double()
             steps += 1
-    return {"train_loss": total_loss / max(steps, 1), "steps": float(steps)}
+    means = {("train_loss" if name == "loss" else name): float(total) / max(steps, 1) for name, total in sums.items()}
+    return {"train_loss": 0.0, **means, "steps": float(steps)}
 
 
 @torch.inference_mode()

@@ -131,3 +131,42 @@ def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
     assert set(comparison["variations"]) == {"same_a", "same_b"}
     assert (results_dir / "images" / "accuracy_vs_rounds.pdf").read_bytes().startswith(b"%PDF")
     assert flower_processes_since(started) == []
+
+
+def test_fedmpq_runner_end_to_end_learns(tmp_path: Path) -> None:
+    """FedMPQ through the runner and Flower: quantized clients learn, bits are counted per client."""
+    started = time.time()
+    document = {"runs": [{
+        "run_id": "fedmpq_e2e", "description": "FedMPQ end to end", "seed": 0,
+        "strategy": {"name": "fedmpq"}, "model": {"name": "tiny_cnn"},
+        "dataset": {"name": "synthetic", "synthetic_train_size": 1200, "synthetic_test_size": 200, "alpha": ".inf"},
+        "train": {"num_rounds": 4, "local_epochs": 3, "batch_size": 32, "lr": 0.05},
+        "quant": {"budgets": [3, 4, 5]},
+        "federation": {"num_clients": 3, "device": "cpu"},
+    }]}
+    config_path = tmp_path / "runs.yaml"
+    config_path.write_text(yaml.safe_dump(document))
+    results_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = results_dir / "fedmpq_e2e"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    floats = sum(w.size for w in get_weights(build_model("tiny_cnn")))
+    layers = {"conv1", "conv2", "fc"}
+    for record in records:
+        clients = record["clients"]
+        assert [c["partition_id"] for c in clients] == [0, 1, 2] and [c["budget"] for c in clients] == [3, 4, 5]
+        assert all(set(c["bits"]) == layers and c["avg_bits"] <= c["budget"] + 1e-9 for c in clients)
+        assert record["bits_up"] == sum(c["bits_up"] for c in clients) < 3 * 32 * floats
+        assert record["bits_down"] == 3 * 32 * floats
+        assert record["quant_test_accuracy_min"] <= record["quant_test_accuracy_mean"] <= 1.0
+    first, last = records[0], records[-1]
+    assert last["test_accuracy"] >= 0.2 and last["quant_test_accuracy_mean"] >= 0.2  # chance is 0.1
+    assert last["quant_test_accuracy_mean"] > first["quant_test_accuracy_mean"] + 0.05
+    assignments = json.loads((run_dir / "bit_assignments.json").read_text())
+    assert set(assignments["layer_params"]) == layers and sorted(assignments["clients"]) == ["0", "1", "2"]
+    assert '"quant_test_accuracy_mean"' in (run_dir / "stdout.log").read_text()
+    assert flower_processes_since(started) == []

@@ -1,0 +1,178 @@
+"""FedMPQ (Chen & Vikalo, CVPR 2024): bit-level mixed-precision clients and a bit-allocating server.
+
+The client turns the received float global model into bit planes at its per-layer assignment,
+trains them with `CE + lambda_b * group_lasso / total_params`, prunes sparse planes and uploads
+integer codes. The server decodes and averages the uploads, then re-allocates every client's
+per-layer bits to its budget (`fedmpq_flwr.quant.allocation`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.common import FitRes, NDArrays, Scalar
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedmpq_flwr.client import FedAvgClient
+from fedmpq_flwr.config import ConfigError
+from fedmpq_flwr.quant import (
+    bit_regularizer,
+    decode_update,
+    encode_update,
+    layer_bits,
+    prune_model,
+    quantizable_layers,
+    quantize_model,
+    quantized_param_count,
+    rebinarize_model,
+    upload_bits,
+)
+from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
+from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE, RunRecorder
+from fedmpq_flwr.strategy import FedAvgStrategy
+from fedmpq_flwr.train import evaluate, train_epochs
+from fedmpq_flwr.weights import communicated_keys
+
+
+class FedMPQClient(FedAvgClient):
+    """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`)."""
+
+    def task_loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The data term of the objective (FedMPQ-KD adds distillation here)."""
+        task_loss = F.cross_entropy(logits, labels)
+        return {"loss": task_loss, "task_loss": task_loss}
+
+    def train(
+        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        quant_cfg = self.config["quant"]
+        student = quantize_model(model, json.loads(str(config["bits"])), quant_cfg["act_bits"]).to(self.device)
+        total_params = quantized_param_count(student)
+        lambda_b = quant_cfg["lambda_b"]
+
+        def loss_fn(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            terms = self.task_loss(net(images), images, labels)
+            bit_loss = lambda_b * bit_regularizer(net) / total_params
+            return {**terms, "loss": terms["loss"] + bit_loss, "bit_loss": bit_loss}
+
+        generator = None
+        if quant_cfg["rounding"] == "stochastic":
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        stats = train_epochs(
+            student, loader, self.optimizer(student.parameters()), self.config["train"]["local_epochs"], self.device,
+            loss_fn=loss_fn, after_step=lambda: rebinarize_model(student, generator),
+        )
+        reductions = prune_model(student, quant_cfg["thre"])
+        metrics = {name: value for name, value in stats.items() if name != "steps"}
+        metrics.update(bits=json.dumps(layer_bits(student)), reductions=json.dumps(reductions))
+        return encode_update(student, communicated_keys(model)), metrics
+
+
+def client_budgets(config: dict[str, Any]) -> dict[int, float]:
+    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all."""
+    quant_cfg, num_clients = config["quant"], config["federation"]["num_clients"]
+    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]] * num_clients
+    if len(budgets) != num_clients:
+        raise ConfigError(
+            f"key 'quant.budgets': value {budgets} has {len(budgets)} entries; the federation has {num_clients} clients"
+        )
+    return {pid: float(budget) for pid, budget in enumerate(budgets)}
+
+
+def _reported_bits(fit_res: FitRes) -> dict[str, int]:
+    return json.loads(str(fit_res.metrics["bits"]))
+
+
+class FedMPQStrategy(FedAvgStrategy):
+    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id."""
+
+    def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
+        super().__init__(config, recorder)
+        self.layer_sizes = quantizable_layers(self.model)
+        self.float_keys = communicated_keys(self.model)
+        self.budgets = client_budgets(config)
+        self.bits = {pid: initial_bits(self.layer_sizes, budget) for pid, budget in self.budgets.items()}
+
+    def fit_config(self, server_round: int, partition_id: int) -> dict[str, Scalar]:
+        return {**super().fit_config(server_round, partition_id), "bits": json.dumps(self.bits[partition_id])}
+
+    def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
+        return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
+
+    def aggregate(self, updates: list[tuple[int, NDArrays, FitRes]]) -> NDArrays:
+        """Decode every upload to floats, average them, then re-allocate all clients' bits."""
+        decoded = [(pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates]
+        reports = [
+            ClientBits(
+                num_examples=res.num_examples,
+                budget=self.budgets[pid],
+                bits=_reported_bits(res),
+                reductions=json.loads(str(res.metrics["reductions"])),
+            )
+            for pid, _, res in updates
+        ]
+        self.bits = allocate(self.layer_sizes, reports, self.budgets)
+        return super().aggregate(decoded)
+
+    def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]]) -> dict[str, Any]:
+        """Per participating client: budget, the bits it trained and sent, its losses."""
+        clients = []
+        for pid, weights, res in updates:
+            bits = _reported_bits(res)
+            clients.append({
+                "partition_id": pid,
+                "budget": self.budgets[pid],
+                "assigned_bits": self.bits[pid],
+                "bits": bits,
+                "avg_bits": average_bitwidth(bits, self.layer_sizes),
+                "reductions": json.loads(str(res.metrics["reductions"])),
+                "bits_up": self.upload_bits(weights, res),
+                "num_examples": res.num_examples,
+                **{k: float(res.metrics[k]) for k in ("train_loss", "task_loss", "bit_loss") if k in res.metrics},
+            })
+        mean = lambda key: float(np.mean([c[key] for c in clients])) if clients else None  # noqa: E731
+        return {**super().round_metrics(updates), "task_loss": mean("task_loss"), "bit_loss": mean("bit_loss"),
+                "avg_bits": mean("avg_bits"), "clients": clients}
+
+    def quantized_accuracies(self) -> dict[int, float]:
+        """Test accuracy of the global model quantized to each client's next-round assignment
+        (one evaluation per distinct assignment: clients with equal budgets usually share one)."""
+        accuracy_of: dict[str, float] = {}
+        accuracies = {}
+        for pid, bits in sorted(self.bits.items()):
+            key = json.dumps(bits, sort_keys=True)
+            if key not in accuracy_of:
+                quantized = quantize_model(self.model, bits, self.config["quant"]["act_bits"])
+                accuracy_of[key] = evaluate(quantized, self.test_loader, self.device)[1]
+            accuracies[pid] = accuracy_of[key]
+        return accuracies
+
+    def evaluate_extra(self, server_round: int) -> dict[str, Any]:
+        accuracies = self.quantized_accuracies()
+        values = list(accuracies.values())
+        return {
+            "quant_test_accuracy_mean": float(np.mean(values)),
+            "quant_test_accuracy_min": float(np.min(values)),
+            "quant_test_accuracy": {str(pid): acc for pid, acc in accuracies.items()},
+            "next_avg_bits": {str(pid): average_bitwidth(bits, self.layer_sizes) for pid, bits in self.bits.items()},
+        }
+
+    def progress_fields(self, record: dict[str, Any]) -> str:
+        return f"  quant_acc mean={record['quant_test_accuracy_mean']:.4f} min={record['quant_test_accuracy_min']:.4f}"
+
+    def save_outputs(self) -> None:
+        """The final model plus every client's final per-layer bits with the layer sizes."""
+        super().save_outputs()
+        assignments = {
+            "layer_params": self.layer_sizes,
+            "clients": {
+                str(pid): {"budget": self.budgets[pid], "avg_bits": average_bitwidth(bits, self.layer_sizes), "bits": bits}
+                for pid, bits in sorted(self.bits.items())
+            },
+        }
+        (self.recorder.run_dir / BIT_ASSIGNMENTS_FILE).write_text(json.dumps(assignments, indent=2))

@@ -1,0 +1,36 @@
+"""Bit-level mixed-precision quantization (BSQ / FedMPQ) in plain PyTorch: no Flower in here."""
+
+from fedmpq_flwr.quant.activations import QuantReLU
+from fedmpq_flwr.quant.bitplanes import MAX_BITS, MIN_BITS, BitTensor, QuantConv2d, QuantLinear, levels
+from fedmpq_flwr.quant.convert import (
+    bit_regularizer,
+    layer_bits,
+    prune_model,
+    quant_layers,
+    quantizable_layers,
+    quantize_model,
+    quantized_param_count,
+    rebinarize_model,
+)
+from fedmpq_flwr.quant.payload import decode_update, encode_update, upload_bits
+
+__all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
+    "BitTensor",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantReLU",
+    "bit_regularizer",
+    "decode_update",
+    "encode_update",
+    "layer_bits",
+    "levels",
+    "prune_model",
+    "quant_layers",
+    "quantizable_layers",
+    "quantize_model",
+    "quantized_param_count",
+    "rebinarize_model",
+    "upload_bits",
+]

@@ -1,0 +1,155 @@
+"""FedMPQ client and strategy without a Flower runtime: what is sent, counted, averaged, allocated."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from fedmpq_flwr.config import ConfigError, validate
+from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
+from fedmpq_flwr.models import build_model
+from fedmpq_flwr.quant import quantizable_layers
+from fedmpq_flwr.quant.allocation import average_bitwidth
+from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE, RunRecorder
+
+
+def fedmpq_config(tmp_path: Path, model: str = "tiny_cnn", **quant) -> dict:
+    return validate({
+        "run_id": "unit", "seed": 1, "results_dir": str(tmp_path), "model": {"name": model},
+        "strategy": {"name": "fedmpq"},
+        "dataset": {"name": "synthetic", "synthetic_train_size": 96, "synthetic_test_size": 40, "alpha": float("inf")},
+        "train": {"num_rounds": 2, "batch_size": 16},
+        "quant": {"budgets": [2, 3, 4, 5], **quant},
+        "federation": {"num_clients": 4, "device": "cpu"},
+    })
+
+
+def fit_result(client: FedMPQClient, strategy: FedMPQStrategy, pid: int, server_round: int = 1) -> FitRes:
+    weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)
+
+
+def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path) -> None:
+    """A real client update of ResNet-20: N bits per quantized weight, 32 per other float and scale."""
+    config = fedmpq_config(tmp_path, model="resnet20")
+    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    res = fit_result(FedMPQClient(config, 2, 4), strategy, pid=2)
+    bits = json.loads(res.metrics["bits"])
+    model = build_model("resnet20")
+    state = model.state_dict()
+    quantized = {f"{layer}.{leaf}" for layer in bits for leaf in ("weight", "bias") if f"{layer}.{leaf}" in state}
+    assert len(quantized) == 21  # 19 convolutions, the classifier weight and its bias
+    expected = sum(state[key].numel() * bits[key.rsplit(".", 1)[0]] for key in quantized)
+    other_floats = sum(v.numel() for k, v in state.items() if v.is_floating_point() and k not in quantized)
+    # BatchNorm: 4 tensors x channels, 7 BN layers per width (with the shortcut BNs); two 1x1 shortcuts
+    assert other_floats == 4 * 7 * (16 + 32 + 64) + 16 * 32 + 32 * 64
+    expected += 32 * (other_floats + len(quantized))
+    weights = parameters_to_ndarrays(res.parameters)
+    assert strategy.upload_bits(weights, res) == expected
+    # the downlink is the float global model
+    assert strategy.download_bits(strategy.latest_parameters, 2) == 32 * sum(
+        v.numel() for v in state.values() if v.is_floating_point()
+    )
+
+
+def test_client_update_is_deterministic_and_on_the_grid(tmp_path: Path) -> None:
+    config = fedmpq_config(tmp_path)
+    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    client = FedMPQClient(config, 0, 4)
+    first, second = fit_result(client, strategy, 0), fit_result(client, strategy, 0)
+    for a, b in zip(parameters_to_ndarrays(first.parameters), parameters_to_ndarrays(second.parameters)):
+        np.testing.assert_array_equal(a, b)
+    assert first.metrics == {**second.metrics, "client_time_s": first.metrics["client_time_s"]}
+    bits = json.loads(first.metrics["bits"])
+    assert set(bits) == set(quantizable_layers(build_model("tiny_cnn")))
+    arrays = parameters_to_ndarrays(first.parameters)
+    codes = [a for a in arrays if a.dtype == np.int16]
+    assert len(codes) == 4  # conv1, conv2, fc weight, fc bias
+    for layer, code in zip(["conv1", "conv2", "fc", "fc"], codes):
+        assert np.abs(code).max() <= 2 ** bits[layer] - 1
+    assert first.metrics["bit_loss"] > 0 and first.metrics["train_loss"] == pytest.approx(
+        first.metrics["task_loss"] + first.metrics["bit_loss"]
+    )
+
+
+def test_aggregate_decodes_averages_and_reallocates(tmp_path: Path) -> None:
+    config = fedmpq_config(tmp_path)
+    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    layer_sizes = strategy.layer_sizes
+    assert strategy.bits[0] == {"conv1": 2, "conv2": 2, "fc": 2}  # round 1: the budget in every layer
+    results = [(None, fit_result(FedMPQClient(config, pid, 4), strategy, pid)) for pid in (3, 1)]
+    strategy.round_stats = {"sampled_partitions": [1, 3], "bits_down": 0}
+    parameters, _ = strategy.aggregate_fit(1, results, [])
+    by_pid = {int(res.metrics["partition_id"]): res for _, res in results}
+    decoded = {}
+    for pid, res in by_pid.items():
+        arrays = parameters_to_ndarrays(res.parameters)
+        bits = json.loads(res.metrics["bits"])
+        scales, index, out = arrays[-1], 0, []
+        for key, array in zip(strategy.float_keys, arrays[:-1]):
+            layer = key.rsplit(".", 1)[0]
+            if array.dtype == np.int16:
+                out.append(scales[index] * array / (2 ** bits[layer] - 1))
+                index += 1
+            else:
+                out.append(array)
+        decoded[pid] = out
+    n1, n3 = by_pid[1].num_examples, by_pid[3].num_examples
+    for got, a, b in zip(parameters_to_ndarrays(parameters), decoded[1], decoded[3]):
+        np.testing.assert_allclose(got, (n1 * a + n3 * b) / (n1 + n3), rtol=1e-5, atol=1e-6)
+    # every client (sampled or not) has a new assignment that fits its budget
+    assert sorted(strategy.bits) == [0, 1, 2, 3]
+    for pid, budget in strategy.budgets.items():
+        assert average_bitwidth(strategy.bits[pid], layer_sizes) <= budget + 1e-9
+    record = strategy.round_stats
+    assert [c["partition_id"] for c in record["clients"]] == [1, 3]
+    assert record["clients"][0]["budget"] == 3.0 and record["clients"][1]["bits_up"] == strategy.upload_bits(
+        parameters_to_ndarrays(by_pid[3].parameters), by_pid[3]
+    )
+    assert record["bits_up"] == sum(c["bits_up"] for c in record["clients"])
+
+
+def test_uniform_weighting_ignores_sample_counts(tmp_path: Path) -> None:
+    config = fedmpq_config(tmp_path)
+    config["strategy"]["weighting"] = "uniform"
+    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    shapes = [w.shape for w in strategy.latest_parameters]
+    updates = [(pid, [np.full(s, float(pid), np.float32) for s in shapes], FitRes(Status(Code.OK, ""), None, n, {}))
+               for pid, n in ((1, 10), (3, 90))]
+    for array in super(FedMPQStrategy, strategy).aggregate(updates):
+        np.testing.assert_allclose(array, 2.0)
+
+
+def test_evaluation_reports_quantized_accuracy_and_final_assignments(tmp_path: Path) -> None:
+    strategy = FedMPQStrategy(fedmpq_config(tmp_path), RunRecorder(tmp_path / "unit", "unit"))
+    strategy.round_stats = {"sampled_partitions": [0], "bits_down": 0}
+    strategy.evaluate(1, ndarrays_to_parameters(strategy.latest_parameters))
+    record = json.loads((tmp_path / "unit" / "metrics.jsonl").read_text())
+    accuracies = record["quant_test_accuracy"]
+    assert sorted(accuracies) == ["0", "1", "2", "3"]
+    assert record["quant_test_accuracy_mean"] == pytest.approx(np.mean(list(accuracies.values())))
+    assert record["quant_test_accuracy_min"] == min(accuracies.values())
+    strategy.save_outputs()
+    saved = json.loads((tmp_path / "unit" / BIT_ASSIGNMENTS_FILE).read_text())
+    assert saved["layer_params"] == {"conv1": 864, "conv2": 18432, "fc": 650}
+    assert saved["clients"]["3"] == {"budget": 5.0, "avg_bits": 5.0, "bits": {"conv1": 5, "conv2": 5, "fc": 5}}
+
+
+def test_budget_errors_are_one_line_config_errors(tmp_path: Path) -> None:
+    assert fedmpq_config(tmp_path, budgets="2, 3,4,5")["quant"]["budgets"] == [2, 3, 4, 5]
+    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*4 entries.*num_clients = 4|3 entries"):
+        fedmpq_config(tmp_path, budgets=[2, 3, 4])
+    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*entry 9.*\[1, 8\]"):
+        fedmpq_config(tmp_path, budgets=[2, 3, 4, 9])
+    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*entry 'x'"):
+        fedmpq_config(tmp_path, budgets="2,3,x,4")
+    with pytest.raises(ConfigError, match=r"key 'quant.avg_bits'.*conflicts with quant.budgets"):
+        fedmpq_config(tmp_path, avg_bits=3)
+    assert fedmpq_config(tmp_path, avg_bits=3.5)["quant"]["avg_bits"] == 3.5  # equals the budgets' mean
+    config = fedmpq_config(tmp_path)
+    config["federation"]["num_clients"] = 5  # the server found 5 nodes, the config has 4 budgets
+    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*5 clients"):
+        FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
