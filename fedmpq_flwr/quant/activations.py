@@ -7,39 +7,36 @@ do not depend on which other samples share its batch (training and evaluation ag
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CLIP = 6.0
 
 
-class _QuantReLU(torch.autograd.Function):
-    """Forward: clip to [0, 6] and round to 2^N - 1 levels of the sample's max; backward: STE
-    (gradient passes where the input was inside the clipping range)."""
+class _RoundToSampleMax(torch.autograd.Function):
+    """Round each sample to 2^N - 1 levels of its own maximum; straight-through gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bits: int) -> torch.Tensor:  # type: ignore[override]
-        clipped = x.clamp(0.0, CLIP)
-        dims = tuple(range(1, x.dim()))
-        top = float((1 << bits) - 1)
-        step = clipped.amax(dim=dims, keepdim=True).clamp_min(1e-8) / top
-        ctx.save_for_backward((x > 0) & (x < CLIP))
-        return torch.round(clipped / step) * step
+    def forward(ctx, clipped: torch.Tensor, bits: int) -> torch.Tensor:  # type: ignore[override]
+        dims = tuple(range(1, clipped.dim()))
+        step = clipped.amax(dim=dims, keepdim=True).clamp_min_(1e-8).div_(float((1 << bits) - 1))
+        return (clipped / step).round_().mul_(step)  # in place: one fresh tensor, not three
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None
+        return grad, None
 
 
 class QuantReLU(nn.Module):
-    """Drop-in replacement of `nn.ReLU` that outputs `bits`-bit activations."""
+    """Drop-in replacement of `nn.ReLU` that outputs `bits`-bit activations. The gradient passes
+    where the input lies inside (0, 6), as ReLU6's (hardtanh's backward)."""
 
     def __init__(self, bits: int = 4) -> None:
         super().__init__()
         self.bits = bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _QuantReLU.apply(x, self.bits)
+        return _RoundToSampleMax.apply(F.hardtanh(x, 0.0, CLIP), self.bits)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

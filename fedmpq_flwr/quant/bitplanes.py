@@ -7,6 +7,8 @@ and `rebinarize` rounds the value they encode back to the N-bit grid.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +21,10 @@ def levels(bits: int) -> int:
     return (1 << bits) - 1
 
 
+@functools.lru_cache(maxsize=64)
 def plane_values(bits: int, device: torch.device | None = None) -> torch.Tensor:
-    """2^(N-1-i) for plane i: what a set digit in plane i is worth (plane 0 most significant)."""
+    """2^(N-1-i) for plane i: what a set digit in plane i is worth (plane 0 most significant).
+    Cached: built once per (bits, device), not on every forward pass."""
     return torch.tensor([float(1 << (bits - 1 - i)) for i in range(bits)], device=device)
 
 

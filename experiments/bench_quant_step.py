@@ -1,0 +1,264 @@
+"""Benchmark: cost of one FedMPQ (bit-plane quantized) training step against a float step.
+
+What it measures, in ONE process, on the same random CIFAR-shaped data (batch 64, 3x32x32,
+10 classes), with SGD (momentum 0.9, lr 0.1):
+
+* float step:     zero_grad, forward of full-precision ResNet-20, cross-entropy, backward, step;
+* quantized step: the same for `quantize_model(resnet20, {every layer: --bits}, act_bits)`, with
+                  loss = CE + 0.01 * bit_regularizer / quantized_param_count (what a FedMPQ
+                  client optimises), then `rebinarize_model` with a seeded generator (stochastic
+                  rounding back to the N-bit grid, as after every client step).
+
+The two steps are interleaved (alternating which goes first) after a warm-up, so slow drift of
+the machine (thermal, other processes) hits both alike; the median of `--steps` timings of each
+is reported, with their ratio. On CUDA every timing is bracketed by `torch.cuda.synchronize()`.
+Default `--threads 1`: what one Flower client actor gets in the simulation here.
+
+With `--profile` it also shows where the quantized step's extra time goes: median time of the
+phases (forward / backward / optimizer step / rebinarize) of both models, ablations (quantized
+weights with float ReLU; float weights with quantized ReLU) and torch.profiler's top operators
+by self CPU time for one quantized step.
+
+Run:
+    .venv/bin/python experiments/bench_quant_step.py                    # CPU, 1 thread, 4 bits
+    .venv/bin/python experiments/bench_quant_step.py --threads 2 --steps 30 --bits 8
+    .venv/bin/python experiments/bench_quant_step.py --device cuda --profile
+The last line printed is JSON: {"fp_step_s", "quant_step_s", "ratio", "device", "threads", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedmpq_flwr.models import build_model
+from fedmpq_flwr.quant import (
+    QuantReLU,
+    bit_regularizer,
+    quantizable_layers,
+    quantize_model,
+    quantized_param_count,
+    rebinarize_model,
+)
+
+BATCH = 64
+NUM_CLASSES = 10
+LAMBDA_BIT = 0.01
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each model (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first (default 3)")
+    parser.add_argument("--bits", type=int, default=4, help="weight bits of every quantized layer (default 4)")
+    parser.add_argument("--act-bits", type=int, default=4, help="activation bits (default 4)")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="also break the quantized step's time down")
+    return parser.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stepper:
+    """One model, its optimizer and its step split in phases (each phase a callable)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, quantized: bool, seed: int) -> None:
+        self.model = model.to(device).train()
+        self.device = device
+        self.quantized = quantized
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.count = quantized_param_count(self.model) if quantized else 0
+        self.generator = torch.Generator(device=device).manual_seed(seed) if quantized else None
+        self.loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y)
+        if self.quantized:
+            loss = loss + LAMBDA_BIT * bit_regularizer(self.model) / self.count
+        self.loss = loss
+
+    def backward(self) -> None:
+        assert self.loss is not None
+        self.loss.backward()
+
+    def optimizer(self) -> None:
+        self.opt.step()
+
+    def rebinarize(self) -> None:
+        if self.quantized:
+            rebinarize_model(self.model, self.generator)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.forward(x, y)
+        self.backward()
+        self.optimizer()
+        self.rebinarize()
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def make_batches(n: int, batch: int, device: torch.device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, 3, 32, 32, generator=gen).to(device), torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device))
+        for _ in range(n)
+    ]
+
+
+def interleaved(steppers: dict[str, Stepper], batches, steps: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Median-ready step times of each stepper; the order alternates every iteration."""
+    names = list(steppers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(warmup + steps):
+        x, y = batches[i % len(batches)]
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            t = timed(lambda s=steppers[name]: s.step(x, y), device)
+            if i >= warmup:
+                times[name].append(t)
+    return times
+
+
+def phase_times(stepper: Stepper, batches, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
+    phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "rebinarize": []}
+    for i in range(warmup + steps):
+        x, y = batches[i % len(batches)]
+        measured = {
+            "forward": timed(lambda: stepper.forward(x, y), device),
+            "backward": timed(stepper.backward, device),
+            "optimizer": timed(stepper.optimizer, device),
+            "rebinarize": timed(stepper.rebinarize, device),
+        }
+        if i >= warmup:
+            for key, value in measured.items():
+                phases[key].append(value)
+    return {key: statistics.median(values) for key, values in phases.items()}
+
+
+def relu_to(model: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
+    """Replace every nn.ReLU / QuantReLU of `model` (in place) by `make()`."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (nn.ReLU, QuantReLU)):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, make())
+    return model
+
+
+def profile(args: argparse.Namespace, device: torch.device, batches) -> None:
+    torch.manual_seed(args.seed)
+    float_model = build_model("resnet20", NUM_CLASSES)
+    bits = {name: args.bits for name in quantizable_layers(float_model)}
+    fp = Stepper(build_model("resnet20", NUM_CLASSES), device, quantized=False, seed=args.seed)
+    fp.model.load_state_dict(float_model.state_dict())
+    quant = Stepper(quantize_model(float_model, bits, args.act_bits), device, quantized=True, seed=args.seed)
+
+    print("\n== phases (median seconds) ==")
+    fp_phases = phase_times(fp, batches, args.steps, args.warmup, device)
+    q_phases = phase_times(quant, batches, args.steps, args.warmup, device)
+    print(f"{'phase':<12}{'float':>10}{'quant':>10}{'extra':>10}")
+    for key in fp_phases:
+        print(f"{key:<12}{fp_phases[key]:>10.4f}{q_phases[key]:>10.4f}{q_phases[key] - fp_phases[key]:>+10.4f}")
+    print(f"{'total':<12}{sum(fp_phases.values()):>10.4f}{sum(q_phases.values()):>10.4f}"
+          f"{sum(q_phases.values()) - sum(fp_phases.values()):>+10.4f}")
+
+    print("\n== ablations (interleaved, median step seconds) ==")
+    variants = {
+        "float": fp,
+        "quant (weights + acts)": quant,
+        "quant weights, float ReLU": Stepper(
+            relu_to(quantize_model(float_model, bits, args.act_bits), lambda: nn.ReLU(inplace=True)),
+            device, quantized=True, seed=args.seed),
+        "float weights, QuantReLU": Stepper(
+            relu_to(build_model("resnet20", NUM_CLASSES), lambda: QuantReLU(args.act_bits)),
+            device, quantized=False, seed=args.seed),
+    }
+    times = interleaved(variants, batches, args.steps, args.warmup, device)
+    base = statistics.median(times["float"])
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:<28}{med:>10.4f}  x{med / base:.3f}")
+
+    print("\n== torch.profiler: one quantized step, top ops by self CPU time ==")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    x, y = batches[0]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            quant.step(x, y)
+        sync(device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    if device.type == "cuda":
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+    torch.manual_seed(args.seed)
+    float_model = build_model("resnet20", NUM_CLASSES)
+    bits = {name: args.bits for name in quantizable_layers(float_model)}
+    qmodel = quantize_model(float_model, bits, args.act_bits)
+    steppers = {
+        "float": Stepper(float_model, device, quantized=False, seed=args.seed),
+        "quant": Stepper(qmodel, device, quantized=True, seed=args.seed),
+    }
+    batches = make_batches(8, args.batch, device, args.seed)
+    times = interleaved(steppers, batches, args.steps, args.warmup, device)
+    fp_s, q_s = statistics.median(times["float"]), statistics.median(times["quant"])
+    for stepper in steppers.values():
+        assert stepper.loss is not None and torch.isfinite(stepper.loss), "training diverged: timings not meaningful"
+
+    print(f"ResNet-20, batch {args.batch}, {args.bits}-bit weights / {args.act_bits}-bit activations, "
+          f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    print(f"{'model':<8}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for name, values in times.items():
+        print(f"{name:<8}{statistics.median(values):>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
+    print(f"ratio quant/float: {q_s / fp_s:.3f}")
+
+    if args.profile:
+        profile(args, device, batches)
+
+    print(json.dumps({
+        "fp_step_s": round(fp_s, 6),
+        "quant_step_s": round(q_s, 6),
+        "ratio": round(q_s / fp_s, 4),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "bits": args.bits,
+        "act_bits": args.act_bits,
+        "batch": args.batch,
+        "steps": args.steps,
+    }))
+
+
+if __name__ == "__main__":
+    main()
