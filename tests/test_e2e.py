@@ -66,6 +66,17 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
     return results
 
 
+def run_experiment_file(document: dict, config_path: Path, results_dir: Path) -> subprocess.CompletedProcess:
+    """Write an experiment YAML and run it through the runner; it must succeed."""
+    config_path.write_text(yaml.safe_dump(document))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_flwr_run_dot_with_overrides(tmp_path: Path) -> None:
     """The command a user types: `flwr run . --stream` with --run-config/--federation-config."""
     started = time.time()
@@ -107,14 +118,8 @@ def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
         {"run_id": "same_a", "description": "first copy", "seed": 5},
         {"run_id": "same_b", "description": "second copy", "seed": 5},
     ]}
-    config_path = tmp_path / "runs.yaml"
-    config_path.write_text(yaml.safe_dump(document))
     results_dir = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
     assert proc.stdout.index("first copy") < proc.stdout.index('{"run_id": "same_a", "round": 1')
     runs = {}
     for run_id in ("same_a", "same_b"):
@@ -144,14 +149,8 @@ def test_fedmpq_runner_end_to_end_learns(tmp_path: Path) -> None:
         "quant": {"budgets": [3, 4, 5]},
         "federation": {"num_clients": 3, "device": "cpu"},
     }]}
-    config_path = tmp_path / "runs.yaml"
-    config_path.write_text(yaml.safe_dump(document))
     results_dir = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
     run_dir = results_dir / "fedmpq_e2e"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     floats = sum(w.size for w in get_weights(build_model("tiny_cnn")))
