@@ -10,9 +10,9 @@ from fedmpq_flwr.methods import METHODS
 
 
 def client_fn(context: Context) -> Client:
-    config = from_flower_run_config(context.run_config)
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
+    config = from_flower_run_config(context.run_config, num_clients=num_partitions)
     client_cls = METHODS[config["strategy"]["name"]].client
     return client_cls(config, partition_id, num_partitions).to_client()
 

@@ -236,10 +236,15 @@ def dump_yaml(config: Mapping[str, Any], path: str) -> None:
         yaml.safe_dump(dict(config), handle, sort_keys=False)
 
 
-def from_flower_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The validated config of a Flower run: `config_file` when set, else the flat run-config keys."""
+def from_flower_run_config(run_config: Mapping[str, Any], num_clients: int) -> dict[str, Any]:
+    """The validated config of a Flower run: `config_file` when set, else the flat run-config keys.
+
+    `num_clients` is the federation's real size (SuperNodes), which wins over the config's, so
+    per-client settings such as `quant.budgets` are checked against the clients that exist.
+    """
     flat = dict(run_config)
     config_file = str(flat.pop("config_file", "") or "")
-    if config_file:
-        return validate(load_yaml(config_file) or {})
-    return validate(unflatten(flat))
+    config = (load_yaml(config_file) or {}) if config_file else unflatten(flat)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{config_file}: expected a mapping of config keys, got {type(config).__name__}")
+    return validate(deep_merge(config, {"federation": {"num_clients": num_clients}}))

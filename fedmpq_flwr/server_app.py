@@ -61,11 +61,10 @@ def main(grid: Grid, context: Context) -> None:
     """Resolve the config, run the legacy-API strategy for all rounds, then save model and results."""
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
-        config = from_flower_run_config(context.run_config)
+        config = from_flower_run_config(context.run_config, num_clients=len(list(grid.get_node_ids())))
     except ConfigError as err:
         log(ERROR, "invalid run config: %s", err)  # the one line to read above Flower's traceback
         raise
-    config["federation"]["num_clients"] = len(list(grid.get_node_ids()))
     run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, str(run_dir / CONFIG_FILE))

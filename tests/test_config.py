@@ -65,12 +65,21 @@ def test_flower_app_config_declares_valid_keys() -> None:
     flat = flatten(app_config)
     assert flat.pop("config_file") == ""
     assert set(flat) <= set(flatten(defaults()))
-    config = from_flower_run_config(flatten(app_config))
+    config = from_flower_run_config(flatten(app_config), num_clients=2)
     assert config["dataset"]["name"] == "synthetic" and config["model"]["name"] == "tiny_cnn"
+    assert config["federation"]["num_clients"] == 2
+
+
+def test_flower_run_config_checks_budgets_against_the_real_federation() -> None:
+    """`flwr run . --run-config "quant.budgets='2,6'"` on 2 SuperNodes: the node count decides."""
+    run_config = {"strategy.name": "fedmpq", "quant.budgets": "2,6"}
+    assert from_flower_run_config(run_config, num_clients=2)["quant"]["budgets"] == [2, 6]
+    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*2 entries.*num_clients = 3"):
+        from_flower_run_config(run_config, num_clients=3)
 
 
 def test_config_file_replaces_flat_keys(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("run_id: from_file\ntrain: {lr: 0.02}\n")
-    config = from_flower_run_config({"config_file": str(path), "run_id": "ignored"})
+    config = from_flower_run_config({"config_file": str(path), "run_id": "ignored"}, num_clients=4)
     assert config["run_id"] == "from_file" and config["train"]["lr"] == 0.02
