@@ -19,7 +19,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedmpq_flwr.client import FedAvgClient
-from fedmpq_flwr.config import ConfigError
 from fedmpq_flwr.quant import (
     bit_regularizer,
     decode_update,
@@ -42,11 +41,6 @@ from fedmpq_flwr.weights import communicated_keys
 class FedMPQClient(FedAvgClient):
     """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`)."""
 
-    def task_loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The data term of the objective (FedMPQ-KD adds distillation here)."""
-        task_loss = F.cross_entropy(logits, labels)
-        return {"loss": task_loss, "task_loss": task_loss}
-
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
@@ -56,9 +50,9 @@ class FedMPQClient(FedAvgClient):
         lambda_b = quant_cfg["lambda_b"]
 
         def loss_fn(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-            terms = self.task_loss(net(images), images, labels)
+            task_loss = F.cross_entropy(net(images), labels)
             bit_loss = lambda_b * bit_regularizer(net) / total_params
-            return {**terms, "loss": terms["loss"] + bit_loss, "bit_loss": bit_loss}
+            return {"loss": task_loss + bit_loss, "task_loss": task_loss, "bit_loss": bit_loss}
 
         generator = None
         if quant_cfg["rounding"] == "stochastic":
@@ -74,18 +68,19 @@ class FedMPQClient(FedAvgClient):
 
 
 def client_budgets(config: dict[str, Any]) -> dict[int, float]:
-    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all."""
-    quant_cfg, num_clients = config["quant"], config["federation"]["num_clients"]
-    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]] * num_clients
-    if len(budgets) != num_clients:
-        raise ConfigError(
-            f"key 'quant.budgets': value {budgets} has {len(budgets)} entries; the federation has {num_clients} clients"
-        )
+    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all
+    (`config.validate` has checked there is one budget per client)."""
+    quant_cfg = config["quant"]
+    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]] * config["federation"]["num_clients"]
     return {pid: float(budget) for pid, budget in enumerate(budgets)}
 
 
 def _reported_bits(fit_res: FitRes) -> dict[str, int]:
     return json.loads(str(fit_res.metrics["bits"]))
+
+
+def _reported_reductions(fit_res: FitRes) -> dict[str, int]:
+    return json.loads(str(fit_res.metrics["reductions"]))
 
 
 class FedMPQStrategy(FedAvgStrategy):
@@ -112,32 +107,30 @@ class FedMPQStrategy(FedAvgStrategy):
                 num_examples=res.num_examples,
                 budget=self.budgets[pid],
                 bits=_reported_bits(res),
-                reductions=json.loads(str(res.metrics["reductions"])),
+                reductions=_reported_reductions(res),
             )
             for pid, _, res in updates
         ]
         self.bits = allocate(self.layer_sizes, reports, self.budgets)
         return super().aggregate(decoded)
 
-    def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]]) -> dict[str, Any]:
-        """Per participating client: budget, the bits it trained and sent, its losses."""
-        clients = []
-        for pid, weights, res in updates:
-            bits = _reported_bits(res)
-            clients.append({
-                "partition_id": pid,
-                "budget": self.budgets[pid],
-                "assigned_bits": self.bits[pid],
-                "bits": bits,
-                "avg_bits": average_bitwidth(bits, self.layer_sizes),
-                "reductions": json.loads(str(res.metrics["reductions"])),
-                "bits_up": self.upload_bits(weights, res),
-                "num_examples": res.num_examples,
-                **{k: float(res.metrics[k]) for k in ("train_loss", "task_loss", "bit_loss") if k in res.metrics},
-            })
-        mean = lambda key: float(np.mean([c[key] for c in clients])) if clients else None  # noqa: E731
-        return {**super().round_metrics(updates), "task_loss": mean("task_loss"), "bit_loss": mean("bit_loss"),
-                "avg_bits": mean("avg_bits"), "clients": clients}
+    def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
+        """Budget, the bits the server assigned, the bits the client trained, pruned to and sent."""
+        bits = _reported_bits(fit_res)
+        return {
+            "budget": self.budgets[partition_id],
+            "assigned_bits": self.bits[partition_id],
+            "bits": bits,
+            "avg_bits": average_bitwidth(bits, self.layer_sizes),
+            "reductions": _reported_reductions(fit_res),
+        }
+
+    def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]], bits_up: dict[int, int]) -> dict[str, Any]:
+        """Adds the means over participants of the loss terms and of the average bit-width."""
+        metrics = super().round_metrics(updates, bits_up)
+        for key in ("task_loss", "bit_loss", "avg_bits"):
+            metrics[key] = float(np.mean([client[key] for client in metrics["clients"]]))
+        return metrics
 
     def quantized_accuracies(self) -> dict[int, float]:
         """Test accuracy of the global model quantized to each client's next-round assignment

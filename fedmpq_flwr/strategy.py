@@ -1,7 +1,8 @@
 """Server side of full-precision FedAvg: seeded sampling, weighted averaging, server evaluation.
 
 Quantized methods subclass `FedAvgStrategy` and override the hooks (`fit_config`,
-`aggregate`, `upload_bits`, `download_bits`, `round_metrics`, `evaluate_extra`, `save_outputs`).
+`aggregate`, `upload_bits`, `download_bits`, `client_record`, `round_metrics`, `evaluate_extra`,
+`save_outputs`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fedmpq_flwr.train import evaluate, resolve_device
 from fedmpq_flwr.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
+CLIENT_LOSS_KEYS = ("train_loss", "task_loss", "bit_loss")  # reported by clients when they have them
 
 
 def format_seconds(seconds: float) -> str:
@@ -105,11 +107,26 @@ class FedAvgStrategy(Strategy):
         uniform = self.config["strategy"]["weighting"] == "uniform"
         return aggregate([(weights, 1 if uniform else fit_res.num_examples) for _, weights, fit_res in updates])
 
-    def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]]) -> dict[str, Any]:
-        """Extra per-round fields for metrics.jsonl (computed before `aggregate`)."""
-        total = sum(fit_res.num_examples for _, _, fit_res in updates)
-        loss = sum(float(fit_res.metrics["train_loss"]) * fit_res.num_examples for _, _, fit_res in updates)
-        return {"train_loss": loss / total if total else None}
+    def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
+        """Method-specific fields of one participant's entry in the round's `clients` list."""
+        return {}
+
+    def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]], bits_up: dict[int, int]) -> dict[str, Any]:
+        """Per-round fields for metrics.jsonl (computed before `aggregate`): the sample-weighted
+        training loss and one entry per participant."""
+        clients = [
+            {
+                "partition_id": pid,
+                "num_examples": res.num_examples,
+                "bits_up": bits_up[pid],
+                **{k: float(res.metrics[k]) for k in CLIENT_LOSS_KEYS if k in res.metrics},
+                **self.client_record(pid, res),
+            }
+            for pid, _, res in updates
+        ]
+        total = sum(c["num_examples"] for c in clients)
+        loss = sum(c["train_loss"] * c["num_examples"] for c in clients)
+        return {"train_loss": loss / total if total else None, "clients": clients}
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
         """More evaluation fields for the round, with `self.model` holding the new global model."""
@@ -149,14 +166,15 @@ class FedAvgStrategy(Strategy):
             ((int(res.metrics["partition_id"]), parameters_to_ndarrays(res.parameters), res) for _, res in results),
             key=lambda update: update[0],
         )
+        bits_up = {pid: self.upload_bits(weights, res) for pid, weights, res in updates}
         self.round_stats.update(
             num_failures=len(failures),
-            bits_up=sum(self.upload_bits(weights, res) for _, weights, res in updates),
+            bits_up=sum(bits_up.values()),
             client_time_s=max((float(res.metrics["client_time_s"]) for _, _, res in updates), default=0.0),
         )
         if not updates:
             return None, {}
-        self.round_stats.update(self.round_metrics(updates))
+        self.round_stats.update(self.round_metrics(updates, bits_up))
         self.latest_parameters = self.aggregate(updates)
         return ndarrays_to_parameters(self.latest_parameters), {}
 

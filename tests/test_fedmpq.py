@@ -150,6 +150,6 @@ def test_budget_errors_are_one_line_config_errors(tmp_path: Path) -> None:
         fedmpq_config(tmp_path, avg_bits=3)
     assert fedmpq_config(tmp_path, avg_bits=3.5)["quant"]["avg_bits"] == 3.5  # equals the budgets' mean
     config = fedmpq_config(tmp_path)
-    config["federation"]["num_clients"] = 5  # the server found 5 nodes, the config has 4 budgets
-    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*5 clients"):
-        FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    config["federation"]["num_clients"] = 5  # the federation has 5 nodes, the config 4 budgets
+    with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*4 entries.*num_clients = 5"):
+        validate(config)

@@ -58,6 +58,9 @@ def test_aggregate_is_sample_weighted_and_bits_are_counted(tmp_path: Path) -> No
         np.testing.assert_allclose(array, 1.5)  # (3*1 + 1*3) / 4
     num_floats = sum(int(np.prod(s)) for s in shapes)
     assert strategy.round_stats["bits_up"] == 2 * 32 * num_floats
+    clients = strategy.round_stats["clients"]
+    assert [(c["partition_id"], c["num_examples"], c["bits_up"]) for c in clients] == [
+        (4, 1, 32 * num_floats), (7, 3, 32 * num_floats)]
     assert strategy.round_stats["num_failures"] == 0
     assert strategy.download_bits(strategy.latest_parameters, 0) == 32 * num_floats
 
