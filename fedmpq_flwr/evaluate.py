@@ -10,6 +10,7 @@ Std is the sample std (ddof=1); it is null (None) when a variation has a single 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import textwrap
@@ -26,8 +27,13 @@ from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, STATUS_COMPLETED, is
 IMAGES_DIR = "images"
 COMPARISON_FILE = "comparison.json"
 ACCURACY_KEYS = ("final_accuracy", "best_accuracy", "auc_accuracy")
+# Last-round values of quantized methods (None for full-precision runs): summary name -> metrics key.
+FINAL_VALUES = {"final_quant_accuracy_mean": "quant_test_accuracy_mean",
+                "final_quant_accuracy_min": "quant_test_accuracy_min", "final_avg_bits": "avg_bits"}
 # Per-run scalars aggregated across seeds in each variation (add a key here to aggregate it).
-VARIATION_SCALARS = ACCURACY_KEYS + ("mean_round_time_s", "total_bits_up", "total_bits_down")
+VARIATION_SCALARS = ACCURACY_KEYS + ("mean_round_time_s", "total_bits_up", "total_bits_down") + tuple(FINAL_VALUES)
+# Per-round curves averaged across seeds: name prefix -> metrics key (skipped when a run lacks it).
+CURVES = {"accuracy": "test_accuracy", "quant_accuracy": "quant_test_accuracy_mean"}
 RUN_LABELS = ("variation", "description", "strategy", "model", "dataset")
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (3, 1, 1, 1)), "x")]
 INCOMPLETE_REASONS = {
@@ -84,6 +90,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "mean_round_time_s": _agg(history, "round_time_s", np.mean),
         **{f"total_{key}": _agg(history, key, np.sum) for key in ("bits_up", "bits_down")},
         **{f"mean_{key}_per_round": _agg(history, key, np.mean) for key in ("bits_up", "bits_down")},
+        **{name: (history[-1].get(key) if history else None) for name, key in FINAL_VALUES.items()},
         "torn_metrics_lines": _torn_lines(run_dir, len(metrics)),
         "history": history,
     }
@@ -117,9 +124,15 @@ def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Across-seed statistics of the completed runs of one variation."""
     runs = sorted(runs, key=lambda r: (not isinstance(r["seed"], int), r["seed"] if isinstance(r["seed"], int)
                                        else 0, r["run_id"]))
-    per_run = [{rec["round"]: float(rec["test_accuracy"]) for rec in r["history"]} for r in runs]
-    shared = sorted(set.intersection(*(set(acc) for acc in per_run)))
-    curves = np.array([[acc[rnd] for rnd in shared] for acc in per_run], dtype=float).reshape(len(runs), -1)
+    per_run = [{rec["round"]: rec for rec in r["history"]} for r in runs]
+    shared = sorted(set.intersection(*(set(records) for records in per_run)))
+    curves: dict[str, Any] = {}
+    for prefix, key in CURVES.items():
+        mean = std = None
+        if all(key in records[rnd] for records in per_run for rnd in shared):
+            values = np.array([[float(records[rnd][key]) for rnd in shared] for records in per_run]).reshape(len(runs), -1)
+            mean, std = values.mean(axis=0).tolist(), (values.std(axis=0, ddof=1).tolist() if len(runs) > 1 else None)
+        curves.update({f"{prefix}_per_round_mean": mean, f"{prefix}_per_round_std": std})
     return {
         **{key: runs[0][key] for key in RUN_LABELS},
         "n": len(runs),
@@ -127,8 +140,7 @@ def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "run_ids": [r["run_id"] for r in runs],
         **{key: mean_std([r[key] for r in runs]) for key in VARIATION_SCALARS},
         "rounds": shared,
-        "accuracy_per_round_mean": curves.mean(axis=0).tolist(),
-        "accuracy_per_round_std": curves.std(axis=0, ddof=1).tolist() if len(runs) > 1 else None,
+        **curves,
     }
 
 
@@ -172,24 +184,25 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_vs_rounds(variations: dict[str, dict[str, Any]], path: Path) -> None:
-    """Mean test accuracy (%) vs round per variation, std band when n > 1, final value labelled."""
+def plot_accuracy_vs_rounds(variations: dict[str, dict[str, Any]], path: Path, curve: str = "accuracy",
+                            ylabel: str = "Test accuracy (%)") -> None:
+    """Mean of a per-round accuracy curve (%) per variation, std band when n > 1, final value labelled."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (name, var) in enumerate(variations.items()):
-        rounds, mean = np.array(var["rounds"]), 100 * np.array(var["accuracy_per_round_mean"])
+        rounds, mean = np.array(var["rounds"]), 100 * np.array(var[f"{curve}_per_round_mean"])
         style, marker = STYLES[i % len(STYLES)]
         (line,) = ax.plot(rounds, mean, linestyle=style, marker=marker, markevery=max(1, len(rounds) // 10),
                           label=f"{name} (n={var['n']})")
-        if var["accuracy_per_round_std"] is not None:
-            std = 100 * np.array(var["accuracy_per_round_std"])
+        if var[f"{curve}_per_round_std"] is not None:
+            std = 100 * np.array(var[f"{curve}_per_round_std"])
             ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2,
                             hatch=HATCHES[i % len(HATCHES)])
         ax.annotate(f"{mean[-1]:.1f}%", (rounds[-1], mean[-1]), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=8, color=line.get_color())
     ax.set_xlabel("Communication round")
-    ax.set_ylabel("Test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(x=0.1)  # room for the final-value labels
     ax.grid(True, alpha=0.3)
@@ -221,9 +234,14 @@ def plot_final_accuracy(variations: dict[str, dict[str, Any]], path: Path) -> No
     _save(fig, path)
 
 
-FIGURES: list[tuple[str, Callable[[dict[str, dict[str, Any]], Path], None]]] = [
-    ("accuracy_vs_rounds.pdf", plot_accuracy_vs_rounds),
-    ("final_accuracy.pdf", plot_final_accuracy),
+# (file name, builder, the curve a variation must have to appear in it, or None for any variation)
+FIGURES: list[tuple[str, Callable[[dict[str, dict[str, Any]], Path], None], str | None]] = [
+    ("accuracy_vs_rounds.pdf", plot_accuracy_vs_rounds, None),
+    ("final_accuracy.pdf", plot_final_accuracy, None),
+    ("quantized_accuracy_vs_rounds.pdf",
+     functools.partial(plot_accuracy_vs_rounds, curve="quant_accuracy",
+                       ylabel="Test accuracy of the quantized client models,\nmean over clients (%)"),
+     "quant_accuracy"),
 ]
 
 
@@ -234,9 +252,11 @@ def make_figures(variations: dict[str, dict[str, Any]], results_dir: Path) -> li
         return []
     (results_dir / IMAGES_DIR).mkdir(exist_ok=True)
     written = []
-    for name, builder in FIGURES:
-        builder(plottable, results_dir / IMAGES_DIR / name)
-        written.append(f"{IMAGES_DIR}/{name}")
+    for name, builder, curve in FIGURES:
+        shown = {k: v for k, v in plottable.items() if curve is None or v[f"{curve}_per_round_mean"] is not None}
+        if shown:
+            builder(shown, results_dir / IMAGES_DIR / name)
+            written.append(f"{IMAGES_DIR}/{name}")
     return written
 
 

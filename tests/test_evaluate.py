@@ -209,3 +209,25 @@ def test_import_does_not_load_torch() -> None:
     code = "import fedmpq_flwr.evaluate, sys; assert 'torch' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_quantized_results_are_summarised_and_plotted(tmp_path: Path) -> None:
+    """Runs with quantized-model accuracy and average bits: last-round values aggregated over
+    seeds, the per-round quantized curve averaged, and its own figure written."""
+    quant = {0: ([0.1, 0.3], 3.5), 1: ([0.2, 0.5], 3.9)}
+    for seed, (accs, bits) in quant.items():
+        run_dir = write_run(tmp_path, "mpq", seed, [0.4, 0.6])
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for record, acc in zip(records, accs):
+            record.update(quant_test_accuracy_mean=acc, quant_test_accuracy_min=acc / 2, avg_bits=bits)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_run(tmp_path, "fp", 0, [0.5, 0.7])
+    comp = evaluate.analyze(tmp_path)
+    mpq, fp = comp["variations"]["mpq"], comp["variations"]["fp"]
+    assert mpq["final_quant_accuracy_mean"] == {"mean": approx(0.4), "std": approx(math.sqrt(0.02))}
+    assert mpq["final_quant_accuracy_min"]["mean"] == approx(0.2)
+    assert mpq["final_avg_bits"]["mean"] == approx(3.7)
+    assert mpq["quant_accuracy_per_round_mean"] == [approx(0.15), approx(0.4)]
+    assert fp["quant_accuracy_per_round_mean"] is None and fp["final_avg_bits"] == {"mean": None, "std": None}
+    assert "images/quantized_accuracy_vs_rounds.pdf" in comp["figures"]
+    assert (tmp_path / "images" / "quantized_accuracy_vs_rounds.pdf").read_bytes().startswith(b"%PDF")
