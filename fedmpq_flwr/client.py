@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.client import NumPyClient
+from flwr.common import RecordDict
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,10 +30,14 @@ class FedAvgClient(NumPyClient):
     Subclasses change what is trained and sent by overriding `train`.
     """
 
-    def __init__(self, config: dict[str, Any], partition_id: int, num_partitions: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], partition_id: int, num_partitions: int, state: RecordDict | None = None
+    ) -> None:
         self.config = config
         self.partition_id = partition_id
         self.num_partitions = num_partitions
+        # What the node keeps between rounds (Flower's `context.state`: client objects are rebuilt every round).
+        self.state = state if state is not None else RecordDict()
         self.device = resolve_device(config["federation"]["device"])
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +55,7 @@ class FedAvgClient(NumPyClient):
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Train the received global model; return what to upload and the metrics to report."""
         stats = train_epochs(model, loader, self.optimizer(model.parameters()), self.config["train"]["local_epochs"], self.device)
-        return get_weights(model), {"train_loss": stats["train_loss"]}
+        return get_weights(model), stats
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         started = time.perf_counter()

@@ -14,7 +14,7 @@ def client_fn(context: Context) -> Client:
     num_partitions = int(context.node_config["num-partitions"])
     config = from_flower_run_config(context.run_config, num_clients=num_partitions)
     client_cls = METHODS[config["strategy"]["name"]].client
-    return client_cls(config, partition_id, num_partitions).to_client()
+    return client_cls(config, partition_id, num_partitions, context.state).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

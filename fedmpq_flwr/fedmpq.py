@@ -9,6 +9,8 @@ per-layer bits to its budget (`fedmpq_flwr.quant.allocation`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,8 +40,25 @@ from fedmpq_flwr.train import evaluate, train_epochs
 from fedmpq_flwr.weights import communicated_keys
 
 
+@dataclass
+class ObjectiveExtension:
+    """What a subclass adds to a FedMPQ client's local training."""
+
+    # (images, student logits) -> named terms: "loss" is added to what is minimised, the others logged
+    terms: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+    after_step: Callable[[], None] | None = None  # called after every optimizer step and re-binarization
+    metrics: dict[str, Scalar] = field(default_factory=dict)  # reported with the update
+
+
 class FedMPQClient(FedAvgClient):
-    """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`)."""
+    """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`).
+
+    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation).
+    """
+
+    def extension(self, model: nn.Module, student: nn.Module, config: dict[str, Any]) -> ObjectiveExtension | None:
+        """Extra loss terms, per-step action and metrics on top of FedMPQ's (none for FedMPQ)."""
+        return None
 
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
@@ -48,22 +67,36 @@ class FedMPQClient(FedAvgClient):
         student = quantize_model(model, json.loads(str(config["bits"])), quant_cfg["act_bits"]).to(self.device)
         total_params = quantized_param_count(student)
         lambda_b = quant_cfg["lambda_b"]
+        extension = self.extension(model, student, config)
 
         def loss_fn(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-            task_loss = F.cross_entropy(net(images), labels)
+            logits = net(images)
+            task_loss = F.cross_entropy(logits, labels)
             bit_loss = lambda_b * bit_regularizer(net) / total_params
-            return {"loss": task_loss + bit_loss, "task_loss": task_loss, "bit_loss": bit_loss}
+            terms = {"loss": task_loss + bit_loss, "task_loss": task_loss, "bit_loss": bit_loss}
+            if extension is not None:
+                extra = extension.terms(images, logits)
+                loss = terms["loss"] + extra.pop("loss")
+                terms.update(extra, loss=loss)
+            return terms
 
         generator = None
         if quant_cfg["rounding"] == "stochastic":
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        stats = train_epochs(
+
+        def after_step() -> None:
+            rebinarize_model(student, generator)
+            if extension is not None and extension.after_step is not None:
+                extension.after_step()
+
+        metrics: dict[str, Any] = train_epochs(
             student, loader, self.optimizer(student.parameters()), self.config["train"]["local_epochs"], self.device,
-            loss_fn=loss_fn, after_step=lambda: rebinarize_model(student, generator),
+            loss_fn=loss_fn, after_step=after_step,
         )
         reductions = prune_model(student, quant_cfg["thre"])
-        metrics = {name: value for name, value in stats.items() if name != "steps"}
         metrics.update(bits=json.dumps(layer_bits(student)), reductions=json.dumps(reductions))
+        if extension is not None:
+            metrics.update(extension.metrics)
         return encode_update(student, communicated_keys(model)), metrics
 
 
@@ -124,13 +157,6 @@ class FedMPQStrategy(FedAvgStrategy):
             "avg_bits": average_bitwidth(bits, self.layer_sizes),
             "reductions": _reported_reductions(fit_res),
         }
-
-    def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]], bits_up: dict[int, int]) -> dict[str, Any]:
-        """Adds the means over participants of the loss terms and of the average bit-width."""
-        metrics = super().round_metrics(updates, bits_up)
-        for key in ("task_loss", "bit_loss", "avg_bits"):
-            metrics[key] = float(np.mean([client[key] for client in metrics["clients"]]))
-        return metrics
 
     def quantized_accuracies(self) -> dict[int, float]:
         """Test accuracy of the global model quantized to each client's next-round assignment

@@ -11,6 +11,7 @@ from flwr.client import NumPyClient
 
 from fedmpq_flwr.client import FedAvgClient
 from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
+from fedmpq_flwr.fedmpq_kd import FedMPQKDClient
 from fedmpq_flwr.strategy import FedAvgStrategy
 
 
@@ -23,4 +24,5 @@ class Method:
 METHODS: dict[str, Method] = {
     "fedavg": Method(client=FedAvgClient, strategy=FedAvgStrategy),
     "fedmpq": Method(client=FedMPQClient, strategy=FedMPQStrategy),
+    "fedmpq_kd": Method(client=FedMPQKDClient, strategy=FedMPQStrategy),  # the teacher stays on the client
 }

@@ -37,7 +37,8 @@ from fedmpq_flwr.train import evaluate, resolve_device
 from fedmpq_flwr.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
-CLIENT_LOSS_KEYS = ("train_loss", "task_loss", "bit_loss")  # reported by clients when they have them
+# Client metrics whose mean over a round's participants is a round field (when every participant has it).
+ROUND_MEAN_KEYS = ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")
 
 
 def format_seconds(seconds: float) -> str:
@@ -112,21 +113,26 @@ class FedAvgStrategy(Strategy):
         return {}
 
     def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]], bits_up: dict[int, int]) -> dict[str, Any]:
-        """Per-round fields for metrics.jsonl (computed before `aggregate`): the sample-weighted
-        training loss and one entry per participant."""
+        """Per-round fields for metrics.jsonl (computed before `aggregate`): one entry per participant
+        with every number it reported, the sample-weighted training loss and the means in
+        `ROUND_MEAN_KEYS`."""
         clients = [
             {
                 "partition_id": pid,
                 "num_examples": res.num_examples,
                 "bits_up": bits_up[pid],
-                **{k: float(res.metrics[k]) for k in CLIENT_LOSS_KEYS if k in res.metrics},
+                **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k != "partition_id"},
                 **self.client_record(pid, res),
             }
             for pid, _, res in updates
         ]
         total = sum(c["num_examples"] for c in clients)
         loss = sum(c["train_loss"] * c["num_examples"] for c in clients)
-        return {"train_loss": loss / total if total else None, "clients": clients}
+        metrics: dict[str, Any] = {"train_loss": loss / total if total else None, "clients": clients}
+        for key in ROUND_MEAN_KEYS:
+            if clients and all(key in client for client in clients):
+                metrics[key] = float(np.mean([client[key] for client in clients]))
+        return metrics
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
         """More evaluation fields for the round, with `self.model` holding the new global model."""

@@ -38,8 +38,10 @@ def train_epochs(
     after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Run `epochs` passes of SGD over `loader` (calling `after_step` after each optimizer step);
-    return the mean of every loss term (`loss` reported as `train_loss`) and the step count."""
+    return the mean of every loss term (`loss` reported as `train_loss`), the mean L2 norm of the
+    gradient of all trainable parameters (`grad_norm`) and the step count."""
     model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, torch.Tensor] = {}
     steps = 0
     for _ in range(epochs):
@@ -49,6 +51,7 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             terms = loss_fn(model, images, labels)
             terms["loss"].backward()
+            terms["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
             optimizer.step()
             if after_step is not None:
                 after_step()

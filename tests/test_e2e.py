@@ -138,34 +138,47 @@ def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
     assert flower_processes_since(started) == []
 
 
-def test_fedmpq_runner_end_to_end_learns(tmp_path: Path) -> None:
-    """FedMPQ through the runner and Flower: quantized clients learn, bits are counted per client."""
+def test_fedmpq_and_fedmpq_kd_runner_end_to_end_learn(tmp_path: Path) -> None:
+    """FedMPQ and FedMPQ-KD through the runner and Flower: quantized clients learn, bits are counted
+    per client, KD sends what FedMPQ sends, and a node keeps its teacher between rounds."""
     started = time.time()
-    document = {"runs": [{
-        "run_id": "fedmpq_e2e", "description": "FedMPQ end to end", "seed": 0,
-        "strategy": {"name": "fedmpq"}, "model": {"name": "tiny_cnn"},
+    settings = {
+        "model": {"name": "tiny_cnn"},
         "dataset": {"name": "synthetic", "synthetic_train_size": 1200, "synthetic_test_size": 200, "alpha": ".inf"},
         "train": {"num_rounds": 4, "local_epochs": 3, "batch_size": 32, "lr": 0.05},
         "quant": {"budgets": [3, 4, 5]},
         "federation": {"num_clients": 3, "device": "cpu"},
-    }]}
+    }
+    document = {"defaults": settings, "runs": [
+        {"run_id": "fedmpq_e2e", "description": "FedMPQ end to end", "seed": 0, "strategy": {"name": "fedmpq"}},
+        {"run_id": "kd_e2e", "description": "FedMPQ-KD end to end, teacher refreshed every 2 rounds", "seed": 0,
+         "strategy": {"name": "fedmpq_kd"}, "kd": {"refresh_every": 2}},
+    ]}
     results_dir = tmp_path / "results"
     run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
-    run_dir = results_dir / "fedmpq_e2e"
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     floats = sum(w.size for w in get_weights(build_model("tiny_cnn")))
     layers = {"conv1", "conv2", "fc"}
-    for record in records:
-        clients = record["clients"]
-        assert [c["partition_id"] for c in clients] == [0, 1, 2] and [c["budget"] for c in clients] == [3, 4, 5]
-        assert all(set(c["bits"]) == layers and c["avg_bits"] <= c["budget"] + 1e-9 for c in clients)
-        assert record["bits_up"] == sum(c["bits_up"] for c in clients) < 3 * 32 * floats
-        assert record["bits_down"] == 3 * 32 * floats
-        assert record["quant_test_accuracy_min"] <= record["quant_test_accuracy_mean"] <= 1.0
-    first, last = records[0], records[-1]
-    assert last["test_accuracy"] >= 0.2 and last["quant_test_accuracy_mean"] >= 0.2  # chance is 0.1
-    assert last["quant_test_accuracy_mean"] > first["quant_test_accuracy_mean"] + 0.05
-    assignments = json.loads((run_dir / "bit_assignments.json").read_text())
-    assert set(assignments["layer_params"]) == layers and sorted(assignments["clients"]) == ["0", "1", "2"]
-    assert '"quant_test_accuracy_mean"' in (run_dir / "stdout.log").read_text()
+    history = {}
+    for run_id in ("fedmpq_e2e", "kd_e2e"):
+        run_dir = results_dir / run_id
+        records = history[run_id] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for record in records:
+            clients = record["clients"]
+            assert [c["partition_id"] for c in clients] == [0, 1, 2] and [c["budget"] for c in clients] == [3, 4, 5]
+            assert all(set(c["bits"]) == layers and c["avg_bits"] <= c["budget"] + 1e-9 for c in clients)
+            assert record["bits_up"] == sum(c["bits_up"] for c in clients) < 3 * 32 * floats
+            assert record["bits_down"] == 3 * 32 * floats
+            assert record["quant_test_accuracy_min"] <= record["quant_test_accuracy_mean"] <= 1.0
+        first, last = records[0], records[-1]
+        assert last["test_accuracy"] >= 0.2 and last["quant_test_accuracy_mean"] >= 0.2, run_id  # chance is 0.1
+        assert last["quant_test_accuracy_mean"] > first["quant_test_accuracy_mean"] + 0.05, run_id
+        assignments = json.loads((run_dir / "bit_assignments.json").read_text())
+        assert set(assignments["layer_params"]) == layers and sorted(assignments["clients"]) == ["0", "1", "2"]
+        assert '"quant_test_accuracy_mean"' in (run_dir / "stdout.log").read_text()
+    kd = history["kd_e2e"]
+    # the teacher of rounds 1-2 is the initial model, of rounds 3-4 the global model of round 2:
+    # each node kept it in its Flower context between rounds
+    assert [[c["teacher_round"] for c in record["clients"]] for record in kd] == [[0] * 3, [0] * 3, [2] * 3, [2] * 3]
+    assert all(0 <= record["agreement"] <= 1 and record["kd_loss"] > 0 for record in kd)
+    assert [r["bits_down"] for r in kd] == [r["bits_down"] for r in history["fedmpq_e2e"]]
     assert flower_processes_since(started) == []

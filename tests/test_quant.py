@@ -22,6 +22,7 @@ from fedmpq_flwr.quant import (
     QuantReLU,
     bit_regularizer,
     decode_update,
+    dequantized_state,
     encode_update,
     layer_bits,
     prune_model,
@@ -32,6 +33,7 @@ from fedmpq_flwr.quant import (
     rebinarize_model,
     upload_bits,
 )
+from fedmpq_flwr.quant.bitplanes import plane_values
 from fedmpq_flwr.weights import communicated_keys
 
 # ---------------------------------------------------------------------------------------------
@@ -728,3 +730,27 @@ def test_upload_bits_resnet20_analytic() -> None:
     expected = quant_bits + 32 * (non_quant_floats + n_scales)
     assert upload_bits(arrays, keys, bits) == expected
     assert arrays[-1].size == 21
+
+
+def test_layer_trains_after_first_use_under_inference_mode() -> None:
+    """The cached plane values are built outside inference mode even when first asked for there
+    (server evaluation before any training in the same process)."""
+    plane_values.cache_clear()
+    layer = QuantLinear(nn.Linear(4, 2), bits=3)
+    with torch.inference_mode():
+        layer(torch.randn(5, 4))
+    layer(torch.randn(5, 4)).sum().backward()
+    assert layer.weight_bits.planes.grad is not None and layer.weight_bits.planes.grad.abs().sum() > 0
+
+
+def test_dequantized_state_is_what_the_upload_decodes_to() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    bits = {layer: 1 + index % 8 for index, layer in enumerate(quantizable_layers(model))}
+    qmodel = quantize_model(model, bits)
+    keys = communicated_keys(model)
+    state = dequantized_state(qmodel, keys)
+    assert list(state) == keys
+    decoded = decode_update(encode_update(qmodel, keys), keys, bits)
+    for key, array in zip(keys, decoded):
+        np.testing.assert_allclose(state[key].numpy(), array, rtol=1e-6, atol=1e-7)

@@ -4,6 +4,7 @@ from fedmpq_flwr.quant.activations import QuantReLU
 from fedmpq_flwr.quant.bitplanes import MAX_BITS, MIN_BITS, BitTensor, QuantConv2d, QuantLinear, levels
 from fedmpq_flwr.quant.convert import (
     bit_regularizer,
+    dequantized_state,
     layer_bits,
     prune_model,
     quant_layers,
@@ -23,6 +24,7 @@ __all__ = [
     "QuantReLU",
     "bit_regularizer",
     "decode_update",
+    "dequantized_state",
     "encode_update",
     "layer_bits",
     "levels",

@@ -24,8 +24,10 @@ def levels(bits: int) -> int:
 @functools.lru_cache(maxsize=64)
 def plane_values(bits: int, device: torch.device | None = None) -> torch.Tensor:
     """2^(N-1-i) for plane i: what a set digit in plane i is worth (plane 0 most significant).
-    Cached: built once per (bits, device), not on every forward pass."""
-    return torch.tensor([float(1 << (bits - 1 - i)) for i in range(bits)], device=device)
+    Cached: built once per (bits, device), not on every forward pass; always a normal tensor (even
+    when first asked for under `torch.inference_mode`), so training can use it afterwards."""
+    with torch.inference_mode(False):
+        return torch.tensor([float(1 << (bits - 1 - i)) for i in range(bits)], device=device)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

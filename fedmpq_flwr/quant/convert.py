@@ -108,3 +108,12 @@ def tensors_by_state_key(qmodel: nn.Module) -> dict[str, BitTensor]:
             tensors[f"{name}.bias"] = layer.bias_bits
     return tensors
 
+
+
+@torch.no_grad()
+def dequantized_state(qmodel: nn.Module, float_keys: list[str]) -> dict[str, torch.Tensor]:
+    """The float model's state entries (`float_keys`) that the quantized model represents:
+    dequantized weights and biases of the quantized layers, the other entries as they are."""
+    quantized = tensors_by_state_key(qmodel)
+    state = qmodel.state_dict()
+    return {key: quantized[key].dequantize() if key in quantized else state[key] for key in float_keys}

@@ -1,0 +1,184 @@
+"""FedMPQ-KD without a Flower runtime: the distillation term, the teacher, and what stays FedMPQ's."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
+
+from fedmpq_flwr.config import ConfigError, validate
+from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
+from fedmpq_flwr.fedmpq_kd import FedMPQKDClient, distillation_loss, ema_update, inference_teacher, teacher_round
+from fedmpq_flwr.models import MODELS, build_model
+from fedmpq_flwr.quant import dequantized_state, quantizable_layers, quantize_model
+from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.weights import communicated_keys
+from test_fedmpq import fedmpq_config, fit_result
+
+VARYING_KEYS = {"client_time_s", "round_time_s", "run_id"}  # and the run id: what may differ
+KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round"}
+
+
+def kd_config(tmp_path: Path, run_id: str = "unit", **kd) -> dict:
+    config = fedmpq_config(tmp_path)
+    config.update(run_id=run_id, strategy={**config["strategy"], "name": "fedmpq_kd"}, kd={**config["kd"], **kd})
+    return validate(config)
+
+
+def run_rounds(config: dict, client_cls: type, rounds: int, participants: list[list[int]] | None = None) -> tuple[list[dict], list]:
+    """Rounds of the real strategy and clients, called directly (as Flower would, minus the
+    transport); every node keeps its own state between rounds. Returns the metrics.jsonl records
+    and the final global weights."""
+    recorder = RunRecorder(Path(config["results_dir"]) / config["run_id"], config["run_id"])
+    strategy = FedMPQStrategy(config, recorder)
+    states = {pid: RecordDict() for pid in strategy.budgets}
+    for server_round in range(1, rounds + 1):
+        sampled = participants[server_round - 1] if participants else sorted(states)
+        strategy.round_stats = {
+            "sampled_partitions": sampled,
+            "bits_down": sum(strategy.download_bits(strategy.latest_parameters, pid) for pid in sampled),
+        }
+        results = [
+            (None, fit_result(client_cls(config, pid, len(states), states[pid]), strategy, pid, server_round))
+            for pid in sampled
+        ]
+        strategy.aggregate_fit(server_round, results, [])
+        strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
+    records = [json.loads(line) for line in (recorder.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, strategy.latest_parameters
+
+
+def without(record: dict, keys: set[str]) -> dict:
+    """A metrics record minus some keys, also inside its `clients` entries."""
+    kept = {k: v for k, v in record.items() if k not in keys}
+    if "clients" in kept:
+        kept["clients"] = [{k: v for k, v in client.items() if k not in keys} for client in kept["clients"]]
+    return kept
+
+
+def test_distillation_loss_matches_a_hand_computation() -> None:
+    student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    teacher = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    temperature = 2.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        p_t = np.exp(np.array(t_row) / temperature) / np.exp(np.array(t_row) / temperature).sum()
+        p_s = np.exp(np.array(s_row) / temperature) / np.exp(np.array(s_row) / temperature).sum()
+        expected += float(np.sum(p_t * (np.log(p_t) - np.log(p_s))))
+    expected = expected / 2 * temperature**2  # batch mean, scaled by T^2
+    assert distillation_loss(student, teacher, temperature).item() == pytest.approx(expected, rel=1e-6)
+    assert distillation_loss(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_teacher_round_schedule() -> None:
+    assert [teacher_round(r, 1) for r in range(1, 6)] == [0, 1, 2, 3, 4]  # the model just received
+    assert [teacher_round(r, 5) for r in range(1, 12)] == [0] * 5 + [5] * 5 + [10]
+    assert [teacher_round(r, 2) for r in range(1, 6)] == [0, 0, 2, 2, 4]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_inference_teacher_gives_the_float_models_logits(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    model.train()
+    images = torch.randn(32, 3, 32, 32)
+    model(images)  # move the BatchNorm running statistics away from their initial values
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+    has_batchnorm = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for fold in (True, False):
+        teacher = inference_teacher(model, fold_batchnorm=fold)
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules()) == (has_batchnorm and not fold)
+        with torch.inference_mode():
+            logits = teacher(images.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    assert model.training is False and all(p.requires_grad for p in model.parameters())  # the model is untouched
+
+
+def test_ema_update_moves_the_teacher_towards_the_dequantized_student() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn")
+    student = quantize_model(model, {layer: 3 for layer in quantizable_layers(model)})
+    teacher = inference_teacher(model, fold_batchnorm=False)
+    keys = communicated_keys(model)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    target = dequantized_state(student, keys)
+    ema_update(teacher, student, keys, decay=0.9)()
+    for key in keys:
+        torch.testing.assert_close(teacher.state_dict()[key], 0.9 * before[key] + 0.1 * target[key])
+    assert any(not torch.equal(before[k], target[k]) for k in keys)  # the step did move something
+
+
+def test_alpha_zero_reproduces_fedmpq_exactly(tmp_path: Path) -> None:
+    """Same seed, kd.alpha 0: every logged number and the final global model equal FedMPQ's."""
+    fedmpq, fedmpq_weights = run_rounds(fedmpq_config(tmp_path), FedMPQClient, rounds=2)
+    kd, kd_weights = run_rounds(kd_config(tmp_path, run_id="kd", alpha=0.0), FedMPQKDClient, rounds=2)
+    for a, b in zip(fedmpq_weights, kd_weights):
+        np.testing.assert_array_equal(a, b)
+    assert [without(r, VARYING_KEYS) for r in fedmpq] == [without(r, VARYING_KEYS | KD_ONLY_KEYS) for r in kd]
+    assert all(0 <= c["agreement"] <= 1 and c["kd_loss"] > 0 for r in kd for c in r["clients"])
+
+
+def test_kd_changes_training_but_not_what_is_sent(tmp_path: Path) -> None:
+    """alpha 0.5: a different model, the same bits on the wire in every round, and KD diagnostics."""
+    fedmpq, fedmpq_weights = run_rounds(fedmpq_config(tmp_path), FedMPQClient, rounds=3)
+    kd, kd_weights = run_rounds(kd_config(tmp_path, run_id="kd"), FedMPQKDClient, rounds=3)
+    assert any(not np.array_equal(a, b) for a, b in zip(fedmpq_weights, kd_weights))
+    for fedmpq_record, kd_record in zip(fedmpq, kd):
+        assert kd_record["bits_up"] == fedmpq_record["bits_up"] and kd_record["bits_down"] == fedmpq_record["bits_down"]
+        assert [c["bits_up"] for c in kd_record["clients"]] == [c["bits_up"] for c in fedmpq_record["clients"]]
+        for client in kd_record["clients"]:
+            assert client["train_loss"] == pytest.approx(
+                client["task_loss"] + client["bit_loss"] + 0.5 * client["kd_loss"], rel=1e-5
+            )
+            assert client["grad_norm"] > 0 and 0 <= client["agreement"] <= 1
+        for key in ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm"):
+            assert kd_record[key] == pytest.approx(np.mean([c[key] for c in kd_record["clients"]]))
+        assert "kd_loss" not in fedmpq_record and "grad_norm" in fedmpq_record
+
+
+def test_refresh_every_k_keeps_the_older_teacher_on_the_node(tmp_path: Path) -> None:
+    config = kd_config(tmp_path, refresh_every=2)
+    # partition 0 takes part in every round; partition 1 misses round 3 (a refresh round)
+    participants = [[0, 1], [0, 1], [0], [0, 1]]
+    records, _ = run_rounds(config, FedMPQKDClient, rounds=4, participants=participants)
+    teacher_rounds = [{c["partition_id"]: c["teacher_round"] for c in r["clients"]} for r in records]
+    assert teacher_rounds == [{0: 0, 1: 0}, {0: 0, 1: 0}, {0: 2}, {0: 2, 1: 3}]
+
+
+def test_kept_teacher_is_the_old_global_model(tmp_path: Path) -> None:
+    config = kd_config(tmp_path, refresh_every=3)
+    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    initial = [a.copy() for a in strategy.latest_parameters]
+    state = RecordDict()
+    fit_result(FedMPQKDClient(config, 0, 4, state), strategy, 0, server_round=1)
+    strategy.latest_parameters = [a + 1.0 for a in initial]  # a different global model in round 2
+    res = fit_result(FedMPQKDClient(config, 0, 4, state), strategy, 0, server_round=2)
+    assert res.metrics["teacher_round"] == 0
+    kept = state["kd.teacher.partition_0"].to_numpy_ndarrays()
+    for a, b in zip(kept, initial):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("alpha", -0.5, r"key 'kd.alpha': value -0.5 is out of range; expected a number in \[0, inf\)"),
+        ("temperature", 0, r"key 'kd.temperature': value 0.0 is out of range"),
+        ("teacher", "ema", r"key 'kd.teacher': value 'ema' is not allowed; choose one of frozen, updating"),
+        ("ema_decay", 1.5, r"key 'kd.ema_decay': value 1.5 is out of range; expected a number in \[0, 1\]"),
+        ("refresh_every", 0, r"key 'kd.refresh_every': value 0 is out of range"),
+    ],
+)
+def test_kd_keys_are_validated(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate({"strategy": {"name": "fedmpq_kd"}, "kd": {key: value}})
+
+
+def test_kd_defaults_are_the_main_method() -> None:
+    kd = validate({"strategy": {"name": "fedmpq_kd"}})["kd"]
+    assert kd == {"alpha": 0.5, "temperature": 2.0, "teacher": "frozen", "ema_decay": 0.99, "refresh_every": 1}
