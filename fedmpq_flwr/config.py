@@ -87,6 +87,7 @@ def _model_names() -> tuple[str, ...]:
 SCHEMA: dict[str, Field] = {
     "run_id": _field(str, "flwr-run"),
     "variation": _field(str, ""),
+    "axis": _field(str, ""),  # the config key this run varies against the main experiment ("" = none)
     "description": _field(str, ""),
     "seed": _field(int, 0, _range(0)),
     "results_dir": _field(str, "results"),
@@ -217,6 +218,8 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"key 'quant.avg_bits': value {checked['quant.avg_bits']:g} conflicts with quant.budgets {budgets} "
             f"(mean {sum(budgets) / len(budgets):g}); set one of them"
         )
+    if checked["axis"] and checked["axis"] not in SCHEMA:
+        raise ConfigError(f"key 'axis': value {checked['axis']!r} is not a config key; name the key the run varies, e.g. train.local_epochs")
     if not checked["variation"]:
         checked["variation"] = checked["run_id"]
     return unflatten(checked)

@@ -23,11 +23,11 @@ from typing import IO, Any
 
 import yaml
 
-from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, load_yaml, unflatten, validate
+from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, flatten, load_yaml, unflatten, validate
 from fedmpq_flwr.results import CONFIG_FILE, is_complete
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-FILE_KEYS = {"defaults", "runs"}
+FILE_KEYS = {"extends", "defaults", "runs"}
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -41,6 +41,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return unflatten(flat)
 
 
+def inherited_defaults(path: Path, extends: Any) -> dict[str, Any]:
+    """The `defaults` of the file named by `extends` (relative to `path`), so that ablation files
+    share the main experiment's setting instead of copying it."""
+    base_path = path.parent / str(extends)
+    if not isinstance(extends, str) or not base_path.is_file():
+        raise ConfigError(f"{path}: key 'extends': value {extends!r} must name an existing runner file next to it")
+    base = load_yaml(str(base_path))
+    if not isinstance(base, dict) or not isinstance(base.get("defaults") or {}, dict) or "extends" in base:
+        raise ConfigError(f"{path}: key 'extends': {base_path} must be a runner file with a 'defaults' mapping and no 'extends'")
+    return base.get("defaults") or {}
+
+
 def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """All runs of a runner file, resolved and validated; raises ConfigError on the first problem."""
     document = load_yaml(str(path))
@@ -48,10 +60,12 @@ def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> lis
         raise ConfigError(f"{path}: expected a mapping with a non-empty 'runs' list (and optional 'defaults')")
     unknown = set(document) - FILE_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'; allowed: defaults, runs")
+        raise ConfigError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'; allowed: extends, defaults, runs")
     shared = document.get("defaults") or {}
     if not isinstance(shared, dict):
         raise ConfigError(f"{path}: key 'defaults' must be a mapping")
+    if document.get("extends") is not None:
+        shared = deep_merge(inherited_defaults(path, document["extends"]), shared)
     runs: list[dict[str, Any]] = []
     for index, entry in enumerate(document["runs"]):
         where = f"{path}: runs[{index}]"
@@ -112,6 +126,23 @@ def preflight(runs: list[dict[str, Any]]) -> None:
             partition_indices(data.y_train, num_clients, dataset["alpha"], dataset["seed"])
         except ValueError as err:  # DataSourceError included
             raise ConfigError(f"run '{run['run_id']}': {err}") from None
+
+
+def check_finished_runs(runs: list[dict[str, Any]], results_dir: Path) -> None:
+    """A finished run is skipped only if it was made with the same config: anything else (another
+    --set, an edited file) is an error, so a results folder never mixes settings unnoticed."""
+    for run in runs:
+        run_dir = results_dir / run["run_id"]
+        if not is_complete(run_dir):
+            continue
+        saved = flatten(load_yaml(str(run_dir / CONFIG_FILE)) or {})
+        wanted = flatten(run)
+        for key in sorted(set(saved) | set(wanted)):
+            if key != "description" and saved.get(key) != wanted.get(key):
+                raise ConfigError(
+                    f"run '{run['run_id']}' in {results_dir} finished with {key} = {saved.get(key)!r}, now {wanted.get(key)!r}; "
+                    "use --overwrite to rerun it or another --results-dir"
+                )
 
 
 def _pump(source: IO[str], sinks: list[IO[str]]) -> None:
@@ -202,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise ConfigError(f"--only: unknown run_id {missing[0]!r}; known: {', '.join(sorted(names))}")
             runs = [r for r in runs if r["run_id"] in args.only or r["variation"] in args.only]
+        if not args.overwrite:
+            check_finished_runs(runs, results_dir)
         preflight(runs)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The experiment runner's validation, expansion and skipping (no training is started here)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmpq_flwr.config import ConfigError
+from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml
 from fedmpq_flwr.main import expand_runs, parse_overrides
 from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
 
@@ -99,15 +100,20 @@ def test_unknown_only_is_rejected(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--only: unknown run_id 'zzz'" in proc.stderr
 
 
+def fake_finished_runs(tmp_path: Path, results: Path) -> None:
+    """Results folders of TINY's runs that look finished, each with the config it would run with."""
+    for run in expand_runs(write(tmp_path, TINY), results, {}):
+        run_dir = results / run["run_id"]
+        run_dir.mkdir(parents=True)
+        record = {"run_id": run["run_id"], "round": 1, "test_accuracy": 0.5}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        dump_yaml(run, str(run_dir / "config.yaml"))
+        (run_dir / RESULTS_FILE).write_text(json.dumps({"status": STATUS_COMPLETED, "history": [record]}))
+
+
 def test_finished_runs_are_skipped_not_overwritten(tmp_path: Path) -> None:
     results = tmp_path / "out"
-    for run_id in ("a_seed0", "a_seed1", "b"):
-        run_dir = results / run_id
-        run_dir.mkdir(parents=True)
-        record = {"run_id": run_id, "round": 1, "test_accuracy": 0.5}
-        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({"run_id": run_id, "variation": run_id[0]}))
-        (run_dir / RESULTS_FILE).write_text(json.dumps({"status": STATUS_COMPLETED, "history": [record]}))
+    fake_finished_runs(tmp_path, results)
     before = (results / "b" / RESULTS_FILE).read_text()
     proc = run_main("--config", str(write(tmp_path, TINY)), "--results-dir", str(results))
     assert proc.returncode == 0, proc.stderr
@@ -155,3 +161,84 @@ def test_run_teed_copies_both_streams(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "e.log").read_text() == "to err\n"
     console = capsys.readouterr()
     assert "to out" in console.out and "to err" in console.err
+
+
+def test_a_finished_run_with_another_config_is_an_error(tmp_path: Path) -> None:
+    results = tmp_path / "out"
+    fake_finished_runs(tmp_path, results)
+    before = (results / "b" / RESULTS_FILE).read_text()
+    proc = run_main("--config", str(write(tmp_path, TINY)), "--results-dir", str(results), "--set", "train.lr=0.2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"config error: run 'a_seed0' in {results} finished with train.lr = 0.1, now 0.2; "
+        "use --overwrite to rerun it or another --results-dir"
+    )
+    assert (results / "b" / RESULTS_FILE).read_text() == before
+
+
+def test_extends_inherits_defaults_and_axis_is_checked(tmp_path: Path) -> None:
+    write(tmp_path, {**TINY, "defaults": {**TINY["defaults"], "train": {"num_rounds": 2, "lr": 0.03}}}, "base.yaml")
+    child = {"extends": "base.yaml", "defaults": {"train": {"num_rounds": 4}}, "runs": [
+        {"run_id": "c", "description": "varies the epochs", "axis": "train.local_epochs", "train": {"local_epochs": 2}},
+    ]}
+    (run,) = expand_runs(write(tmp_path, child), tmp_path / "out", {})
+    assert run["model"]["name"] == "tiny_cnn" and run["train"]["lr"] == 0.03  # inherited
+    assert run["train"]["num_rounds"] == 4 and run["train"]["local_epochs"] == 2  # own settings win
+    assert run["axis"] == "train.local_epochs"
+    with pytest.raises(ConfigError, match=r"key 'extends': value 'nowhere.yaml' must name an existing runner file"):
+        expand_runs(write(tmp_path, {**child, "extends": "nowhere.yaml"}), tmp_path / "out", {})
+    child["runs"][0]["axis"] = "train.epochs"
+    with pytest.raises(ConfigError, match=r"run 'c': key 'axis': value 'train.epochs' is not a config key"):
+        expand_runs(write(tmp_path, child), tmp_path / "out", {})
+
+
+ABLATIONS = {  # file -> the kd setting each of its variations differs in (kd_main: none)
+    "no_kd.yaml": {"kd_alpha0": {"alpha": 0.0}},
+    "alpha.yaml": {"kd_alpha0.1": {"alpha": 0.1}, "kd_alpha1.0": {"alpha": 1.0}},
+    "temperature.yaml": {"kd_temp1": {"temperature": 1.0}, "kd_temp4": {"temperature": 4.0}},
+    "teacher.yaml": {"kd_updating": {"teacher": "updating"}},
+    "refresh.yaml": {"kd_refresh5": {"refresh_every": 5}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_files_vary_one_kd_setting_of_the_main_experiment(name: str, tmp_path: Path) -> None:
+    assert sorted(p.name for p in (REPO / "configs" / "ablations").glob("*.yaml")) == sorted(ABLATIONS)
+    runs = expand_runs(REPO / "configs" / "ablations" / name, tmp_path, {})
+    main = {r["seed"]: r for r in expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {}) if r["variation"] == "fedmpq_kd"}
+    assert {r["variation"] for r in runs} == {"kd_main", *ABLATIONS[name]}
+    for run in runs:
+        assert run["strategy"]["name"] == "fedmpq_kd"
+        expected = deep_merge(main[run["seed"]], {"kd": ABLATIONS[name].get(run["variation"], {})})
+        differing = {k for k in expected if expected[k] != run[k]}
+        assert differing == {"run_id", "variation", "description"}, (run["run_id"], differing)
+
+
+def test_full_experiment_is_the_design(tmp_path: Path) -> None:
+    """configs/full_experiment.yaml: the main experiment for three methods and axes A, B, C for two."""
+    runs = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
+    main = [r for r in runs if not r["axis"]]
+    assert sorted((r["strategy"]["name"], r["seed"]) for r in main) == [
+        (method, seed) for method in ("fedavg", "fedmpq", "fedmpq_kd") for seed in (0, 1, 2)
+    ]
+    setting = main[0]
+    assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == ("resnet20", "cifar10", 0.5)
+    assert setting["federation"]["num_clients"] == 10 and setting["train"]["num_rounds"] == 50
+    assert {k: setting["train"][k] for k in ("local_epochs", "batch_size", "lr", "momentum")} == {
+        "local_epochs": 1, "batch_size": 64, "lr": 0.1, "momentum": 0.9
+    }
+    assert sum(setting["quant"]["budgets"]) / 10 == 4 and setting["quant"]["lambda_b"] == 0.01
+    assert (setting["kd"]["alpha"], setting["kd"]["temperature"]) == (0.5, 2.0)
+
+    def value(run: dict, axis: str) -> float:
+        if axis == "quant.avg_bits":
+            return sum(run["quant"]["budgets"]) / len(run["quant"]["budgets"])
+        section, key = axis.split(".")
+        return run[section][key]
+
+    for axis, expected in (("train.local_epochs", {1, 2, 5}), ("quant.avg_bits", {2, 4, 8}), ("dataset.alpha", {0.1, 0.5, math.inf})):
+        for method in ("fedmpq", "fedmpq_kd"):
+            points = [r for r in runs if r["strategy"]["name"] == method and r["axis"] in ("", axis)]
+            assert {value(r, axis) for r in points} == expected, (axis, method)
+            assert all(sum(value(r, axis) == v for r in points) == 3 for v in expected)  # 3 seeds each
+            assert all(r["axis"] == axis or value(r, axis) == value(setting, axis) for r in points)
