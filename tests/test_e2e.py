@@ -129,8 +129,15 @@ def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
         assert stdout_log.startswith("# reproduce: ") and "fedmpq_flwr.launch --config" in stdout_log.splitlines()[0]
         assert f'{{"run_id": "{run_id}", "round": 2' in stdout_log
         assert (run_dir / "stderr.log").exists()
-    volatile = {"run_id", "round_time_s", "client_time_s"}
-    strip = lambda history: [{k: v for k, v in r.items() if k not in volatile} for r in history]  # noqa: E731
+    volatile = {"run_id", "round_time_s", "client_time_s"}  # also inside each round's `clients` entries
+
+    def strip(history: list[dict]) -> list[dict]:
+        return [
+            {k: [{ck: cv for ck, cv in c.items() if ck not in volatile} for c in v] if k == "clients" else v
+             for k, v in record.items() if k not in volatile}
+            for record in history
+        ]
+
     assert strip(runs["same_a"]["history"]) == strip(runs["same_b"]["history"])
     comparison = json.loads((results_dir / "comparison.json").read_text())
     assert set(comparison["variations"]) == {"same_a", "same_b"}
