@@ -46,7 +46,8 @@ def teacher_round(server_round: int, refresh_every: int) -> int:
 def inference_teacher(model: nn.Module, fold_batchnorm: bool = True) -> nn.Module:
     """A copy of the float model for inference only: eval mode, no gradients, channels-last memory
     and (unless its weights will change) BatchNorm folded into the preceding layer with torch.fx.
-    The same logits up to float rounding at about 60 % of the cost of a plain forward on CPU."""
+    The same logits up to float rounding at about 80 % of the cost of a plain `no_grad` forward on
+    CPU (experiments/bench_kd_step.py: 0.106 s against 0.131 s, ResNet-20, batch 64, one thread)."""
     teacher = copy.deepcopy(model).eval()
     if fold_batchnorm:
         teacher = fuse(teacher, inplace=True)
