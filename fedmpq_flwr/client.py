@@ -13,6 +13,7 @@ from flwr.common import RecordDict
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 from fedmpq_flwr.dataset import client_loader, load_data
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.train import resolve_device, train_epochs
@@ -59,6 +60,7 @@ class FedAvgClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         started = time.perf_counter()
+        reset_peak_gpu(self.device)
         seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
         torch.manual_seed(seed)
         data = load_data(self.config["dataset"])
@@ -68,5 +70,8 @@ class FedAvgClient(NumPyClient):
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
         weights, metrics = self.train(model, loader, config, seed)
-        metrics.update(partition_id=self.partition_id, client_time_s=time.perf_counter() - started)
+        metrics.update(
+            partition_id=self.partition_id, client_time_s=time.perf_counter() - started,
+            peak_rss_mb=peak_rss_mb(), **peak_gpu_mb(self.device),
+        )
         return weights, len(loader.dataset), metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ class ObjectiveExtension:
     # (images, student logits) -> named terms: "loss" is added to what is minimised, the others logged
     terms: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
     after_step: Callable[[], None] | None = None  # called after every optimizer step and re-binarization
-    metrics: dict[str, Scalar] = field(default_factory=dict)  # reported with the update
+    report: Callable[[dict[str, Any]], None] | None = None  # adds to (or corrects) the metrics after training
 
 
 class FedMPQClient(FedAvgClient):
@@ -95,8 +95,8 @@ class FedMPQClient(FedAvgClient):
         )
         reductions = prune_model(student, quant_cfg["thre"])
         metrics.update(bits=json.dumps(layer_bits(student)), reductions=json.dumps(reductions))
-        if extension is not None:
-            metrics.update(extension.metrics)
+        if extension is not None and extension.report is not None:
+            extension.report(metrics)
         return encode_update(student, communicated_keys(model)), metrics
 
 
@@ -183,6 +183,14 @@ class FedMPQStrategy(FedAvgStrategy):
 
     def progress_fields(self, record: dict[str, Any]) -> str:
         return f"  quant_acc mean={record['quant_test_accuracy_mean']:.4f} min={record['quant_test_accuracy_min']:.4f}"
+
+    def feature_models(self) -> tuple[dict[str, nn.Module], dict[str, int]]:
+        """Also the final global model quantized to the assignment of the client with the smallest
+        budget (the most compressed student), and that client's partition id."""
+        models, numbers = super().feature_models()
+        partition = min(self.budgets, key=lambda pid: (self.budgets[pid], pid))
+        models["quant"] = quantize_model(self.model, self.bits[partition], self.config["quant"]["act_bits"])
+        return models, {**numbers, "quant_partition": partition}
 
     def save_outputs(self) -> None:
         """The final model plus every client's final per-layer bits with the layer sizes."""

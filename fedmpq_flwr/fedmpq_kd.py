@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from flwr.common import ArrayRecord, ConfigRecord
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.fedmpq import FedMPQClient, ObjectiveExtension
 from fedmpq_flwr.quant import dequantized_state
@@ -93,16 +95,26 @@ class FedMPQKDClient(FedMPQClient):
         updating = kd_cfg["teacher"] == "updating"
         teacher = inference_teacher(source, fold_batchnorm=not updating)
 
+        teacher_step_flops: list[int] = []  # measured on the first step (the same for every step)
+
         def terms(images: torch.Tensor, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-            with torch.inference_mode():
+            counting = not teacher_step_flops
+            with torch.inference_mode(), (FlopCounterMode(display=False) if counting else nullcontext()) as counter:
                 teacher_logits = teacher(images.contiguous(memory_format=torch.channels_last))
+            if counting:
+                teacher_step_flops.append(counter.get_total_flops())
             teacher_logits = teacher_logits.clone()  # a normal tensor: autograd may save it
             kd_loss = distillation_loss(student_logits, teacher_logits, temperature)
             agreement = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
             return {"loss": alpha * kd_loss, "kd_loss": kd_loss, "agreement": agreement}
 
+        def report(metrics: dict[str, Any]) -> None:
+            """The teacher's FLOPs, taken out of the training FLOPs (measured around whole steps)."""
+            teacher_flops = float(teacher_step_flops[0] * metrics["steps"]) if teacher_step_flops else 0.0
+            metrics.update(teacher_round=source_round, teacher_flops=teacher_flops, train_flops=metrics["train_flops"] - teacher_flops)
+
         return ObjectiveExtension(
             terms=terms,
             after_step=ema_update(teacher, student, communicated_keys(model), kd_cfg["ema_decay"]) if updating else None,
-            metrics={"teacher_round": source_round},
+            report=report,
         )

@@ -7,6 +7,8 @@ Layout of one run, `<results_dir>/<run_id>/`:
   results.json    history, final/best/auc accuracy and metadata; written last, with status
   final_model.pt  see `fedmpq_flwr.models.load_final_model`
   bit_assignments.json  quantized methods: final per-client per-layer bits and layer sizes
+  features.npz    penultimate features of the final model(s) on a fixed test subset (`labels`,
+                  `float_features`; quantized methods also `quant_features`, `quant_partition`)
   stdout.log, stderr.log  written by the experiment runner
 """
 
@@ -25,6 +27,7 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 MODEL_FILE = "final_model.pt"
 BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
+FEATURES_FILE = "features.npz"
 STATUS_COMPLETED = "completed"
 
 

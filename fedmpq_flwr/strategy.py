@@ -8,6 +8,7 @@ Quantized methods subclass `FedAvgStrategy` and override the hooks (`fit_config`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from logging import INFO
 from typing import Any
@@ -29,16 +30,27 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
+from torch import nn
 
+from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 from fedmpq_flwr.dataset import FederatedData, eval_loader, load_data
 from fedmpq_flwr.models import build_model, save_final_model
-from fedmpq_flwr.results import MODEL_FILE, RunRecorder
-from fedmpq_flwr.train import evaluate, resolve_device
+from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, RunRecorder
+from fedmpq_flwr.train import evaluate, penultimate_features, resolve_device
 from fedmpq_flwr.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
-# Client metrics whose mean over a round's participants is a round field (when every participant has it).
-ROUND_MEAN_KEYS = ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")
+FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
+# Round fields computed from the participants' entries (when every participant has the client
+# key): round key -> (client key, reduction over participants).
+ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], Any]]] = {
+    **{key: (key, np.mean) for key in ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")},
+    "train_flops": ("train_flops", np.sum),
+    "teacher_flops": ("teacher_flops", np.sum),
+    "client_compute_s": ("client_time_s", np.sum),
+    "client_peak_rss_mb": ("peak_rss_mb", np.max),
+    "client_peak_gpu_mb": ("peak_gpu_mb", np.max),
+}
 
 
 def format_seconds(seconds: float) -> str:
@@ -114,8 +126,8 @@ class FedAvgStrategy(Strategy):
 
     def round_metrics(self, updates: list[tuple[int, NDArrays, FitRes]], bits_up: dict[int, int]) -> dict[str, Any]:
         """Per-round fields for metrics.jsonl (computed before `aggregate`): one entry per participant
-        with every number it reported, the sample-weighted training loss and the means in
-        `ROUND_MEAN_KEYS`."""
+        with every number it reported, the sample-weighted training loss and the fields of
+        `ROUND_FROM_CLIENTS`."""
         clients = [
             {
                 "partition_id": pid,
@@ -129,9 +141,9 @@ class FedAvgStrategy(Strategy):
         total = sum(c["num_examples"] for c in clients)
         loss = sum(c["train_loss"] * c["num_examples"] for c in clients)
         metrics: dict[str, Any] = {"train_loss": loss / total if total else None, "clients": clients}
-        for key in ROUND_MEAN_KEYS:
-            if clients and all(key in client for client in clients):
-                metrics[key] = float(np.mean([client[key] for client in clients]))
+        for round_key, (client_key, reduce) in ROUND_FROM_CLIENTS.items():
+            if clients and all(client_key in client for client in clients):
+                metrics[round_key] = float(reduce([client[client_key] for client in clients]))
         return metrics
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
@@ -152,6 +164,7 @@ class FedAvgStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.round_started = time.perf_counter()
+        reset_peak_gpu(self.device)
         clients = self.clients_by_partition(client_manager)
         sampled = self.sample_partitions(list(clients))
         arrays = parameters_to_ndarrays(parameters)
@@ -206,6 +219,8 @@ class FedAvgStrategy(Strategy):
             bits_up=stats.pop("bits_up", 0),
             bits_down=stats.pop("bits_down"),
             round_time_s=time.perf_counter() - self.round_started,
+            server_peak_rss_mb=peak_rss_mb(),
+            **{f"server_{key}": value for key, value in peak_gpu_mb(self.device).items()},
             num_sampled=len(sampled),
             num_failures=stats.pop("num_failures", 0),
             sampled_partitions=sampled,
@@ -222,9 +237,27 @@ class FedAvgStrategy(Strategy):
         )
         return test_loss, {"test_accuracy": test_accuracy}
 
+    def feature_models(self) -> tuple[dict[str, nn.Module], dict[str, int]]:
+        """Models whose penultimate features are saved at the end (name -> model), and numbers to
+        store with them: here the final global model."""
+        return {"float": self.model}, {}
+
+    def save_features(self) -> None:
+        """`features.npz`: labels and penultimate features of `feature_models` on a fixed subset
+        of the test set (the same images in every run: seeded by `dataset.seed`)."""
+        size = len(self.data.y_test)
+        chosen = np.sort(np.random.default_rng(self.config["dataset"]["seed"]).choice(size, min(FEATURE_IMAGES, size), replace=False))
+        loader = eval_loader(self.data.x_test[chosen], self.data.y_test[chosen], self.config["train"]["eval_batch_size"])
+        models, numbers = self.feature_models()
+        arrays = {}
+        for name, model in models.items():
+            arrays[f"{name}_features"], labels = penultimate_features(model, loader, self.device)
+        np.savez_compressed(self.recorder.run_dir / FEATURES_FILE, labels=labels, **arrays, **numbers)
+
     def save_outputs(self) -> None:
-        """Files written after the last round (the final global model)."""
+        """Files written after the last round: the final global model and its features."""
         set_weights(self.model, self.latest_parameters)
         save_final_model(
             self.recorder.run_dir / MODEL_FILE, self.model, self.config["model"]["name"], self.data.num_classes
         )
+        self.save_features()

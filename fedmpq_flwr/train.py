@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 # A loss function returns named terms: "loss" is what is minimised, the others are logged.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -39,18 +42,23 @@ def train_epochs(
 ) -> dict[str, float]:
     """Run `epochs` passes of SGD over `loader` (calling `after_step` after each optimizer step);
     return the mean of every loss term (`loss` reported as `train_loss`), the mean L2 norm of the
-    gradient of all trainable parameters (`grad_norm`) and the step count."""
+    gradient of all trainable parameters (`grad_norm`), the step count and `train_flops`: the
+    FLOPs of the first step's forward and backward (`torch.utils.flop_counter`) times the steps."""
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, torch.Tensor] = {}
     steps = 0
+    step_flops = 0
     for _ in range(epochs):
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            terms = loss_fn(model, images, labels)
-            terms["loss"].backward()
+            with FlopCounterMode(display=False) if steps == 0 else contextlib.nullcontext() as counter:
+                terms = loss_fn(model, images, labels)
+                terms["loss"].backward()
+            if steps == 0:
+                step_flops = counter.get_total_flops()
             terms["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
             optimizer.step()
             if after_step is not None:
@@ -59,7 +67,7 @@ def train_epochs(
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
             steps += 1
     means = {("train_loss" if name == "loss" else name): float(total) / max(steps, 1) for name, total in sums.items()}
-    return {"train_loss": 0.0, **means, "steps": float(steps)}
+    return {"train_loss": 0.0, **means, "steps": float(steps), "train_flops": float(step_flops * steps)}
 
 
 @torch.inference_mode()
@@ -76,3 +84,15 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tupl
     if count == 0:
         raise ValueError("evaluate() got an empty loader")
     return loss_sum / count, correct / count
+
+
+@torch.inference_mode()
+def penultimate_features(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's inputs (`model.features(x)`, which every registry model has) and the
+    labels, over the whole loader in eval mode: what the analyzer's t-SNE draws."""
+    model.eval()
+    features, labels = [], []
+    for images, batch_labels in loader:
+        features.append(model.features(images.to(device)).float().cpu().numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(features), np.concatenate(labels)

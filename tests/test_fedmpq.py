@@ -153,3 +153,19 @@ def test_budget_errors_are_one_line_config_errors(tmp_path: Path) -> None:
     config["federation"]["num_clients"] = 5  # the federation has 5 nodes, the config 4 budgets
     with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*4 entries.*num_clients = 5"):
         validate(config)
+
+
+def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Path) -> None:
+    strategy = FedMPQStrategy(fedmpq_config(tmp_path), RunRecorder(tmp_path / "unit", "unit"))
+    strategy.save_outputs()
+    features = np.load(tmp_path / "unit" / "features.npz")
+    labels = features["labels"]
+    assert len(labels) == 40 and set(labels.tolist()) <= set(range(10))  # the whole 40-image test set
+    np.testing.assert_array_equal(labels, strategy.data.y_test)  # a sorted subset: here all, in order
+    assert features["float_features"].shape == features["quant_features"].shape == (40, 64)
+    assert int(features["quant_partition"]) == 0  # budget 2, the smallest
+    assert not np.allclose(features["float_features"], features["quant_features"])
+    images, _ = next(iter(strategy.test_loader))  # the same images in the same order
+    with torch.inference_mode():
+        expected = strategy.model.eval().features(images).numpy()
+    np.testing.assert_allclose(features["float_features"][: len(images)], expected, rtol=1e-5, atol=1e-6)

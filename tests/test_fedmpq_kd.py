@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.config import ConfigError, validate
 from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
@@ -17,8 +18,10 @@ from fedmpq_flwr.results import RunRecorder
 from fedmpq_flwr.weights import communicated_keys
 from test_fedmpq import fedmpq_config, fit_result
 
-VARYING_KEYS = {"client_time_s", "round_time_s", "run_id"}  # and the run id: what may differ
-KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round"}
+# What may differ between two runs of the same computation: times, memory and the run id.
+VARYING_KEYS = {"run_id", "client_time_s", "round_time_s", "client_compute_s", "peak_rss_mb", "client_peak_rss_mb",
+                "server_peak_rss_mb"}
+KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round", "teacher_flops"}
 
 
 def kd_config(tmp_path: Path, run_id: str = "unit", **kd) -> dict:
@@ -182,3 +185,16 @@ def test_kd_keys_are_validated(key: str, value: object, message: str) -> None:
 def test_kd_defaults_are_the_main_method() -> None:
     kd = validate({"strategy": {"name": "fedmpq_kd"}})["kd"]
     assert kd == {"alpha": 0.5, "temperature": 2.0, "teacher": "frozen", "ema_decay": 0.99, "refresh_every": 1}
+
+
+def test_teacher_flops_are_counted_apart_from_the_students(tmp_path: Path) -> None:
+    """FLOPs of the round: the teacher's forward per step times the steps, the rest the student's."""
+    config = kd_config(tmp_path)
+    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    kd = fit_result(FedMPQKDClient(config, 1, 4), strategy, 1).metrics
+    fedmpq = fit_result(FedMPQClient(config, 1, 4), strategy, 1).metrics
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        build_model("tiny_cnn")(torch.zeros(config["train"]["batch_size"], 3, 32, 32))
+    assert kd["steps"] == fedmpq["steps"] == 2
+    assert kd["teacher_flops"] == 2 * counter.get_total_flops() > 0  # the folded BatchNorm costs no counted FLOPs
+    assert kd["train_flops"] == fedmpq["train_flops"] > kd["teacher_flops"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedmpq_flwr.client import FedAvgClient
@@ -12,6 +13,7 @@ from fedmpq_flwr.config import validate
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.results import RunRecorder
 from fedmpq_flwr.strategy import FedAvgStrategy
+from fedmpq_flwr.train import train_epochs
 from fedmpq_flwr.weights import get_weights
 
 
@@ -97,3 +99,30 @@ def test_client_fit_is_deterministic_and_learns(tmp_path: Path) -> None:
     other_round, _, _ = client.fit(initial, {"server_round": 2})
     assert any(not np.array_equal(a, b) for a, b in zip(first, other_round))
     assert any(not np.allclose(a, b) for a, b in zip(first, initial))
+
+
+def test_client_costs_are_reported_and_summed_per_round(tmp_path: Path) -> None:
+    """A linear model: the first step's FLOPs (2*B*in*out forward, the same for the weight
+    gradient) times the steps; the round sums FLOPs and client seconds and takes the peak memory."""
+    model = torch.nn.Linear(8, 3, bias=False)
+    data = torch.utils.data.TensorDataset(torch.randn(10, 8), torch.randint(0, 3, (10,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    stats = train_epochs(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2, torch.device("cpu"))
+    assert stats["steps"] == 6 and stats["train_flops"] == 6 * 2 * (2 * 4 * 8 * 3)
+    assert stats["grad_norm"] > 0
+
+    strategy = make_strategy(tmp_path)
+    res = FedAvgClient(strategy.config, 0, 10).fit(strategy.latest_parameters, {"server_round": 1})[2]
+    assert res["train_flops"] > 0 and res["peak_rss_mb"] > 50 and "peak_gpu_mb" not in res  # CPU
+    shapes = [w.shape for w in strategy.latest_parameters]
+    ones = [np.ones(s, np.float32) for s in shapes]
+    results = []
+    for pid, (flops, seconds, rss) in enumerate([(10.0, 1.5, 300.0), (30.0, 2.5, 200.0)]):
+        res = fit_res(ones, 5, pid)
+        res.metrics.update(train_flops=flops, client_time_s=seconds, peak_rss_mb=rss)
+        results.append((None, res))
+    strategy.round_stats = {"sampled_partitions": [0, 1], "bits_down": 0}
+    strategy.aggregate_fit(1, results, [])
+    stats = strategy.round_stats
+    assert (stats["train_flops"], stats["client_compute_s"], stats["client_peak_rss_mb"]) == (40.0, 4.0, 300.0)
+    assert "teacher_flops" not in stats and "client_peak_gpu_mb" not in stats
