@@ -166,17 +166,26 @@ def test_incomplete_runs_reported_not_aggregated(analyzed: tuple[Path, dict[str,
 
 
 def test_stdout_and_figures(analyzed: tuple[Path, dict[str, Any], str]) -> None:
+    """stdout: the JSON, the success criteria, then one line per written and per skipped figure."""
     results_dir, comp, out = analyzed
-    assert comp["figures"] == ["images/accuracy_vs_rounds.pdf", "images/final_accuracy.pdf"]
+    assert comp["figures"] == ["images/accuracy_vs_rounds.pdf", "images/final_accuracy.pdf", "images/auc_accuracy.pdf",
+                               "images/gap_to_full_precision.pdf", "images/bits_per_round.pdf",
+                               "images/round_time.pdf"]
+    skipped = {s["name"]: s["why"] for s in comp["figures_skipped"]}
+    assert skipped["quantized_accuracy_vs_rounds"] == "no variation records it"
+    assert "no bit_assignments.json" in skipped["bit_histogram_fedmpq_kd_with_a_rather_long_variation_name"]
     printed, end = json.JSONDecoder().raw_decode(out)
     assert printed == comp
-    assert out[end:].strip().splitlines() == ["figure: images/accuracy_vs_rounds.pdf",
-                                              "figure: images/final_accuracy.pdf"]
+    lines = out[end:].strip().splitlines()
+    assert lines[0] == "success criteria:" and len(lines[1:5]) == 4
+    assert all(line.startswith(f"  ({i})") for i, line in enumerate(lines[1:5], 1))
+    assert lines[5:] == ([f"figure: {f}" for f in comp["figures"]]
+                         + [f"figure skipped: {s['name']}: {s['why']}" for s in comp["figures_skipped"]])
     images = results_dir / "images"
     for rel in comp["figures"]:
         data = (results_dir / rel).read_bytes()
         assert data.startswith(b"%PDF") and len(data) > 5000
-    assert sorted(p.name for p in images.iterdir()) == ["accuracy_vs_rounds.pdf", "final_accuracy.pdf"]
+    assert sorted(p.name for p in images.iterdir()) == sorted(Path(f).name for f in comp["figures"])
 
 
 def test_single_seed_std_is_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,9 +209,15 @@ def test_cli_empty_dir_skips_figures(tmp_path: Path) -> None:
     proc = run_cli("--results-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     comp = json.loads((tmp_path / "comparison.json").read_text())
-    assert comp == {"runs": [], "variations": {}, "incomplete_runs": [], "figures": []}
-    assert "figures skipped" in proc.stdout
+    assert {k: comp[k] for k in ("runs", "variations", "incomplete_runs", "figures", "figures_skipped", "tests",
+                                 "methods", "robustness")} == {"runs": [], "variations": {}, "incomplete_runs": [],
+                                                               "figures": [], "figures_skipped": [], "tests": [],
+                                                               "methods": {}, "robustness": {}}
+    assert [c["passed"] for c in comp["success_criteria"]] == [None] * 4
+    assert comp["target_accuracy"]["value"] is None
+    assert "figures skipped: no completed runs with recorded rounds" in proc.stdout
     assert not (tmp_path / "images").exists()
+    assert (tmp_path / "report.md").exists()
 
 
 def test_import_does_not_load_torch() -> None:

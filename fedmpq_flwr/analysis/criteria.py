@@ -1,0 +1,161 @@
+"""The design's success criteria, each {"name", "passed", "numbers", "why"}.
+
+`passed` is True/False, or None when the criterion cannot be evaluated (a method or a number is
+missing, or a p-value needs 2 seeds per side); `why` says which in one line. A criterion that needs
+two conditions fails as soon as one fails, even when the other cannot be evaluated. Accuracy is the
+float global model's test accuracy (as the FedMPQ paper reports); the quantized clients' mean
+accuracy is reported beside it as extra numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedmpq_flwr.analysis.reference import FEDMPQ, PROPOSED, partner
+from fedmpq_flwr.analysis.stats import compare, mean_of, points, ratio_minus_one
+
+MIN_GAIN_POINTS = 2.0
+MIN_GAP_REDUCTION = 0.25
+MAX_P_VALUE = 0.05
+MAX_TIME_OVERHEAD = 0.10
+MIN_NON_IID_GAIN_POINTS = 1.0
+TOLERANCE = 1e-9  # float noise in differences of fractions must not flip a threshold
+
+
+def _criterion(name: str, passed: bool | None, numbers: dict[str, Any], why: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "numbers": numbers, "why": why}
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _quant_extra(groups: dict[str, list[dict[str, Any]]], a: str, b: str) -> dict[str, Any]:
+    """The same comparison on the quantized clients' mean accuracy, where both sides have it."""
+    test = compare(groups, a, b, "final_quant_accuracy_mean")
+    return {} if test is None else {"quant_accuracy_diff_points": test["diff_points"], "quant_accuracy_p": test["p"]}
+
+
+def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
+                       references: dict[str, Any]) -> dict[str, Any]:
+    """(1) proposed >= +2 points over the best quantized baseline or >= 25 % smaller gap to full
+    precision, and p < 0.05 over seeds (Welch, final accuracy)."""
+    name = (f"accuracy: proposed >= +{MIN_GAIN_POINTS:g} points over the best quantized baseline or "
+            f">= {MIN_GAP_REDUCTION:.0%} smaller gap to full precision, p < {MAX_P_VALUE:g}")
+    proposed, baseline, fp = references["proposed"], references["best_quantized_baseline"], references["full_precision"]
+    if proposed is None or baseline is None:
+        missing = "proposed (fedmpq_kd)" if proposed is None else "quantized baseline"
+        return _criterion(name, None, {}, f"cannot evaluate: no completed main {missing} variation")
+    final = {k: mean_of(variations, k, "final_accuracy") for k in (proposed, baseline, fp) if k}
+    gain = points(final[proposed], final[baseline])
+    gap_baseline = points(final[fp], final[baseline]) if fp else None
+    gap_proposed = points(final[fp], final[proposed]) if fp else None
+    gap_reduction = 1 - gap_proposed / gap_baseline if gap_baseline and gap_baseline > 0 else None
+    test = compare(groups, proposed, baseline, "final_accuracy")
+    numbers = {"proposed": proposed, "baseline": baseline, "full_precision": fp, "proposed_final": final[proposed],
+               "baseline_final": final[baseline], "full_precision_final": final.get(fp), "gain_points": gain,
+               "gap_baseline_points": gap_baseline, "gap_proposed_points": gap_proposed,
+               "gap_reduction": gap_reduction, "t": test["t"], "p": test["p"], "n_proposed": test["n_a"],
+               "n_baseline": test["n_b"], **_quant_extra(groups, proposed, baseline)}
+    gain_ok = gain >= MIN_GAIN_POINTS - TOLERANCE
+    gap_ok = None if gap_reduction is None else gap_reduction >= MIN_GAP_REDUCTION - TOLERANCE
+    big_enough = True if gain_ok or gap_ok else (None if gap_ok is None else False)
+    significant = None if test["p"] is None else test["p"] < MAX_P_VALUE
+    size = f"{gain:+.2f} points over {baseline}, gap {_fmt(None if gap_reduction is None else 100 * gap_reduction, '.1f')} % smaller"
+    if big_enough is False or significant is False:
+        failed = [] if big_enough is not False else ["below both thresholds"]
+        failed += [] if significant is not False else [f"p = {test['p']:.3g} >= {MAX_P_VALUE:g}"]
+        return _criterion(name, False, numbers, f"{size}: " + "; ".join(failed))
+    if big_enough is None:
+        return _criterion(name, None, numbers, f"{size}: gain below {MIN_GAIN_POINTS:g} points and the gap cannot be "
+                                               "computed (no full-precision reference or no gap)")
+    if significant is None:
+        return _criterion(name, None, numbers, f"{size}: significance not testable ({test['note']})")
+    return _criterion(name, True, numbers, f"{size}, p = {test['p']:.3g} < {MAX_P_VALUE:g}")
+
+
+def bits_criterion(variations: dict[str, dict[str, Any]], references: dict[str, Any]) -> dict[str, Any]:
+    """(2) no increase in communicated bits per round: proposed <= FedMPQ, up and down."""
+    name = "communication: proposed sends no more bits per round than FedMPQ (up and down)"
+    proposed, fedmpq = references["proposed"], references["fedmpq"]
+    if proposed is None or fedmpq is None:
+        return _criterion(name, None, {}, "cannot evaluate: needs completed main fedmpq_kd and fedmpq variations")
+    numbers: dict[str, Any] = {"proposed": proposed, "fedmpq": fedmpq}
+    verdicts = []
+    for direction in ("up", "down"):
+        key = f"mean_bits_{direction}_per_round"
+        mine, theirs = mean_of(variations, proposed, key), mean_of(variations, fedmpq, key)
+        numbers.update({f"proposed_bits_{direction}": mine, f"fedmpq_bits_{direction}": theirs,
+                        f"bits_{direction}_ratio": None if ratio_minus_one(mine, theirs) is None else mine / theirs})
+        verdicts.append(None if mine is None or theirs is None else mine <= theirs * (1 + TOLERANCE))
+    if None in verdicts:
+        return _criterion(name, None, numbers, "cannot evaluate: bits per round not recorded by both methods")
+    line = (f"up {numbers['proposed_bits_up']:.4g} vs {numbers['fedmpq_bits_up']:.4g}, "
+            f"down {numbers['proposed_bits_down']:.4g} vs {numbers['fedmpq_bits_down']:.4g} bits per round")
+    return _criterion(name, all(verdicts), numbers, line + ("" if all(verdicts) else ": proposed sends more"))
+
+
+def time_criterion(variations: dict[str, dict[str, Any]], references: dict[str, Any]) -> dict[str, Any]:
+    """(3) added wall-time per round <= 10 % (mean round_time_s of proposed / FedMPQ - 1)."""
+    name = f"wall time: proposed adds <= {MAX_TIME_OVERHEAD:.0%} wall time per round over FedMPQ"
+    proposed, fedmpq = references["proposed"], references["fedmpq"]
+    if proposed is None or fedmpq is None:
+        return _criterion(name, None, {}, "cannot evaluate: needs completed main fedmpq_kd and fedmpq variations")
+    get = lambda n, k: mean_of(variations, n, k)  # noqa: E731
+    overhead = ratio_minus_one(get(proposed, "mean_round_time_s"), get(fedmpq, "mean_round_time_s"))
+    numbers = {"proposed": proposed, "fedmpq": fedmpq, "proposed_round_time_s": get(proposed, "mean_round_time_s"),
+               "fedmpq_round_time_s": get(fedmpq, "mean_round_time_s"), "round_time_overhead": overhead,
+               "client_compute_overhead": ratio_minus_one(get(proposed, "mean_client_compute_s"),
+                                                          get(fedmpq, "mean_client_compute_s")),
+               "client_time_overhead": ratio_minus_one(get(proposed, "mean_client_time_s"),
+                                                       get(fedmpq, "mean_client_time_s"))}
+    if overhead is None:
+        return _criterion(name, None, numbers, "cannot evaluate: round_time_s not recorded by both methods")
+    passed = overhead <= MAX_TIME_OVERHEAD + TOLERANCE
+    compute = numbers["client_compute_overhead"]
+    line = (f"{100 * overhead:+.1f} % per round ({numbers['proposed_round_time_s']:.3g} s vs "
+            f"{numbers['fedmpq_round_time_s']:.3g} s)" + ("" if compute is None else f"; client compute {100 * compute:+.1f} %"))
+    return _criterion(name, passed, numbers, line + ("" if passed else f": above {MAX_TIME_OVERHEAD:.0%}"))
+
+
+def non_iid_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
+                      references: dict[str, Any], axis_vals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """(4) at the smallest Dirichlet alpha where both methods ran, proposed >= FedMPQ + 1 point."""
+    name = f"non-IID: proposed >= FedMPQ + {MIN_NON_IID_GAIN_POINTS:g} point under the most non-IID setting present"
+    pairs = []
+    for kd in sorted(n for n, v in variations.items() if v["strategy"] == PROPOSED):
+        fedmpq = partner(kd, FEDMPQ, variations, axis_vals)
+        alpha = variations[kd]["dataset_alpha"]
+        if fedmpq is not None and alpha is not None and alpha == variations[fedmpq]["dataset_alpha"]:
+            pairs.append((float(alpha), kd != references["proposed"], variations[kd]["axis"] != "dataset.alpha", kd, fedmpq))
+    if not pairs:
+        return _criterion(name, None, {}, "cannot evaluate: no fedmpq_kd variation with a fedmpq partner at the same alpha")
+    alpha, _, _, kd, fedmpq = min(pairs)  # smallest alpha; then the main proposed, then the alpha axis, then by name
+    gain = points(mean_of(variations, kd, "final_accuracy"), mean_of(variations, fedmpq, "final_accuracy"))
+    test = compare(groups, kd, fedmpq, "final_accuracy")
+    numbers = {"alpha": variations[kd]["dataset_alpha"], "proposed": kd, "fedmpq": fedmpq,
+               "proposed_final": mean_of(variations, kd, "final_accuracy"),
+               "fedmpq_final": mean_of(variations, fedmpq, "final_accuracy"), "gain_points": gain,
+               "t": test["t"], "p": test["p"], **_quant_extra(groups, kd, fedmpq)}
+    passed = gain >= MIN_NON_IID_GAIN_POINTS - TOLERANCE
+    line = f"alpha {numbers['alpha']}: {kd} {gain:+.2f} points over {fedmpq}"
+    return _criterion(name, passed, numbers, line + ("" if passed else f": below +{MIN_NON_IID_GAIN_POINTS:g}"))
+
+
+def success_criteria(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
+                     references: dict[str, Any], axis_vals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The four criteria of the experimental design, in its order."""
+    return [accuracy_criterion(variations, groups, references), bits_criterion(variations, references),
+            time_criterion(variations, references), non_iid_criterion(variations, groups, references, axis_vals)]
+
+
+def verdict(passed: bool | None) -> str:
+    return {True: "yes", False: "no", None: "n/a"}[passed]
+
+
+def criteria_lines(criteria: list[dict[str, Any]]) -> list[str]:
+    """The criteria as plain text, one line each (printed after the JSON)."""
+    lines = ["success criteria:"]
+    for i, c in enumerate(criteria, 1):
+        lines.append(f"  ({i}) {verdict(c['passed']):>3}  {c['name']}: {c['why']}")
+    return lines

@@ -1,0 +1,109 @@
+"""Which variation each one is compared with: the full-precision reference, FedMPQ, the proposed
+method and the best quantized baseline, and like-with-like partners on the experimental axes.
+
+Main-experiment variations have axis ""; an axis variation differs from the main experiment in
+one config key (its `axis`), and the main variation of a method is that method's point on every
+axis. When several main variations share a strategy (ablation folders), the one named like the
+strategy wins, then one with "main" in its name, then the first by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+FULL_PRECISION = "fedavg"
+FEDMPQ = "fedmpq"
+PROPOSED = "fedmpq_kd"
+FULL_PRECISION_STRATEGIES = {FULL_PRECISION}
+CHOICE_RULE = ("main variation (axis \"\") of the strategy; among several, the one named like the "
+               "strategy, then one with 'main' in its name, then the first by name")
+
+
+def is_kd(strategy: str | None) -> bool:
+    """Whether a strategy reads the kd.* keys (distillation methods)."""
+    return bool(strategy) and "kd" in strategy
+
+
+def is_quantized(strategy: str | None) -> bool:
+    return bool(strategy) and strategy not in FULL_PRECISION_STRATEGIES
+
+
+def axis_matters(axis: str, strategy: str | None) -> bool:
+    """False for keys a strategy never reads (quant.* for full precision, kd.* without distillation),
+    so its main variation is its like-with-like point at every value of such an axis."""
+    if axis.startswith("quant."):
+        return is_quantized(strategy)
+    if axis.startswith("kd."):
+        return is_kd(strategy)
+    return True
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Config values equal (numbers within float tolerance, "inf" as infinity)."""
+    try:
+        x, y = float(a), float(b)
+    except (TypeError, ValueError):
+        return a == b
+    return x == y or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def main_variation(variations: dict[str, dict[str, Any]], strategy: str) -> str | None:
+    """The main-experiment variation of a strategy (see the module docstring for ties)."""
+    names = sorted(n for n, v in variations.items() if v["axis"] == "" and v["strategy"] == strategy)
+    for pick in ([n for n in names if n == strategy], [n for n in names if "main" in n], names):
+        if pick:
+            return pick[0]
+    return None
+
+
+def best_quantized_baseline(variations: dict[str, dict[str, Any]]) -> str | None:
+    """The main variation of a quantized strategy without distillation with the highest mean final accuracy."""
+    candidates = sorted(n for n, v in variations.items()
+                        if v["axis"] == "" and is_quantized(v["strategy"]) and not is_kd(v["strategy"])
+                        and v["final_accuracy"]["mean"] is not None)
+    return max(candidates, key=lambda n: variations[n]["final_accuracy"]["mean"]) if candidates else None
+
+
+def choose_references(variations: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The named comparison points of the main experiment, with the rule used to pick them."""
+    return {
+        "full_precision": main_variation(variations, FULL_PRECISION),
+        "fedmpq": main_variation(variations, FEDMPQ),
+        "proposed": main_variation(variations, PROPOSED),
+        "best_quantized_baseline": best_quantized_baseline(variations),
+        "rule": CHOICE_RULE + "; best quantized baseline: the main variation of a quantized strategy "
+                "without distillation with the highest mean final accuracy",
+    }
+
+
+def partner(name: str, strategy: str, variations: dict[str, dict[str, Any]],
+            axis_values: dict[str, dict[str, Any]]) -> str | None:
+    """The variation of `strategy` run in the same setting as variation `name`: for a main variation the
+    strategy's main variation (itself when it is of that strategy); for an axis variation the one on the same axis at the same value, else the
+    main variation when it sits at that value or the axis does not matter to the strategy."""
+    var = variations[name]
+    if var["strategy"] == strategy:
+        return name
+    main = main_variation(variations, strategy)
+    axis = var["axis"]
+    if not axis:
+        return main
+    value = axis_values[name].get(axis)
+    same_axis = sorted(n for n, v in variations.items() if v["strategy"] == strategy
+                       and v["axis"] == axis and same_value(axis_values[n].get(axis), value))
+    if same_axis:
+        return same_axis[0]
+    if main is not None and (not axis_matters(axis, strategy) or same_value(axis_values[main].get(axis), value)):
+        return main
+    return None
+
+
+def overhead_reference_strategy(strategy: str | None) -> str | None:
+    """The method a strategy's costs are compared with: KD and other quantized methods against FedMPQ,
+    FedMPQ against full precision, full precision against nothing."""
+    if strategy == FEDMPQ:
+        return FULL_PRECISION
+    if is_quantized(strategy):
+        return FEDMPQ
+    return None

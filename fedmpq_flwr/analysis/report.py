@@ -1,0 +1,126 @@
+"""report.md: the comparison as markdown tables a person reads (accuracy in %, costs per round)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedmpq_flwr.analysis.criteria import verdict
+
+REPORT_FILE = "report.md"
+
+
+def _num(value: Any, spec: str = ".2f", scale: float = 1.0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value if scale == 1.0 else scale * value, spec)
+    return str(value)
+
+
+def _mean_std(stat: dict[str, float | None], scale: float = 100.0, spec: str = ".2f") -> str:
+    if stat["mean"] is None:
+        return "–"
+    return _num(stat["mean"], spec, scale) + ("" if stat["std"] is None else f" ± {_num(stat['std'], spec, scale)}")
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f} %"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+
+
+def _accuracy_table(comparison: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, var in comparison["variations"].items():
+        m = comparison["methods"][name]
+        rows.append([name, var["strategy"] or "–", var["axis"] or "main", _num(var["axis_value"], "g"), str(var["n"]),
+                     _mean_std(var["final_accuracy"]), _mean_std(var["best_accuracy"]), _mean_std(var["auc_accuracy"]),
+                     _mean_std(var["final_quant_accuracy_mean"]), _num(m["rounds_to_target"], "d"),
+                     _num(m["gap_to_full_precision_points"]), _num(m["gap_closed_vs_fedmpq"], ".1%")])
+    return _table(["variation", "strategy", "axis", "value", "n", "final acc. (%)", "best acc. (%)", "AUC (%)",
+                   "quantized final acc. (%)", "rounds to target", "gap to FP (points)", "FedMPQ gap closed"], rows)
+
+
+def _cost_table(comparison: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, var in comparison["variations"].items():
+        m = comparison["methods"][name]
+        rows.append([name, _mean_std(var["mean_bits_up_per_round"], 1e-6, ".3g"),
+                     _mean_std(var["mean_bits_down_per_round"], 1e-6, ".3g"),
+                     _mean_std(var["mean_round_time_s"], 1.0, ".3g"), _mean_std(var["mean_client_compute_s"], 1.0, ".3g"),
+                     m["overhead_reference"] or "–", _pct(m["round_time_overhead"]), _pct(m["client_compute_overhead"]),
+                     _mean_std(var["mean_train_flops_per_round"], 1e-9, ".3g"),
+                     _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".3g"),
+                     _mean_std(var["peak_client_rss_mb"], 1.0, ".0f"), _mean_std(var["peak_server_rss_mb"], 1.0, ".0f"),
+                     _mean_std(var["peak_client_gpu_mb"], 1.0, ".0f"), _mean_std(var["peak_server_gpu_mb"], 1.0, ".0f")])
+    return _table(["variation", "bits up / round (Mbit)", "bits down / round (Mbit)", "s / round",
+                   "client compute s / round", "overhead vs", "wall-time overhead", "client-compute overhead",
+                   "train GFLOP / round", "teacher GFLOP / round", "client peak RSS (MB)", "server peak RSS (MB)",
+                   "client peak GPU (MB)", "server peak GPU (MB)"], rows)
+
+
+def _tests_table(tests: list[dict[str, Any]]) -> list[str]:
+    rows = [[t["a"], t["b"], t["metric"], f"{t['n_a']} / {t['n_b']}", _num(t["mean_a"], ".2f", 100),
+             _num(t["mean_b"], ".2f", 100), _num(t["diff_points"], "+.2f"), _num(t["t"], ".3f"), _num(t["p"], ".4g"),
+             t["note"] or ""] for t in tests]
+    return _table(["A", "B", "metric", "n A / B", "mean A (%)", "mean B (%)", "A − B (points)", "t", "p", "note"], rows)
+
+
+def _criteria_block(criteria: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for i, c in enumerate(criteria, 1):
+        lines.append(f"{i}. **{verdict(c['passed'])}** — {c['name']}: {c['why']}")
+        if c["numbers"]:
+            numbers = ", ".join(f"{k} = {_num(v, '.4g')}" for k, v in c["numbers"].items())
+            lines.append(f"   - numbers: {numbers}")
+    return lines
+
+
+def _robustness_tables(robustness: dict[str, Any]) -> list[str]:
+    lines = []
+    for axis, entry in robustness.items():
+        methods = entry["methods"]
+        values = sorted({float(r["value"]): r["value"] for rows in methods.values() for r in rows}.items())
+        diffs = {d["value"]: d["points"] for d in entry["proposed_minus_fedmpq_points"]}
+        header = ["value"] + [h for s in methods for h in (f"{s} final (%)", f"{s} degradation (points)")]
+        header.append("fedmpq_kd − fedmpq (points)")
+        rows = []
+        for _, value in values:
+            row = [_num(value, "g")]
+            for rows_of_method in methods.values():
+                hit = next((r for r in rows_of_method if r["value"] == value), None)
+                row += ["–", "–"] if hit is None else [
+                    _mean_std({"mean": hit["final_accuracy_mean"], "std": hit["final_accuracy_std"]}) + f" ({hit['variation']})",
+                    _num(hit["degradation_points"])]
+            rows.append(row + [_num(diffs.get(value), "+.2f")])
+        lines += [f"### Axis `{axis}`", "", *_table(header, rows), ""]
+    return lines or ["No run varies an axis.", ""]
+
+
+def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]) -> str:
+    """The whole report as markdown (figures: the written ones, with path and caption)."""
+    ref, target = comparison["reference"], comparison["target_accuracy"]
+    lines = [f"# Results: {title}", "",
+             f"Accuracies in % (mean ± sample std over seeds); differences in percentage points. "
+             f"Full-precision reference: {ref['full_precision'] or '–'}; FedMPQ: {ref['fedmpq'] or '–'}; "
+             f"proposed: {ref['proposed'] or '–'}; best quantized baseline: {ref['best_quantized_baseline'] or '–'} "
+             f"({ref['rule']}).", "",
+             f"Target accuracy: {_num(target['value'], '.2f', 100)} % ({target['source']}).", "",
+             "## Success criteria", "", *_criteria_block(comparison["success_criteria"]), "",
+             "## Accuracy", "", *_accuracy_table(comparison), "",
+             "## Costs per round", "", *_cost_table(comparison), "",
+             "## Welch t-tests over seeds", "",
+             *(_tests_table(comparison["tests"]) if comparison["tests"] else ["No pair of methods to test."]), "",
+             "## Robustness along the axes", "", *_robustness_tables(comparison["robustness"]),
+             "## Incomplete runs (left out of the statistics)", ""]
+    incomplete = comparison["incomplete_runs"]
+    rows = [[r["run_id"], r["status"], f"{r['rounds_completed']} / {_num(r['num_rounds_planned'], 'd')}", r["reason"]]
+            for r in incomplete]
+    lines += _table(["run", "status", "rounds recorded / planned", "reason"], rows) if rows else ["None."]
+    lines += ["", "## Figures", ""]
+    lines += [f"- `{f['path']}`: {f['caption']}" for f in figures] or ["None written."]
+    lines += [f"- skipped `{s['name']}`: {s['why']}" for s in comparison["figures_skipped"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,237 @@
+"""Loading runs from a results folder and grouping them into variations (one per name, over seeds).
+
+Accuracies are fractions (0..1) as in metrics.jsonl. Std is the sample std (ddof=1), None for a
+single seed. A per-round field may be missing in older runs or other methods: every number
+derived from one is None when any run of the variation lacks it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, STATUS_COMPLETED, is_complete, read_metrics,
+                                 read_results, summarize_history)
+
+ACCURACY_KEYS = ("final_accuracy", "best_accuracy", "auc_accuracy")
+# Last-round values of quantized methods (None for full-precision runs): summary name -> metrics key.
+FINAL_VALUES = {"final_quant_accuracy_mean": "quant_test_accuracy_mean",
+                "final_quant_accuracy_min": "quant_test_accuracy_min", "final_avg_bits": "avg_bits"}
+# Round fields that older runs lack but their participants may carry: round key -> (client key, reduction),
+# the same reductions the strategy applies when it writes the round field.
+ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], Any]]] = {
+    "client_compute_s": ("client_time_s", np.sum),
+    "train_flops": ("train_flops", np.sum),
+    "teacher_flops": ("teacher_flops", np.sum),
+    "client_peak_rss_mb": ("peak_rss_mb", np.max),
+    "client_peak_gpu_mb": ("peak_gpu_mb", np.max),
+}
+# Per-round means over rounds: summary name -> round key.
+ROUND_MEANS = {"mean_round_time_s": "round_time_s", "mean_client_time_s": "client_time_s",
+               "mean_client_compute_s": "client_compute_s", "mean_bits_up_per_round": "bits_up",
+               "mean_bits_down_per_round": "bits_down", "mean_bits_total_per_round": "bits_total",
+               "mean_train_flops_per_round": "train_flops", "mean_teacher_flops_per_round": "teacher_flops"}
+# Peaks over rounds: summary name -> round key.
+ROUND_PEAKS = {"peak_client_rss_mb": "client_peak_rss_mb", "peak_server_rss_mb": "server_peak_rss_mb",
+               "peak_client_gpu_mb": "client_peak_gpu_mb", "peak_server_gpu_mb": "server_peak_gpu_mb"}
+# Per-run scalars aggregated across seeds in each variation (add a key here to aggregate it).
+VARIATION_SCALARS = (ACCURACY_KEYS + tuple(ROUND_MEANS) + ("total_bits_up", "total_bits_down")
+                     + tuple(ROUND_PEAKS) + tuple(FINAL_VALUES))
+# Per-round curves averaged across seeds: name prefix -> round key (None when a run lacks it).
+CURVES = {"accuracy": "test_accuracy", "quant_accuracy": "quant_test_accuracy_mean", "bits_up": "bits_up",
+          "bits_down": "bits_down", "round_time": "round_time_s", "train_loss": "train_loss",
+          "task_loss": "task_loss", "bit_loss": "bit_loss", "kd_loss": "kd_loss", "agreement": "agreement",
+          "grad_norm": "grad_norm", "avg_bits": "avg_bits"}
+RUN_LABELS = ("variation", "description", "strategy", "model", "dataset", "axis", "axis_value", "dataset_alpha")
+INCOMPLETE_REASONS = {
+    "failed-no-metrics": "no complete results.json and no metrics recorded (crashed before round 1)",
+    "incomplete": "no complete results.json (crashed, killed or still running)",
+    STATUS_COMPLETED: "completed but no rounds recorded",
+}
+PRIVATE_KEYS = ("history", "config")  # kept in memory for the statistics, never written to JSON
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.yaml as a dict ({} when missing or unreadable)."""
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value of a dotted config key (`train.local_epochs`); `quant.avg_bits` is the mean of
+    `quant.budgets` when budgets are set, since the budgets are what the clients get."""
+    if key == "quant.avg_bits":
+        budgets = (config.get("quant") or {}).get("budgets")
+        if isinstance(budgets, list) and budgets:
+            return float(np.mean([float(b) for b in budgets]))
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def json_number(value: Any) -> Any:
+    """A config value as JSON allows it: infinities (IID alpha) become "inf"/"-inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _torn_lines(run_dir: Path, parsed: int) -> int:
+    """How many non-empty metrics lines read_metrics dropped as unparseable."""
+    try:
+        lines = (run_dir / METRICS_FILE).read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines if line.strip()) - parsed
+
+
+def round_value(record: dict[str, Any], key: str) -> float | None:
+    """A round's value of `key`, derived from its participants when the round lacks it."""
+    if key == "bits_total":
+        up, down = record.get("bits_up"), record.get("bits_down")
+        return None if up is None or down is None else float(up) + float(down)
+    if record.get(key) is not None:
+        return float(record[key])
+    if key in ROUND_FROM_CLIENTS:
+        client_key, reduce = ROUND_FROM_CLIENTS[key]
+        clients = record.get("clients") or []
+        if clients and all(c.get(client_key) is not None for c in clients):
+            return float(reduce([float(c[client_key]) for c in clients]))
+    return None
+
+
+def _over_rounds(history: list[dict[str, Any]], key: str, reduce: Callable[[Any], Any]) -> float | None:
+    """reduce (np.mean / np.sum / np.max) over the rounds that carry `key`, or None when none do."""
+    values = [v for v in (round_value(r, key) for r in history) if v is not None]
+    return float(reduce(values)) if values else None
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """One run's summary row (plus its `history` and `config`, dropped before writing JSON)."""
+    config, results, metrics = read_config(run_dir), read_results(run_dir), read_metrics(run_dir)
+    history = [r for r in (metrics or (results or {}).get("history") or [])
+               if isinstance(r, dict) and "round" in r and "test_accuracy" in r]
+    history.sort(key=lambda r: r["round"])
+    status = STATUS_COMPLETED if is_complete(run_dir) else ("incomplete" if history else "failed-no-metrics")
+    run_id = str(config.get("run_id") or run_dir.name)
+    seed = config.get("seed", ((results or {}).get("metadata") or {}).get("seed"))
+    axis = str(config.get("axis") or "")
+    return {
+        "run_id": run_id,
+        "variation": str(config.get("variation") or run_id),
+        "description": config.get("description", ""),
+        **{key: (config.get(key) or {}).get("name") for key in ("strategy", "model", "dataset")},
+        "axis": axis,
+        "axis_value": json_number(config_value(config, axis)) if axis else None,
+        "dataset_alpha": json_number(config_value(config, "dataset.alpha")),
+        "seed": seed,
+        "status": status,
+        "rounds_completed": len(history),
+        "num_rounds_planned": (config.get("train") or {}).get("num_rounds"),
+        "has_config": bool(config),
+        **(summarize_history(history) if history else dict.fromkeys(ACCURACY_KEYS)),
+        **{name: _over_rounds(history, key, np.mean) for name, key in ROUND_MEANS.items()},
+        **{f"total_{key}": _over_rounds(history, key, np.sum) for key in ("bits_up", "bits_down")},
+        **{name: _over_rounds(history, key, np.max) for name, key in ROUND_PEAKS.items()},
+        **{name: (history[-1].get(key) if history else None) for name, key in FINAL_VALUES.items()},
+        "torn_metrics_lines": _torn_lines(run_dir, len(metrics)),
+        "run_dir": str(run_dir),
+        "history": history,
+        "config": config,
+    }
+
+
+def incomplete_reason(run: dict[str, Any]) -> str | None:
+    """Why a run is excluded from the variation statistics (None when it is not)."""
+    reasons = []
+    if not (run["status"] == STATUS_COMPLETED and run["rounds_completed"]):
+        reasons.append(INCOMPLETE_REASONS[run["status"]])
+    planned = run["num_rounds_planned"]
+    if isinstance(planned, int) and 0 < run["rounds_completed"] < planned:
+        reasons.append(f"{run['rounds_completed']} of {planned} planned rounds recorded")
+    if not run["has_config"]:
+        reasons.append("no readable config.yaml (variation, strategy and seed unknown)")
+    if reasons and run["torn_metrics_lines"]:
+        reasons.append(f"{run['torn_metrics_lines']} unparseable metrics line(s) ignored")
+    return "; ".join(reasons) or None
+
+
+def find_run_dirs(results_dir: Path) -> list[Path]:
+    """Sub-directories that hold a config.yaml or a metrics.jsonl, sorted by name."""
+    return sorted(d for d in results_dir.iterdir()
+                  if d.is_dir() and ((d / CONFIG_FILE).exists() or (d / METRICS_FILE).exists()))
+
+
+def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Completed runs by variation (sorted by seed), and the incomplete runs with their reason."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    incomplete = []
+    for run in runs:
+        reason = incomplete_reason(run)
+        if reason is None:
+            groups.setdefault(run["variation"], []).append(run)
+        else:
+            incomplete.append({k: run[k] for k in ("run_id", "variation", "status", "rounds_completed",
+                                                   "num_rounds_planned")} | {"reason": reason})
+    for group in groups.values():
+        group.sort(key=lambda r: (not isinstance(r["seed"], int), r["seed"] if isinstance(r["seed"], int) else 0,
+                                  r["run_id"]))
+    return dict(sorted(groups.items())), incomplete
+
+
+def mean_std(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and sample std (ddof=1; None when n == 1); both None if any value is missing."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "std": None}
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else None}
+
+
+def shared_rounds(runs: list[dict[str, Any]]) -> list[int]:
+    """Rounds every run of a variation recorded (seeds may have run different lengths)."""
+    return sorted(set.intersection(*({rec["round"] for rec in r["history"]} for r in runs)))
+
+
+def curve_matrix(runs: list[dict[str, Any]], key: str) -> np.ndarray | None:
+    """[seeds, shared rounds] values of a round key, or None when any run lacks it in a shared round."""
+    rounds = shared_rounds(runs)
+    per_run = [{rec["round"]: rec for rec in r["history"]} for r in runs]
+    values = [[round_value(records[rnd], key) for rnd in rounds] for records in per_run]
+    if any(v is None for row in values for v in row):
+        return None
+    return np.array(values, dtype=float).reshape(len(runs), len(rounds))
+
+
+def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across-seed statistics of the completed runs of one variation (sorted by seed)."""
+    curves: dict[str, Any] = {}
+    for prefix, key in CURVES.items():
+        values = curve_matrix(runs, key)
+        curves[f"{prefix}_per_round_mean"] = None if values is None else values.mean(axis=0).tolist()
+        curves[f"{prefix}_per_round_std"] = (None if values is None or len(runs) < 2
+                                             else values.std(axis=0, ddof=1).tolist())
+    return {
+        **{key: runs[0][key] for key in RUN_LABELS},
+        "n": len(runs),
+        "seeds": [r["seed"] for r in runs],
+        "run_ids": [r["run_id"] for r in runs],
+        **{key: mean_std([r[key] for r in runs]) for key in VARIATION_SCALARS},
+        "rounds": shared_rounds(runs),
+        **curves,
+    }
+
+
+def public_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run row as written to comparison.json (without its history, config and folder)."""
+    return {k: v for k, v in run.items() if k not in PRIVATE_KEYS + ("run_dir", "has_config")}
