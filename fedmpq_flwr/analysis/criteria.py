@@ -26,10 +26,6 @@ def _criterion(name: str, passed: bool | None, numbers: dict[str, Any], why: str
     return {"name": name, "passed": passed, "numbers": numbers, "why": why}
 
 
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def _quant_extra(groups: dict[str, list[dict[str, Any]]], a: str, b: str) -> dict[str, Any]:
     """The same comparison on the quantized clients' mean accuracy, where both sides have it."""
     test = compare(groups, a, b, "final_quant_accuracy_mean")
@@ -61,7 +57,8 @@ def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, 
     gap_ok = None if gap_reduction is None else gap_reduction >= MIN_GAP_REDUCTION - TOLERANCE
     big_enough = True if gain_ok or gap_ok else (None if gap_ok is None else False)
     significant = None if test["p"] is None else test["p"] < MAX_P_VALUE
-    size = f"{gain:+.2f} points over {baseline}, gap {_fmt(None if gap_reduction is None else 100 * gap_reduction, '.1f')} % smaller"
+    reduction = "n/a" if gap_reduction is None else f"{100 * gap_reduction:.1f} %"
+    size = f"{gain:+.2f} points over {baseline}, gap to full precision {reduction} smaller"
     if big_enough is False or significant is False:
         failed = [] if big_enough is not False else ["below both thresholds"]
         failed += [] if significant is not False else [f"p = {test['p']:.3g} >= {MAX_P_VALUE:g}"]
@@ -85,8 +82,9 @@ def bits_criterion(variations: dict[str, dict[str, Any]], references: dict[str, 
     for direction in ("up", "down"):
         key = f"mean_bits_{direction}_per_round"
         mine, theirs = mean_of(variations, proposed, key), mean_of(variations, fedmpq, key)
+        excess = ratio_minus_one(mine, theirs)
         numbers.update({f"proposed_bits_{direction}": mine, f"fedmpq_bits_{direction}": theirs,
-                        f"bits_{direction}_ratio": None if ratio_minus_one(mine, theirs) is None else mine / theirs})
+                        f"bits_{direction}_ratio": None if excess is None else 1 + excess})
         verdicts.append(None if mine is None or theirs is None else mine <= theirs * (1 + TOLERANCE))
     if None in verdicts:
         return _criterion(name, None, numbers, "cannot evaluate: bits per round not recorded by both methods")
@@ -101,20 +99,22 @@ def time_criterion(variations: dict[str, dict[str, Any]], references: dict[str, 
     proposed, fedmpq = references["proposed"], references["fedmpq"]
     if proposed is None or fedmpq is None:
         return _criterion(name, None, {}, "cannot evaluate: needs completed main fedmpq_kd and fedmpq variations")
-    get = lambda n, k: mean_of(variations, n, k)  # noqa: E731
-    overhead = ratio_minus_one(get(proposed, "mean_round_time_s"), get(fedmpq, "mean_round_time_s"))
-    numbers = {"proposed": proposed, "fedmpq": fedmpq, "proposed_round_time_s": get(proposed, "mean_round_time_s"),
-               "fedmpq_round_time_s": get(fedmpq, "mean_round_time_s"), "round_time_overhead": overhead,
-               "client_compute_overhead": ratio_minus_one(get(proposed, "mean_client_compute_s"),
-                                                          get(fedmpq, "mean_client_compute_s")),
-               "client_time_overhead": ratio_minus_one(get(proposed, "mean_client_time_s"),
-                                                       get(fedmpq, "mean_client_time_s"))}
+    per_round = {f"{who}_{key}": mean_of(variations, variation, f"mean_{key}") for who, variation in
+                 (("proposed", proposed), ("fedmpq", fedmpq)) for key in ("round_time_s", "client_compute_s",
+                                                                            "client_time_s")}
+    overhead = ratio_minus_one(per_round["proposed_round_time_s"], per_round["fedmpq_round_time_s"])
+    numbers = {"proposed": proposed, "fedmpq": fedmpq, **per_round, "round_time_overhead": overhead,
+               "client_compute_overhead": ratio_minus_one(per_round["proposed_client_compute_s"],
+                                                          per_round["fedmpq_client_compute_s"]),
+               "client_time_overhead": ratio_minus_one(per_round["proposed_client_time_s"],
+                                                       per_round["fedmpq_client_time_s"])}
     if overhead is None:
         return _criterion(name, None, numbers, "cannot evaluate: round_time_s not recorded by both methods")
     passed = overhead <= MAX_TIME_OVERHEAD + TOLERANCE
     compute = numbers["client_compute_overhead"]
     line = (f"{100 * overhead:+.1f} % per round ({numbers['proposed_round_time_s']:.3g} s vs "
-            f"{numbers['fedmpq_round_time_s']:.3g} s)" + ("" if compute is None else f"; client compute {100 * compute:+.1f} %"))
+            f"{numbers['fedmpq_round_time_s']:.3g} s)")
+    line += "" if compute is None else f"; client compute {100 * compute:+.1f} %"
     return _criterion(name, passed, numbers, line + ("" if passed else f": above {MAX_TIME_OVERHEAD:.0%}"))
 
 

@@ -107,7 +107,7 @@ def axis_figures(ctx: Context) -> list[Figure]:
     figures = []
     for axis, short in axis_names(sorted(ctx.robustness)).items():
         rows = ctx.robustness[axis]["methods"]
-        members = {row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={row['value']}"
+        members = {row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={_value_label(row['value'])}"
                    for strategy, points in rows.items() for row in points}
         shown = {n: ctx.variations[n] for n in members if ctx.variations[n]["rounds"]}
         figures.append(_curve_figure(f"accuracy_vs_rounds_axis_{short}",

@@ -17,7 +17,6 @@ LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 MARKERS = ["o", "s", "^", "D", "v", "x", "P", "*", "<", ">"]
 HATCHES = ["//", "..", "xx", "\\\\", "oo", "--", "++", "**", "||", "OO"]
 GRAYS = ["0.85", "0.55", "0.95", "0.7", "0.4", "0.8"]
-MANY_ENTRIES = 6  # legends with more entries go below the plot
 LABEL_BOX = {"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}  # text over lines
 
 
@@ -60,12 +59,14 @@ def save(fig: Any, path: Path) -> None:
     pyplot().close(fig)
 
 
+def legend_columns(entries: int) -> int:
+    return 1 if entries <= 2 else 2
+
+
 def legend(ax: Any, entries: int) -> None:
-    """Legend inside the axes for a few entries, below them (in columns) for many."""
-    if entries > MANY_ENTRIES:
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
-    else:
-        ax.legend(fontsize=8, loc="best")
+    """Legend below the axes, where it can cover no line or label."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=legend_columns(entries),
+              frameon=False)
 
 
 def spread(values: Sequence[float], min_gap: float) -> list[float]:
@@ -92,9 +93,9 @@ class Series:
     style_index: int | None = None  # keeps one variation's style across panels (default: its position)
 
 
-def figure_height(entries: int, base: float = 4.2) -> float:
-    """Taller figures for legends that go below the plot."""
-    return base + (0.2 * ((entries + 1) // 2) if entries > MANY_ENTRIES else 0.0)
+def figure_height(entries: int, base: float = 4.0) -> float:
+    """Taller figures for more legend rows below the plot."""
+    return base + 0.2 * -(-entries // legend_columns(entries))
 
 
 def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_format: str = "{:.1f}") -> None:
@@ -113,11 +114,12 @@ def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_for
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.margins(x=0.18)  # room for the end labels
+    first, last = min(min(np.asarray(s.x, dtype=float)) for s in series), max(e[0] for e in ends)
+    x_span = (last - first) or 1.0
+    ax.set_xlim(first - 0.03 * x_span, last + 0.18 * x_span)  # room on the right for the end labels
     ax.grid(True, alpha=0.3)
     low, high = ax.get_ylim()
     heights = spread([e[1] for e in ends], (high - low) * 0.045)
-    x_span = max(e[0] for e in ends) - min(min(np.asarray(s.x, dtype=float)) for s in series) or 1.0
     for (x_end, y_end, color), y_label in zip(ends, heights):
         ax.annotate(value_format.format(y_end), xy=(x_end, y_end), xytext=(x_end + 0.04 * x_span, y_label),
                     textcoords="data", va="center", fontsize=7, color=color, bbox=LABEL_BOX,
@@ -197,6 +199,6 @@ def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: st
         ax.set_ylim(low - (0.08 * span if low < 0 else 0.0), max(top, 0.0) + span * (0.35 if rotate else 0.18))
         ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(True, axis="y", alpha=0.3)
-    if len(series) > 1 or has_std:
-        ax.legend(fontsize=8, loc="upper left")
+    if len(series) > 1 or has_std:  # above the axes, where it can cover no bar
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(series) + 1, frameon=False)
     save(fig, path)

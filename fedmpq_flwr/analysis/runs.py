@@ -121,7 +121,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """One run's summary row (plus its `history` and `config`, dropped before writing JSON)."""
     config, results, metrics = read_config(run_dir), read_results(run_dir), read_metrics(run_dir)
     history = [r for r in (metrics or (results or {}).get("history") or [])
-               if isinstance(r, dict) and "round" in r and "test_accuracy" in r]
+               if isinstance(r, dict) and isinstance(r.get("round"), int)
+               and isinstance(r.get("test_accuracy"), (int, float))]
     history.sort(key=lambda r: r["round"])
     status = STATUS_COMPLETED if is_complete(run_dir) else ("incomplete" if history else "failed-no-metrics")
     run_id = str(config.get("run_id") or run_dir.name)
