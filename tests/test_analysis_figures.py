@@ -15,6 +15,7 @@ from test_analysis_builders import FEDAVG, run_main, write_study, write_variatio
 from fedmpq_flwr import evaluate
 from fedmpq_flwr.analysis import bit_figures, tsne
 from fedmpq_flwr.analysis.figures import axis_names
+from fedmpq_flwr.analysis.plotting import spread
 
 STUDY_FIGURES = [
     "accuracy_vs_rounds", "quantized_accuracy_vs_rounds", "agreement_vs_rounds", "grad_norm_vs_rounds",
@@ -78,7 +79,9 @@ def test_report_has_criteria_and_tables(analyzed_study: tuple[Path, dict[str, An
                     "## Robustness along the axes", "### Axis `dataset.alpha`", "## Incomplete runs", "## Figures"):
         assert heading in text
     assert "1. **yes** — accuracy" in text and "gain_points = 9" in text
-    assert "| fedmpq_kd | fedmpq_kd | main | – | 3 | 71.00 ± 1.00 | 71.00 ± 1.00 | 61.00 ± 1.00 | 66.00 ± 1.00 |" in text
+    # final, best, AUC and quantized final accuracy of FedMPQ-KD (finals 0.70, 0.71, 0.72)
+    assert "| fedmpq_kd | fedmpq_kd | main | – | 3 | 71.00 ± 1.00 | 71.00 ± 1.00 | 61.00 ± 1.00 | 66.00 ± 1.00 |" \
+        in text
     assert "| 0.1 | 41.00 ± 1.41 (fedmpq_dir0.1) | 25.00 | 44.00 ± 1.41 (fedmpq_kd_dir0.1) | 27.00 | +3.00 |" in text
     assert "- `images/tsne_fedmpq_kd_pair1.pdf`: fedmpq_kd: t-SNE" in text
     assert "- skipped `tsne_fedmpq_pair1`: no features.npz in run fedmpq_s0" in text
@@ -130,3 +133,11 @@ def test_axis_file_names() -> None:
     assert axis_names(["dataset.alpha", "train.local_epochs"]) == {"dataset.alpha": "alpha",
                                                                    "train.local_epochs": "local_epochs"}
     assert axis_names(["dataset.alpha", "kd.alpha"]) == {"dataset.alpha": "dataset_alpha", "kd.alpha": "kd_alpha"}
+
+
+def test_end_labels_are_pushed_apart_but_stay_near_their_lines() -> None:
+    heights = spread([5.0, 1.0, 1.01, 1.02], 0.5)
+    ordered = sorted(heights)
+    assert all(b - a >= 0.5 - 1e-12 for a, b in zip(ordered, ordered[1:]))
+    assert heights[0] == pytest.approx(5.0, abs=1.0) and heights[1] < heights[2] < heights[3]
+    assert spread([1.0, 3.0], 0.5) == [1.0, 3.0]  # already apart: unchanged

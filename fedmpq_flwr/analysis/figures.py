@@ -58,12 +58,10 @@ def _curve_series(variations: dict[str, dict[str, Any]], curve: str, scale: floa
     return series
 
 
-def _curve_figure(name: str, caption: str, series: list[Series], ylabel: str, value_format: str = "{:.1f}",
-                  log: bool = False) -> Figure:
+def _curve_figure(name: str, caption: str, series: list[Series], ylabel: str, value_format: str = "{:.1f}") -> Figure:
     if not series:
         return Figure(name, caption, why="no variation records it")
-    return Figure(name, caption, lambda path: line_figure(series, path, "Communication round", ylabel,
-                                                          value_format, log))
+    return Figure(name, caption, lambda path: line_figure(series, path, "Communication round", ylabel, value_format))
 
 
 def curve_figures(ctx: Context) -> list[Figure]:
@@ -166,35 +164,42 @@ def _bars(name: str, caption: str, variations: dict[str, dict[str, Any]], parts:
     series = [BarSeries(label, [value(variations[n][k]["mean"]) for n in names],
                         [value(variations[n][k]["std"]) for n in names]) for k, label in parts]
     counts = [variations[n]["n"] for n in names]
-    return Figure(name, caption, lambda path: bar_figure(names, series, path, ylabel, value_format, log,
-                                                         counts=counts))
+    return Figure(name, caption, lambda path: bar_figure(names, series, path, ylabel, value_format, log, counts))
+
+
+def _gap_figure(ctx: Context) -> Figure:
+    """Full precision's final accuracy minus each quantized variation's, in the same setting."""
+    name, caption = "gap_to_full_precision", "final accuracy of full precision minus each quantized variation (points)"
+    gaps = {n: m["gap_to_full_precision_points"] for n, m in ctx.methods.items()
+            if m["gap_to_full_precision_points"] is not None and is_quantized(ctx.variations[n]["strategy"])}
+    if not gaps:
+        return Figure(name, caption, why="no quantized variation with a full-precision run in the same setting")
+    names = list(gaps)
+    series = [BarSeries("gap (points)", [gaps[n] for n in names])]
+    counts = [ctx.variations[n]["n"] for n in names]
+    return Figure(name, caption, lambda path: bar_figure(names, series, path, "Gap to full precision (percentage points)",
+                                                         "{:.2f}", counts=counts))
 
 
 def bar_figures(ctx: Context) -> list[Figure]:
     variations = ctx.variations
-    gaps = {n: m["gap_to_full_precision_points"] for n, m in ctx.methods.items()
-            if m["gap_to_full_precision_points"] is not None and is_quantized(variations[n]["strategy"])}
-    gap_figure = Figure("gap_to_full_precision", "final accuracy of full precision minus each quantized variation (points)",
-                        why="no quantized variation with a full-precision run in the same setting")
-    if gaps:
-        names = list(gaps)
-        gap_figure.draw = lambda path: bar_figure(names, [BarSeries("gap (points)", [gaps[n] for n in names])], path,
-                                                  "Gap to full precision (percentage points)", "{:.2f}",
-                                                  counts=[variations[n]["n"] for n in names])
     return [
         _bars("final_accuracy", "final test accuracy per variation (mean ± std over seeds)", variations,
               [("final_accuracy", "mean over seeds")], "Final test accuracy (%)", 100),
         _bars("auc_accuracy", "area under the accuracy-vs-round curve (= mean accuracy over rounds)", variations,
               [("auc_accuracy", "mean over seeds")], "AUC of accuracy vs rounds\n(mean accuracy over rounds, %)", 100),
-        gap_figure,
+        _gap_figure(ctx),
         _bars("bits_per_round", "bits communicated per round, all clients, up and down", variations,
-              [("mean_bits_up_per_round", "up (clients to server)"), ("mean_bits_down_per_round", "down (server to clients)")],
+              [("mean_bits_up_per_round", "up (clients to server)"),
+               ("mean_bits_down_per_round", "down (server to clients)")],
               "Bits per round (Mbit, log scale)", 1e-6, "{:.3g}", log=True),
         _bars("round_time", "wall time per round (server) and summed client compute time", variations,
-              [("mean_round_time_s", "round wall time (server)"), ("mean_client_compute_s", "client compute (sum over clients)")],
+              [("mean_round_time_s", "round wall time (server)"),
+               ("mean_client_compute_s", "client compute (sum over clients)")],
               "Seconds per round (s)", 1.0, "{:.3g}"),
-        _bars("flops_per_round", "training FLOPs per round of the students and of the teacher forward passes", variations,
-              [("mean_train_flops_per_round", "student training"), ("mean_teacher_flops_per_round", "teacher forward")],
+        _bars("flops_per_round", "training FLOPs per round of the students and of the teacher forward passes",
+              variations, [("mean_train_flops_per_round", "student training"),
+                           ("mean_teacher_flops_per_round", "teacher forward")],
               "FLOPs per round, all clients (GFLOP)", 1e-9, "{:.3g}"),
         _bars("peak_memory", "peak resident memory (RSS) and GPU memory of clients and server", variations,
               [("peak_client_rss_mb", "client RSS"), ("peak_server_rss_mb", "server RSS"),
@@ -207,7 +212,8 @@ def per_variation_figures(ctx: Context) -> list[Figure]:
     """Bit-width histograms, bit-allocation heatmaps and t-SNE pairs of each quantized variation."""
     quantized = [n for n, v in ctx.variations.items() if is_quantized(v["strategy"])]
     if not quantized:
-        return [Figure(topic, "", why="no quantized variation") for topic in ("bit_histogram", "bit_allocation_heatmap", "tsne")]
+        return [Figure(topic, "", why="no quantized variation")
+                for topic in ("bit_histogram", "bit_allocation_heatmap", "tsne")]
     figures = []
     for name in quantized:
         first = ctx.groups[name][0]

@@ -127,12 +127,9 @@ def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_for
     legend(ax, len(series))
 
 
-def line_figure(series: list[Series], path: Path, xlabel: str, ylabel: str, value_format: str = "{:.1f}",
-                log: bool = False) -> None:
+def line_figure(series: list[Series], path: Path, xlabel: str, ylabel: str, value_format: str = "{:.1f}") -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.8, figure_height(len(series))))
-    if log:
-        ax.set_yscale("log")
     line_plot(ax, series, xlabel, ylabel, value_format)
     save(fig, path)
 
@@ -147,17 +144,15 @@ class BarSeries:
 
 
 def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: str, value_format: str = "{:.1f}",
-               log: bool = False, xlabel: str = "Variation", counts: Sequence[int] | None = None,
-               stacked: bool = False) -> None:
-    """Bars per name (grouped or stacked for several series), std error bars, the value above every bar;
-    hatches tell the bars apart without colour, and the figure widens with the number of bars."""
+               log: bool = False, counts: Sequence[int] | None = None) -> None:
+    """Bars per name (grouped for several series), std error bars, the value above every bar; hatches
+    tell the bars apart without colour, and the figure widens with the number of bars."""
     plt = pyplot()
-    groups, per_group = len(names), (1 if stacked else len(series))
+    groups, per_group = len(names), len(series)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * groups * per_group + 1.8), 4.4))
     x = np.arange(groups)
     width = 0.8 / per_group
-    rotate = per_group * groups > 10
-    bottoms = np.zeros(groups)
+    rotate = per_group * groups > 10  # vertical value labels when the bars get narrow
     tops, lows = [], [0.0]
     has_std = False
     for j, s in enumerate(series):
@@ -165,28 +160,22 @@ def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: st
         stds = np.array([np.nan if sd is None else sd for sd in (s.stds or [None] * groups)], dtype=float)
         error_label = {} if has_std or np.isnan(stds).all() else {"label": "± 1 std over seeds"}
         has_std = has_std or bool(error_label)
-        offset = 0.0 if stacked else (j - (per_group - 1) / 2) * width
-        heights = np.nan_to_num(means)
-        bars = ax.bar(x + offset, heights, width, bottom=bottoms if stacked else None,
-                      yerr=None if stacked else stds, capsize=3, edgecolor="black", color=GRAYS[j % len(GRAYS)],
-                      label=s.label, error_kw=error_label)
+        bars = ax.bar(x + (j - (per_group - 1) / 2) * width, np.nan_to_num(means), width, yerr=stds, capsize=3,
+                      edgecolor="black", color=GRAYS[j % len(GRAYS)], label=s.label, error_kw=error_label)
         for i, bar in enumerate(bars):
-            bar.set_hatch(HATCHES[(i if len(series) == 1 else j) % len(HATCHES)])
+            bar.set_hatch(HATCHES[(i if per_group == 1 else j) % len(HATCHES)])
             if np.isnan(means[i]):
                 continue
-            base = bottoms[i] if stacked else 0.0
-            top = base + means[i] + (0.0 if stacked or np.isnan(stds[i]) else stds[i])
+            top = means[i] + (0.0 if np.isnan(stds[i]) else stds[i])
             tops.append(top)
-            lows.append(base + means[i])
-            y_text = top * 1.08 if log else max(top, 0.0)
-            ax.annotate(value_format.format(means[i]), (bar.get_x() + bar.get_width() / 2, y_text),
+            lows.append(means[i])
+            ax.annotate(value_format.format(means[i]), (bar.get_x() + bar.get_width() / 2,
+                                                        top * 1.08 if log else max(top, 0.0)),
                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7,
                         rotation=90 if rotate else 0)
-        if stacked:
-            bottoms = bottoms + heights
     labels = [wrap(n) + ("" if counts is None else f"\n(n={counts[i]})") for i, n in enumerate(names)]
     ax.set_xticks(x, labels, fontsize=7)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel("Variation")
     ax.set_ylabel(ylabel)
     top = max(tops, default=1.0)
     if log:
@@ -199,6 +188,6 @@ def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: st
         ax.set_ylim(low - (0.08 * span if low < 0 else 0.0), max(top, 0.0) + span * (0.35 if rotate else 0.18))
         ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(True, axis="y", alpha=0.3)
-    if len(series) > 1 or has_std:  # above the axes, where it can cover no bar
-        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(series) + 1, frameon=False)
+    if per_group > 1 or has_std:  # above the axes, where it can cover no bar
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=per_group + 1, frameon=False)
     save(fig, path)

@@ -79,9 +79,10 @@ def choose_references(variations: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def partner(name: str, strategy: str, variations: dict[str, dict[str, Any]],
             axis_values: dict[str, dict[str, Any]]) -> str | None:
-    """The variation of `strategy` run in the same setting as variation `name`: for a main variation the
-    strategy's main variation (itself when it is of that strategy); for an axis variation the one on the same axis at the same value, else the
-    main variation when it sits at that value or the axis does not matter to the strategy."""
+    """The variation of `strategy` run in the same setting as variation `name`: itself when it is of
+    that strategy; for a main variation the strategy's main variation; for an axis variation the one
+    on the same axis at the same value, else the main variation when it sits at that value or the
+    axis does not matter to the strategy."""
     var = variations[name]
     if var["strategy"] == strategy:
         return name

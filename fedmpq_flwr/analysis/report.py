@@ -92,9 +92,11 @@ def _robustness_tables(robustness: dict[str, Any]) -> list[str]:
             row = [_num(value, "g")]
             for rows_of_method in methods.values():
                 hit = next((r for r in rows_of_method if r["value"] == value), None)
-                row += ["–", "–"] if hit is None else [
-                    _mean_std({"mean": hit["final_accuracy_mean"], "std": hit["final_accuracy_std"]}) + f" ({hit['variation']})",
-                    _num(hit["degradation_points"])]
+                if hit is None:
+                    row += ["–", "–"]
+                    continue
+                final = _mean_std({"mean": hit["final_accuracy_mean"], "std": hit["final_accuracy_std"]})
+                row += [f"{final} ({hit['variation']})", _num(hit["degradation_points"])]
             rows.append(row + [_num(diffs.get(value), "+.2f")])
         lines += [f"### Axis `{axis}`", "", *_table(header, rows), ""]
     return lines or ["No run varies an axis.", ""]

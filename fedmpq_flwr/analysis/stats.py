@@ -55,7 +55,8 @@ def choose_target(variations: dict[str, dict[str, Any]], references: dict[str, A
         base = max(sorted(finals), key=finals.get)
     if base is None or base not in finals:
         return {"value": None, "source": "no completed variation"}
-    kind = "the full-precision reference" if base == references["full_precision"] else "the best variation (no full-precision run)"
+    kind = ("the full-precision reference" if base == references["full_precision"]
+            else "the best variation (no full-precision run)")
     return {"value": DEFAULT_TARGET_SHARE * finals[base],
             "source": f"{DEFAULT_TARGET_SHARE:.0%} of the mean final accuracy of {kind} {base} ({finals[base]:.4f})"}
 
