@@ -25,15 +25,15 @@ from fedmpq_flwr.analysis.runs import find_run_dirs, group_runs, load_run, publi
 COMPARISON_FILE = "comparison.json"
 
 
-def build_comparison(runs: list[dict[str, Any]], target_override: float | None = None) -> tuple[dict[str, Any], Context]:
-    """The comparison dict (without figures) and what the figures are drawn from."""
+def build_comparison(runs: list[dict[str, Any]], target_override: float | None = None
+                     ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The comparison dict (without figures) and the completed runs by variation (for the figures)."""
     groups, incomplete = group_runs(runs)
     variations = {name: summarize_variation(group) for name, group in groups.items()}
     references = choose_references(variations)
     axis_vals = stats.axis_values(variations, groups)
     target = stats.choose_target(variations, references, target_override)
     methods = stats.derive_methods(variations, axis_vals, target["value"])
-    robustness = stats.robustness(variations, axis_vals)
     comparison = {
         "runs": [public_run(run) for run in runs],
         "variations": variations,
@@ -43,9 +43,9 @@ def build_comparison(runs: list[dict[str, Any]], target_override: float | None =
         "methods": methods,
         "tests": stats.welch_tests(variations, groups, methods, references),
         "success_criteria": criteria.success_criteria(variations, groups, references, axis_vals),
-        "robustness": robustness,
+        "robustness": stats.robustness(variations, axis_vals),
     }
-    return comparison, Context(Path(), variations, groups, methods, robustness)
+    return comparison, groups
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -56,9 +56,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def analyze(results_dir: Path, target_accuracy: float | None = None) -> dict[str, Any]:
     """Load all runs, write figures, comparison.json and report.md; return the comparison dict."""
-    comparison, context = build_comparison([load_run(d) for d in find_run_dirs(results_dir)], target_accuracy)
-    context.results_dir = results_dir
-    written, skipped = make_figures(context)
+    comparison, groups = build_comparison([load_run(d) for d in find_run_dirs(results_dir)], target_accuracy)
+    written, skipped = make_figures(Context(results_dir, comparison["variations"], groups, comparison["methods"],
+                                            comparison["robustness"]))
     comparison["figures"] = [figure["path"] for figure in written]
     comparison["figures_skipped"] = skipped
     comparison = stats.finite_or_none(comparison)
