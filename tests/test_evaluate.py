@@ -246,3 +246,10 @@ def test_quantized_results_are_summarised_and_plotted(tmp_path: Path) -> None:
     assert fp["quant_accuracy_per_round_mean"] is None and fp["final_avg_bits"] == {"mean": None, "std": None}
     assert "images/quantized_accuracy_vs_rounds.pdf" in comp["figures"]
     assert (tmp_path / "images" / "quantized_accuracy_vs_rounds.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_target_accuracy_must_be_a_fraction(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--results-dir", str(tmp_path), "--target-accuracy", "90"])
+    assert exit_info.value.code == 2
+    assert "not an accuracy fraction" in capsys.readouterr().err
