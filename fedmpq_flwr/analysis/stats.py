@@ -99,10 +99,9 @@ def derive_methods(variations: dict[str, dict[str, Any]], axis_vals: dict[str, d
         final = var["final_accuracy"]["mean"]
         fp, fm = (partner(name, s, variations, axis_vals) for s in (FULL_PRECISION, FEDMPQ))
         fp_final, fm_final = mean_of(variations, fp, "final_accuracy"), mean_of(variations, fm, "final_accuracy")
-        gap_closed = None
-        if is_quantized(var["strategy"]) and var["strategy"] != FEDMPQ and None not in (final, fp_final, fm_final) \
-                and fp_final != fm_final:
-            gap_closed = (final - fm_final) / (fp_final - fm_final)
+        closes_gap = (is_quantized(var["strategy"]) and var["strategy"] != FEDMPQ
+                      and None not in (final, fp_final, fm_final) and fp_final != fm_final)
+        gap_closed = (final - fm_final) / (fp_final - fm_final) if closes_gap else None
         ref_strategy = overhead_reference_strategy(var["strategy"])
         ref = partner(name, ref_strategy, variations, axis_vals) if ref_strategy else None
         methods[name] = {
