@@ -57,8 +57,8 @@ def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, 
     gap_ok = None if gap_reduction is None else gap_reduction >= MIN_GAP_REDUCTION - TOLERANCE
     big_enough = True if gain_ok or gap_ok else (None if gap_ok is None else False)
     significant = None if test["p"] is None else test["p"] < MAX_P_VALUE
-    reduction = "n/a" if gap_reduction is None else f"{100 * gap_reduction:.1f} %"
-    size = f"{gain:+.2f} points over {baseline}, gap to full precision {reduction} smaller"
+    size = f"{gain:+.2f} points over {baseline}"
+    size += "" if gap_reduction is None else f", gap to full precision {100 * gap_reduction:.1f} % smaller"
     if big_enough is False or significant is False:
         failed = [] if big_enough is not False else ["below both thresholds"]
         failed += [] if significant is not False else [f"p = {test['p']:.3g} >= {MAX_P_VALUE:g}"]

@@ -113,10 +113,14 @@ def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_for
         ends.append((x[-1], mean[-1], line.get_color()))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     first, last = min(min(np.asarray(s.x, dtype=float)) for s in series), max(e[0] for e in ends)
-    x_span = (last - first) or 1.0
+    if last - first < 5:  # a few rounds: tick every one (the locator would print fractions)
+        ax.set_xticks(np.arange(first, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    x_span = max(last - first, 2.0)
     ax.set_xlim(first - 0.03 * x_span, last + 0.18 * x_span)  # room on the right for the end labels
+    ax.ticklabel_format(axis="y", useOffset=False)  # plain values, no "+1.58e1" offset
     ax.grid(True, alpha=0.3)
     low, high = ax.get_ylim()
     heights = spread([e[1] for e in ends], (high - low) * 0.045)
