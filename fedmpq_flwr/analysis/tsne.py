@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from fedmpq_flwr.analysis.plotting import MARKERS, Figure, pyplot, save, slug
+from fedmpq_flwr.results import FEATURES_FILE
 
-FEATURES_FILE = "features.npz"
 MAX_POINTS = 2000  # embedded points, teacher and student samples together
 SEED = 0
 
@@ -61,7 +61,7 @@ def pair_figure(variation: str, run: dict[str, Any]) -> Figure:
 
     def draw(path: Path) -> None:
         teacher, student, labels = embed(arrays["float_features"], arrays["quant_features"], arrays["labels"])
-        partition = arrays.get("quant_partition")
+        partition = arrays.get("quant_partition")  # the client whose bits the student has
         student_title = "Student: quantized" + ("" if partition is None else f" to client {int(partition)}'s bits")
         plt = pyplot()
         classes = sorted(set(labels.tolist()))
