@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,26 @@ MODEL_FILE = "final_model.pt"
 BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 FEATURES_FILE = "features.npz"
 STATUS_COMPLETED = "completed"
+# Round fields of metrics.jsonl derived from the participants' entries in `clients`:
+# round key -> (client key, reduction over participants). The strategy writes them; the analyzer
+# derives them for runs recorded before a field existed.
+ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], float]]] = {
+    **{key: (key, statistics.fmean) for key in ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")},
+    "train_flops": ("train_flops", sum),
+    "teacher_flops": ("teacher_flops", sum),
+    "client_compute_s": ("client_time_s", sum),
+    "client_peak_rss_mb": ("peak_rss_mb", max),
+    "client_peak_gpu_mb": ("peak_gpu_mb", max),
+}
+
+
+def round_from_clients(round_key: str, clients: list[dict[str, Any]]) -> float | None:
+    """A `ROUND_FROM_CLIENTS` field of a round, or None when a participant lacks its client key."""
+    client_key, reduce = ROUND_FROM_CLIENTS[round_key]
+    values = [client.get(client_key) for client in clients]
+    if not values or any(value is None for value in values):
+        return None
+    return float(reduce([float(value) for value in values]))
 
 
 def auc_accuracy(rounds: Sequence[float], accuracies: Sequence[float]) -> float:

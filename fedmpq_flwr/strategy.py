@@ -8,7 +8,6 @@ Quantized methods subclass `FedAvgStrategy` and override the hooks (`fit_config`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from logging import INFO
 from typing import Any
@@ -35,22 +34,12 @@ from torch import nn
 from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 from fedmpq_flwr.dataset import FederatedData, eval_loader, load_data
 from fedmpq_flwr.models import build_model, save_final_model
-from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, RunRecorder
+from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, ROUND_FROM_CLIENTS, RunRecorder, round_from_clients
 from fedmpq_flwr.train import evaluate, penultimate_features, resolve_device
 from fedmpq_flwr.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
 FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
-# Round fields computed from the participants' entries (when every participant has the client
-# key): round key -> (client key, reduction over participants).
-ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], Any]]] = {
-    **{key: (key, np.mean) for key in ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")},
-    "train_flops": ("train_flops", np.sum),
-    "teacher_flops": ("teacher_flops", np.sum),
-    "client_compute_s": ("client_time_s", np.sum),
-    "client_peak_rss_mb": ("peak_rss_mb", np.max),
-    "client_peak_gpu_mb": ("peak_gpu_mb", np.max),
-}
 
 
 def format_seconds(seconds: float) -> str:
@@ -141,9 +130,10 @@ class FedAvgStrategy(Strategy):
         total = sum(c["num_examples"] for c in clients)
         loss = sum(c["train_loss"] * c["num_examples"] for c in clients)
         metrics: dict[str, Any] = {"train_loss": loss / total if total else None, "clients": clients}
-        for round_key, (client_key, reduce) in ROUND_FROM_CLIENTS.items():
-            if clients and all(client_key in client for client in clients):
-                metrics[round_key] = float(reduce([client[client_key] for client in clients]))
+        for round_key in ROUND_FROM_CLIENTS:
+            value = round_from_clients(round_key, clients)
+            if value is not None:
+                metrics[round_key] = value
         return metrics
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:

@@ -15,22 +15,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, STATUS_COMPLETED, is_complete, read_metrics,
-                                 read_results, summarize_history)
+from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, ROUND_FROM_CLIENTS, STATUS_COMPLETED, is_complete,
+                                 read_metrics, read_results, round_from_clients, summarize_history)
 
 ACCURACY_KEYS = ("final_accuracy", "best_accuracy", "auc_accuracy")
 # Last-round values of quantized methods (None for full-precision runs): summary name -> metrics key.
 FINAL_VALUES = {"final_quant_accuracy_mean": "quant_test_accuracy_mean",
                 "final_quant_accuracy_min": "quant_test_accuracy_min", "final_avg_bits": "avg_bits"}
-# Round fields that older runs lack but their participants may carry: round key -> (client key, reduction),
-# the same reductions the strategy applies when it writes the round field.
-ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], Any]]] = {
-    "client_compute_s": ("client_time_s", np.sum),
-    "train_flops": ("train_flops", np.sum),
-    "teacher_flops": ("teacher_flops", np.sum),
-    "client_peak_rss_mb": ("peak_rss_mb", np.max),
-    "client_peak_gpu_mb": ("peak_gpu_mb", np.max),
-}
 # Per-round means over rounds: summary name -> round key.
 ROUND_MEANS = {"mean_round_time_s": "round_time_s", "mean_client_time_s": "client_time_s",
                "mean_client_compute_s": "client_compute_s", "mean_bits_up_per_round": "bits_up",
@@ -104,10 +95,7 @@ def round_value(record: dict[str, Any], key: str) -> float | None:
     if record.get(key) is not None:
         return float(record[key])
     if key in ROUND_FROM_CLIENTS:
-        client_key, reduce = ROUND_FROM_CLIENTS[key]
-        clients = record.get("clients") or []
-        if clients and all(c.get(client_key) is not None for c in clients):
-            return float(reduce([float(c[client_key]) for c in clients]))
+        return round_from_clients(key, record.get("clients") or [])
     return None
 
 
