@@ -64,8 +64,10 @@ def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, 
         failed += [] if significant is not False else [f"p = {test['p']:.3g} >= {MAX_P_VALUE:g}"]
         return _criterion(name, False, numbers, f"{size}: " + "; ".join(failed))
     if big_enough is None:
-        return _criterion(name, None, numbers, f"{size}: gain below {MIN_GAIN_POINTS:g} points and the gap cannot be "
-                                               "computed (no full-precision reference or no gap)")
+        no_gap = ("no full-precision reference" if fp is None else
+                  f"{baseline} has no gap to full precision to close ({100 * final[baseline]:.2f} % vs "
+                  f"{fp} {100 * final[fp]:.2f} %)")
+        return _criterion(name, None, numbers, f"{size}: gain below {MIN_GAIN_POINTS:g} points and {no_gap}")
     if significant is None:
         return _criterion(name, None, numbers, f"{size}: significance not testable ({test['note']})")
     return _criterion(name, True, numbers, f"{size}, p = {test['p']:.3g} < {MAX_P_VALUE:g}")
