@@ -211,13 +211,17 @@ def test_accuracy_criterion_gap_only_and_significance(tmp_path: Path) -> None:
 
 
 def test_accuracy_criterion_when_the_baseline_beats_full_precision(tmp_path: Path) -> None:
-    """A small gain and no gap to close: not evaluable, and the line says why with both accuracies."""
+    """FedMPQ above full precision: no gap to close, so no share closed, and criterion (1) is not
+    evaluable on the gap; its line says why with both accuracies."""
     write_variation(tmp_path, "fedavg", "fedavg", {0: 0.60})
     write_variation(tmp_path, "fedmpq", "fedmpq", {0: 0.62})
     write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", {0: 0.61})
     accuracy = criteria_of(tmp_path)[0]
     assert accuracy["passed"] is None and accuracy["numbers"]["gap_reduction"] is None
     assert "fedmpq has no gap to full precision to close (62.00 % vs fedavg 60.00 %)" in accuracy["why"]
+    methods = compare_folder(tmp_path)["methods"]
+    assert methods["fedmpq_kd"]["gap_closed_vs_fedmpq"] is None  # not (0.61 - 0.62) / (0.60 - 0.62) = 50 %
+    assert methods["fedmpq_kd"]["gap_to_full_precision_points"] == approx(-1.0)
 
 
 def test_best_quantized_baseline_is_the_strongest_non_kd_method(tmp_path: Path) -> None:

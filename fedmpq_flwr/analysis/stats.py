@@ -92,15 +92,16 @@ def compare(groups: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str
 
 def derive_methods(variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[str, Any]],
                    target: float | None) -> dict[str, dict[str, Any]]:
-    """Per variation: rounds to target, gap to full precision, share of FedMPQ's gap closed and cost
-    overheads against its like-with-like reference method."""
+    """Per variation: rounds to target, gap to full precision, share of FedMPQ's gap closed (None
+    when FedMPQ has no gap: it is not below full precision) and cost overheads against its
+    like-with-like reference method."""
     methods = {}
     for name, var in variations.items():
         final = var["final_accuracy"]["mean"]
         fp, fm = (partner(name, s, variations, axis_vals) for s in (FULL_PRECISION, FEDMPQ))
         fp_final, fm_final = mean_of(variations, fp, "final_accuracy"), mean_of(variations, fm, "final_accuracy")
         closes_gap = (is_quantized(var["strategy"]) and var["strategy"] != FEDMPQ
-                      and None not in (final, fp_final, fm_final) and fp_final != fm_final)
+                      and None not in (final, fp_final, fm_final) and fp_final > fm_final)
         gap_closed = (final - fm_final) / (fp_final - fm_final) if closes_gap else None
         ref_strategy = overhead_reference_strategy(var["strategy"])
         ref = partner(name, ref_strategy, variations, axis_vals) if ref_strategy else None
