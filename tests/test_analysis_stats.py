@@ -166,7 +166,7 @@ def test_criteria_fail(tmp_path: Path) -> None:
     assert [accuracy["passed"], bits["passed"], time["passed"], non_iid["passed"]] == [False] * 4
     assert accuracy["numbers"]["gain_points"] == approx(1.0)
     assert accuracy["numbers"]["gap_reduction"] == approx(1 - 19 / 20)
-    assert "below both thresholds" in accuracy["why"]
+    assert "gap to full precision 19.00 vs 20.00 points (+5.0 % reduction): below both thresholds" in accuracy["why"]
     assert bits["numbers"]["bits_up_ratio"] == approx(1.1)
     assert time["numbers"]["round_time_overhead"] == approx(0.2)
     assert non_iid["numbers"]["gain_points"] == approx(-1.0)

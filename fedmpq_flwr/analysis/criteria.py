@@ -58,7 +58,8 @@ def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, 
     big_enough = True if gain_ok or gap_ok else (None if gap_ok is None else False)
     significant = None if test["p"] is None else test["p"] < MAX_P_VALUE
     size = f"{gain:+.2f} points over {baseline}"
-    size += "" if gap_reduction is None else f", gap to full precision {100 * gap_reduction:.1f} % smaller"
+    size += "" if gap_reduction is None else (f", gap to full precision {gap_proposed:.2f} vs {gap_baseline:.2f} points "
+                                              f"({100 * gap_reduction:+.1f} % reduction)")
     if big_enough is False or significant is False:
         failed = [] if big_enough is not False else ["below both thresholds"]
         failed += [] if significant is not False else [f"p = {test['p']:.3g} >= {MAX_P_VALUE:g}"]
