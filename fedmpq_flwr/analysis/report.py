@@ -50,10 +50,10 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
         m = comparison["methods"][name]
         rows.append([name, _mean_std(var["mean_bits_up_per_round"], 1e-6, ".3g"),
                      _mean_std(var["mean_bits_down_per_round"], 1e-6, ".3g"),
-                     _mean_std(var["mean_round_time_s"], 1.0, ".3g"), _mean_std(var["mean_client_compute_s"], 1.0, ".3g"),
+                     _mean_std(var["mean_round_time_s"], 1.0, ".4g"), _mean_std(var["mean_client_compute_s"], 1.0, ".4g"),
                      m["overhead_reference"] or "–", _pct(m["round_time_overhead"]), _pct(m["client_compute_overhead"]),
-                     _mean_std(var["mean_train_flops_per_round"], 1e-9, ".3g"),
-                     _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".3g"),
+                     _mean_std(var["mean_train_flops_per_round"], 1e-9, ".4g"),
+                     _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".4g"),
                      _mean_std(var["peak_client_rss_mb"], 1.0, ".0f"), _mean_std(var["peak_server_rss_mb"], 1.0, ".0f"),
                      _mean_std(var["peak_client_gpu_mb"], 1.0, ".0f"), _mean_std(var["peak_server_gpu_mb"], 1.0, ".0f")])
     return _table(["variation", "bits up / round (Mbit)", "bits down / round (Mbit)", "s / round",
