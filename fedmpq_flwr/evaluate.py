@@ -21,6 +21,7 @@ from fedmpq_flwr.analysis import criteria, report, stats
 from fedmpq_flwr.analysis.figures import Context, make_figures
 from fedmpq_flwr.analysis.reference import choose_references
 from fedmpq_flwr.analysis.runs import find_run_dirs, group_runs, load_run, public_run, summarize_variation
+from fedmpq_flwr.results import write_atomic
 
 COMPARISON_FILE = "comparison.json"
 
@@ -48,12 +49,6 @@ def build_comparison(runs: list[dict[str, Any]], target_override: float | None =
     return comparison, groups
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def analyze(results_dir: Path, target_accuracy: float | None = None) -> dict[str, Any]:
     """Load all runs, write figures, comparison.json and report.md; return the comparison dict."""
     comparison, groups = build_comparison([load_run(d) for d in find_run_dirs(results_dir)], target_accuracy)
@@ -62,8 +57,8 @@ def analyze(results_dir: Path, target_accuracy: float | None = None) -> dict[str
     comparison["figures"] = [figure["path"] for figure in written]
     comparison["figures_skipped"] = skipped
     comparison = stats.finite_or_none(comparison)
-    _write_atomic(results_dir / COMPARISON_FILE, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
-    _write_atomic(results_dir / report.REPORT_FILE, report.render(comparison, results_dir.name, written))
+    write_atomic(results_dir / COMPARISON_FILE, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
+    write_atomic(results_dir / report.REPORT_FILE, report.render(comparison, results_dir.name, written))
     return comparison
 
 

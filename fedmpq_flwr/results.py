@@ -82,18 +82,21 @@ def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Per-round records of a run; a torn last line (a run killed mid-write) is ignored."""
+def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Per-round records of a run, and how many non-empty lines could not be parsed (a torn last
+    line of a run killed mid-write is ignored, not fatal)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return []
-    records = []
+        return [], 0
+    records, torn = [], 0
     for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
-    return records
+            torn += 1
+    return records, torn
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any] | None:
@@ -105,10 +108,21 @@ def read_results(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def has_completed_status(results: dict[str, Any] | None) -> bool:
+    """True for the contents of a complete results.json."""
+    return bool(results) and results.get("status") == STATUS_COMPLETED
+
+
 def is_complete(run_dir: str | Path) -> bool:
     """True when the run wrote a complete results.json (the runner skips such runs)."""
-    results = read_results(run_dir)
-    return bool(results) and results.get("status") == STATUS_COMPLETED
+    return has_completed_status(read_results(run_dir))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file through a temporary one and a rename, so a reader never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 class RunRecorder:
@@ -143,9 +157,7 @@ class RunRecorder:
             "history": self.history,
             "metadata": metadata,
         }
-        tmp = self.run_dir / (RESULTS_FILE + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(self.run_dir / RESULTS_FILE)
+        write_atomic(self.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
         summary = {k: results[k] for k in ("run_id", "final_accuracy", "best_accuracy", "auc_accuracy")}
         print(json.dumps({"event": "run_finished", **summary}), file=sys.stdout, flush=True)
         return results

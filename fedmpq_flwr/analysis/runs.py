@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, ROUND_FROM_CLIENTS, STATUS_COMPLETED, is_complete,
+from fedmpq_flwr.config import flatten
+from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, ROUND_FROM_CLIENTS, STATUS_COMPLETED, has_completed_status,
                                  read_metrics, read_results, round_from_clients, summarize_history)
 
 ACCURACY_KEYS = ("final_accuracy", "best_accuracy", "auc_accuracy")
@@ -63,12 +64,7 @@ def config_value(config: dict[str, Any], key: str) -> Any:
         budgets = (config.get("quant") or {}).get("budgets")
         if isinstance(budgets, list) and budgets:
             return float(np.mean([float(b) for b in budgets]))
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return flatten(config).get(key)
 
 
 def json_number(value: Any) -> Any:
@@ -76,15 +72,6 @@ def json_number(value: Any) -> Any:
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return value
-
-
-def _torn_lines(run_dir: Path, parsed: int) -> int:
-    """How many non-empty metrics lines read_metrics dropped as unparseable."""
-    try:
-        lines = (run_dir / METRICS_FILE).read_text().splitlines()
-    except OSError:
-        return 0
-    return sum(1 for line in lines if line.strip()) - parsed
 
 
 def round_value(record: dict[str, Any], key: str) -> float | None:
@@ -107,12 +94,13 @@ def _over_rounds(history: list[dict[str, Any]], key: str, reduce: Callable[[Any]
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     """One run's summary row (plus its `history` and `config`, dropped before writing JSON)."""
-    config, results, metrics = read_config(run_dir), read_results(run_dir), read_metrics(run_dir)
+    config, results = read_config(run_dir), read_results(run_dir)
+    metrics, torn_lines = read_metrics(run_dir)
     history = [r for r in (metrics or (results or {}).get("history") or [])
                if isinstance(r, dict) and isinstance(r.get("round"), int)
                and isinstance(r.get("test_accuracy"), (int, float))]
     history.sort(key=lambda r: r["round"])
-    status = STATUS_COMPLETED if is_complete(run_dir) else ("incomplete" if history else "failed-no-metrics")
+    status = STATUS_COMPLETED if has_completed_status(results) else ("incomplete" if history else "failed-no-metrics")
     run_id = str(config.get("run_id") or run_dir.name)
     seed = config.get("seed", ((results or {}).get("metadata") or {}).get("seed"))
     axis = str(config.get("axis") or "")
@@ -134,7 +122,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         **{f"total_{key}": _over_rounds(history, key, np.sum) for key in ("bits_up", "bits_down")},
         **{name: _over_rounds(history, key, np.max) for name, key in ROUND_PEAKS.items()},
         **{name: (history[-1].get(key) if history else None) for name, key in FINAL_VALUES.items()},
-        "torn_metrics_lines": _torn_lines(run_dir, len(metrics)),
+        "torn_metrics_lines": torn_lines,
         "run_dir": str(run_dir),
         "history": history,
         "config": config,

@@ -74,7 +74,7 @@ def welch(a: list[float], b: list[float]) -> dict[str, Any]:
         return {"t": None, "p": None, "note": f"n/a: fewer than 2 seeds ({len(a)} vs {len(b)})"}
     if np.var(a) == 0 and np.var(b) == 0:
         return {"t": None, "p": None, "note": "n/a: zero variance on both sides"}
-    from scipy import stats as scipy_stats  # imported here: it is slow to import and only tests need it
+    from scipy import stats as scipy_stats  # imported here: slow to import, needed only with 2+ seeds a side
     result = scipy_stats.ttest_ind(a, b, equal_var=False)
     return {"t": float(result.statistic), "p": float(result.pvalue), "note": None}
 
