@@ -8,7 +8,7 @@ CIFAR10_DIR ?= ../shared/data/cifar10
 # Use a local CIFAR-10 copy (train.npz/test.npz) when there is one; otherwise the hub.
 DATA_OVERRIDES := $(if $(wildcard $(CIFAR10_DIR)/train.npz),--set dataset.source=npz --set dataset.path=$(CIFAR10_DIR))
 
-.PHONY: install smoke full test clean
+.PHONY: install smoke full lint test clean
 
 # Reinstall when pyproject.toml changed since the last install (a stale venv).
 $(STAMP): pyproject.toml
@@ -25,7 +25,11 @@ smoke: $(STAMP)
 full: $(STAMP)
 	$(PY) -m fedmpq_flwr.main --full-experiment --results-dir $(RESULTS)/full $(DATA_OVERRIDES)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
 clean:

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_quant_step import Stepper, make_batches, timed
 from flwr.common import RecordDict
 
-from bench_quant_step import Stepper, make_batches, timed
 from fedmpq_flwr.config import validate
 from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.fedmpq_kd import FedMPQKDClient, inference_teacher
@@ -51,12 +51,22 @@ def parse_args() -> argparse.Namespace:
 
 def client_rounds(args: argparse.Namespace) -> dict[str, float]:
     """Median seconds of one client's fit for FedMPQ and FedMPQ-KD, alternating."""
-    dataset = {"name": "cifar10", "source": "npz", "path": args.data, "train_subset": 10000} if args.data else {
-        "name": "synthetic", "synthetic_train_size": 10000, "synthetic_test_size": 200}
-    config = validate({
-        "run_id": "bench", "results_dir": args.results, "model": {"name": "resnet20"}, "dataset": dataset,
-        "strategy": {"name": "fedmpq_kd"}, "quant": {"avg_bits": args.bits}, "federation": {"device": "cpu"},
-    })
+    dataset = (
+        {"name": "cifar10", "source": "npz", "path": args.data, "train_subset": 10000}
+        if args.data
+        else {"name": "synthetic", "synthetic_train_size": 10000, "synthetic_test_size": 200}
+    )
+    config = validate(
+        {
+            "run_id": "bench",
+            "results_dir": args.results,
+            "model": {"name": "resnet20"},
+            "dataset": dataset,
+            "strategy": {"name": "fedmpq_kd"},
+            "quant": {"avg_bits": args.bits},
+            "federation": {"device": "cpu"},
+        }
+    )
     strategy = FedMPQStrategy(config, RunRecorder(f"{args.results}/bench", "bench"))
     fit_config = strategy.fit_config(1, 0)
     clients = {"fedmpq": FedMPQClient(config, 0, 10), "fedmpq_kd": FedMPQKDClient(config, 0, 10, RecordDict())}
@@ -83,6 +93,7 @@ def teacher_variants(args: argparse.Namespace) -> dict[str, float]:
         def run(x: torch.Tensor) -> None:
             with mode():
                 net(x.contiguous(memory_format=memory))
+
         return run
 
     variants = {
@@ -95,9 +106,9 @@ def teacher_variants(args: argparse.Namespace) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in ["student_step", *variants]}
     for i in range(3 + args.steps):
         x, y = batches[i % len(batches)]
-        measured = {"student_step": timed(lambda: student.step(x, y), device)}
+        measured = {"student_step": timed(lambda x=x, y=y: student.step(x, y), device)}
         for name, run in variants.items():
-            measured[name] = timed(lambda run=run: run(x), device)
+            measured[name] = timed(lambda run=run, x=x: run(x), device)
         if i >= 3:
             for name, value in measured.items():
                 times[name].append(value)
@@ -117,8 +128,10 @@ def main() -> None:
     if args.rounds:
         rounds = client_rounds(args)
         ratio = rounds["fedmpq_kd"] / rounds["fedmpq"]
-        print(f"client round ({'CIFAR-10 ' + args.data if args.data else 'synthetic'}, partition 0 of 10): "
-              f"fedmpq {rounds['fedmpq']:.2f} s, fedmpq_kd {rounds['fedmpq_kd']:.2f} s, ratio {ratio:.3f}")
+        print(
+            f"client round ({'CIFAR-10 ' + args.data if args.data else 'synthetic'}, partition 0 of 10): "
+            f"fedmpq {rounds['fedmpq']:.2f} s, fedmpq_kd {rounds['fedmpq_kd']:.2f} s, ratio {ratio:.3f}"
+        )
         report.update(client_round_s=rounds, client_round_ratio=ratio)
     print(json.dumps(report))
 

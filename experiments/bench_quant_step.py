@@ -120,12 +120,17 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 def make_batches(n: int, batch: int, device: torch.device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(batch, 3, 32, 32, generator=gen).to(device), torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device))
+        (
+            torch.randn(batch, 3, 32, 32, generator=gen).to(device),
+            torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device),
+        )
         for _ in range(n)
     ]
 
 
-def interleaved(steppers: dict[str, Stepper], batches, steps: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved(
+    steppers: dict[str, Stepper], batches, steps: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
     """Median-ready step times of each stepper; the order alternates every iteration."""
     names = list(steppers)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -133,7 +138,7 @@ def interleaved(steppers: dict[str, Stepper], batches, steps: int, warmup: int, 
         x, y = batches[i % len(batches)]
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
-            t = timed(lambda s=steppers[name]: s.step(x, y), device)
+            t = timed(lambda s=steppers[name], x=x, y=y: s.step(x, y), device)
             if i >= warmup:
                 times[name].append(t)
     return times
@@ -144,7 +149,7 @@ def phase_times(stepper: Stepper, batches, steps: int, warmup: int, device: torc
     for i in range(warmup + steps):
         x, y = batches[i % len(batches)]
         measured = {
-            "forward": timed(lambda: stepper.forward(x, y), device),
+            "forward": timed(lambda x=x, y=y: stepper.forward(x, y), device),
             "backward": timed(stepper.backward, device),
             "optimizer": timed(stepper.optimizer, device),
             "rebinarize": timed(stepper.rebinarize, device),
@@ -178,8 +183,10 @@ def profile(args: argparse.Namespace, device: torch.device, batches) -> None:
     print(f"{'phase':<12}{'float':>10}{'quant':>10}{'extra':>10}")
     for key in fp_phases:
         print(f"{key:<12}{fp_phases[key]:>10.4f}{q_phases[key]:>10.4f}{q_phases[key] - fp_phases[key]:>+10.4f}")
-    print(f"{'total':<12}{sum(fp_phases.values()):>10.4f}{sum(q_phases.values()):>10.4f}"
-          f"{sum(q_phases.values()) - sum(fp_phases.values()):>+10.4f}")
+    print(
+        f"{'total':<12}{sum(fp_phases.values()):>10.4f}{sum(q_phases.values()):>10.4f}"
+        f"{sum(q_phases.values()) - sum(fp_phases.values()):>+10.4f}"
+    )
 
     print("\n== ablations (interleaved, median step seconds) ==")
     variants = {
@@ -187,10 +194,16 @@ def profile(args: argparse.Namespace, device: torch.device, batches) -> None:
         "quant (weights + acts)": quant,
         "quant weights, float ReLU": Stepper(
             relu_to(quantize_model(float_model, bits, args.act_bits), lambda: nn.ReLU(inplace=True)),
-            device, quantized=True, seed=args.seed),
+            device,
+            quantized=True,
+            seed=args.seed,
+        ),
         "float weights, QuantReLU": Stepper(
             relu_to(build_model("resnet20", NUM_CLASSES), lambda: QuantReLU(args.act_bits)),
-            device, quantized=False, seed=args.seed),
+            device,
+            quantized=False,
+            seed=args.seed,
+        ),
     }
     times = interleaved(variants, batches, args.steps, args.warmup, device)
     base = statistics.median(times["float"])
@@ -237,8 +250,10 @@ def main() -> None:
     for stepper in steppers.values():
         assert stepper.loss is not None and torch.isfinite(stepper.loss), "training diverged: timings not meaningful"
 
-    print(f"ResNet-20, batch {args.batch}, {args.bits}-bit weights / {args.act_bits}-bit activations, "
-          f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    print(
+        f"ResNet-20, batch {args.batch}, {args.bits}-bit weights / {args.act_bits}-bit activations, "
+        f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+    )
     print(f"{'model':<8}{'median s':>10}{'min s':>10}{'max s':>10}")
     for name, values in times.items():
         print(f"{name:<8}{statistics.median(values):>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
@@ -247,17 +262,21 @@ def main() -> None:
     if args.profile:
         profile(args, device, batches)
 
-    print(json.dumps({
-        "fp_step_s": round(fp_s, 6),
-        "quant_step_s": round(q_s, 6),
-        "ratio": round(q_s / fp_s, 4),
-        "device": args.device,
-        "threads": torch.get_num_threads(),
-        "bits": args.bits,
-        "act_bits": args.act_bits,
-        "batch": args.batch,
-        "steps": args.steps,
-    }))
+    print(
+        json.dumps(
+            {
+                "fp_step_s": round(fp_s, 6),
+                "quant_step_s": round(q_s, 6),
+                "ratio": round(q_s / fp_s, 4),
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "bits": args.bits,
+                "act_bits": args.act_bits,
+                "batch": args.batch,
+                "steps": args.steps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

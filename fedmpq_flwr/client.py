@@ -55,7 +55,9 @@ class FedAvgClient(NumPyClient):
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Train the received global model; return what to upload and the metrics to report."""
-        stats = train_epochs(model, loader, self.optimizer(model.parameters()), self.config["train"]["local_epochs"], self.device)
+        stats = train_epochs(
+            model, loader, self.optimizer(model.parameters()), self.config["train"]["local_epochs"], self.device
+        )
         return get_weights(model), stats
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
@@ -65,13 +67,20 @@ class FedAvgClient(NumPyClient):
         torch.manual_seed(seed)
         data = load_data(self.config["dataset"])
         loader = client_loader(
-            data, self.partition_id, self.num_partitions, self.config["dataset"], self.config["train"]["batch_size"], seed
+            data,
+            self.partition_id,
+            self.num_partitions,
+            self.config["dataset"],
+            self.config["train"]["batch_size"],
+            seed,
         )
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
         weights, metrics = self.train(model, loader, config, seed)
         metrics.update(
-            partition_id=self.partition_id, client_time_s=time.perf_counter() - started,
-            peak_rss_mb=peak_rss_mb(), **peak_gpu_mb(self.device),
+            partition_id=self.partition_id,
+            client_time_s=time.perf_counter() - started,
+            peak_rss_mb=peak_rss_mb(),
+            **peak_gpu_mb(self.device),
         )
         return weights, len(loader.dataset), metrics

@@ -36,7 +36,9 @@ class Field:
     parse: Callable[[str, Any], Any] | None = None  # turns accepted spellings into `kind`, or raises ConfigError
 
 
-def _range(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+def _range(
+    low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
+) -> tuple[Callable[[Any], bool], str]:
     def check(value: float) -> bool:
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
@@ -67,7 +69,9 @@ def _parse_budgets(key: str, value: Any) -> list[float]:
         except (TypeError, ValueError):
             budget = math.nan
         if isinstance(item, bool) or not 1 <= budget <= 8:
-            raise ConfigError(f"key '{key}': value {value!r} has entry {item!r}; each budget must be a number in [1, 8]")
+            raise ConfigError(
+                f"key '{key}': value {value!r} has entry {item!r}; each budget must be a number in [1, 8]"
+            )
         budgets.append(int(budget) if budget.is_integer() else budget)
     return budgets
 
@@ -125,7 +129,9 @@ SCHEMA: dict[str, Field] = {
     "kd.refresh_every": _field(int, 1, _range(1)),
     "federation.num_clients": _field(int, 10, _range(1)),
     "federation.client_cpus": _field(int, 1, _range(1)),
-    "federation.client_gpus": _field(float, -1.0, (lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]")),
+    "federation.client_gpus": _field(
+        float, -1.0, (lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]")
+    ),
     "federation.device": _choice("auto", "auto", "cpu", "cuda"),
 }
 
@@ -182,7 +188,9 @@ def _coerce(key: str, value: Any, field: Field) -> Any:
         value = float(value)
     ok = isinstance(value, field.kind) and not (field.kind is not bool and isinstance(value, bool))
     if not ok:
-        raise ConfigError(f"key '{key}': value {value!r} has type {type(value).__name__}; expected {field.kind.__name__}")
+        raise ConfigError(
+            f"key '{key}': value {value!r} has type {type(value).__name__}; expected {field.kind.__name__}"
+        )
     if field.kind is float and math.isnan(value):
         raise ConfigError(f"key '{key}': value nan is not allowed; expected {field.allowed}")
     choices = field.choices() if callable(field.choices) else field.choices
@@ -204,8 +212,14 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     checked = {key: _coerce(key, value, SCHEMA[key]) for key, value in flat.items()}
     if not RUN_ID_PATTERN.match(checked["run_id"]):
         raise ConfigError(f"key 'run_id': value {checked['run_id']!r} must be letters, digits, '_', '.' or '-'")
-    if checked["dataset.name"] == "cifar10" and checked["dataset.source"] in ("npz", "torchvision") and not checked["dataset.path"]:
-        raise ConfigError(f"key 'dataset.path': value '' is empty; dataset.source {checked['dataset.source']!r} needs a directory")
+    if (
+        checked["dataset.name"] == "cifar10"
+        and checked["dataset.source"] in ("npz", "torchvision")
+        and not checked["dataset.path"]
+    ):
+        raise ConfigError(
+            f"key 'dataset.path': value '' is empty; dataset.source {checked['dataset.source']!r} needs a directory"
+        )
     budgets = checked["quant.budgets"]
     if budgets and len(budgets) != checked["federation.num_clients"]:
         raise ConfigError(
@@ -219,7 +233,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"(mean {sum(budgets) / len(budgets):g}); set one of them"
         )
     if checked["axis"] and checked["axis"] not in SCHEMA:
-        raise ConfigError(f"key 'axis': value {checked['axis']!r} is not a config key; name the key the run varies, e.g. train.local_epochs")
+        raise ConfigError(
+            f"key 'axis': value {checked['axis']!r} is not a config key; "
+            "name the key the run varies, e.g. train.local_epochs"
+        )
     if not checked["variation"]:
         checked["variation"] = checked["run_id"]
     return unflatten(checked)

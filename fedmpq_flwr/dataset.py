@@ -48,6 +48,7 @@ class FederatedData:
 
 # ---- sources ------------------------------------------------------------------------------
 
+
 def _load_npz(path: str) -> tuple[np.ndarray, ...]:
     files = [Path(path) / "train.npz", Path(path) / "test.npz"]
     if not all(f.is_file() for f in files):
@@ -133,6 +134,7 @@ _CIFAR10_SOURCES = {"npz": _load_npz, "torchvision": _load_torchvision, "hub": _
 
 # ---- load_data ----------------------------------------------------------------------------
 
+
 def _carve_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split -> (train_idx, val_idx): images are picked in order of their random
     rank within their class divided by the class size, so each class gives its share and the total
@@ -150,8 +152,15 @@ def _carve_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
 
 
 @lru_cache(maxsize=4)
-def _load_data_cached(name: str, source: str, path: str, train_subset: int, val_fraction: float, seed: int,
-                      synthetic_sizes: tuple[int, int]) -> FederatedData:
+def _load_data_cached(
+    name: str,
+    source: str,
+    path: str,
+    train_subset: int,
+    val_fraction: float,
+    seed: int,
+    synthetic_sizes: tuple[int, int],
+) -> FederatedData:
     if name == "synthetic":
         x_train, y_train, x_test, y_test = _synthetic(*synthetic_sizes, seed)
     else:  # cifar10 (name and source are validated with the rest of the config)
@@ -187,6 +196,7 @@ def load_data(dataset_cfg: dict[str, Any]) -> FederatedData:
 
 # ---- partitioning -------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=8)
 def _partition_cached(label_bytes: bytes, num_partitions: int, alpha: float, seed: int) -> tuple[np.ndarray, ...]:
     labels = np.frombuffer(label_bytes, dtype=np.int64)
@@ -195,8 +205,9 @@ def _partition_cached(label_bytes: bytes, num_partitions: int, alpha: float, see
             f"{len(labels)} training images cannot be split over {num_partitions} clients (num_partitions): "
             "lower the number of clients or raise dataset.train_subset / dataset.synthetic_train_size"
         )
-    features = datasets.Features({"label": datasets.ClassLabel(num_classes=int(labels.max()) + 1),
-                                  "idx": datasets.Value("int64")})  # partition by label, read back idx
+    features = datasets.Features(
+        {"label": datasets.ClassLabel(num_classes=int(labels.max()) + 1), "idx": datasets.Value("int64")}
+    )  # partition by label, read back idx
     ds = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))}, features=features)
     if math.isinf(alpha):
         # IidPartitioner cuts contiguous shards and has no seed: shuffle first so shards are random.
@@ -206,8 +217,9 @@ def _partition_cached(label_bytes: bytes, num_partitions: int, alpha: float, see
         # flwr's default of at least 10 images per client, but never more than half an even share so
         # small smoke-test data can be split; the partitioner resamples 10 times, then raises.
         min_size = max(1, min(10, len(labels) // (2 * num_partitions)))
-        partitioner = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha,
-                                           min_partition_size=min_size, seed=seed)
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=alpha, min_partition_size=min_size, seed=seed
+        )
         partitioner.dataset = ds
         try:
             partitioner.load_partition(0)
@@ -256,8 +268,9 @@ def _chw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
-def client_loader(data: FederatedData, partition_id: int, num_partitions: int, dataset_cfg: dict[str, Any],
-                  batch_size: int, seed: int) -> DataLoader:
+def client_loader(
+    data: FederatedData, partition_id: int, num_partitions: int, dataset_cfg: dict[str, Any], batch_size: int, seed: int
+) -> DataLoader:
     """Shuffled (torch.Generator seeded by `seed`) training batches of one client's partition.
 
     Augmentation draws from torch's global RNG (num_workers=0), so seed that for repeatable crops.

@@ -26,8 +26,9 @@ from fedmpq_flwr.results import write_atomic
 COMPARISON_FILE = "comparison.json"
 
 
-def build_comparison(runs: list[dict[str, Any]], target_override: float | None = None
-                     ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def build_comparison(
+    runs: list[dict[str, Any]], target_override: float | None = None
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """The comparison dict (without figures) and the completed runs by variation (for the figures)."""
     groups, incomplete = group_runs(runs)
     variations = {name: summarize_variation(group) for name, group in groups.items()}
@@ -52,8 +53,9 @@ def build_comparison(runs: list[dict[str, Any]], target_override: float | None =
 def analyze(results_dir: Path, target_accuracy: float | None = None) -> dict[str, Any]:
     """Load all runs, write figures, comparison.json and report.md; return the comparison dict."""
     comparison, groups = build_comparison([load_run(d) for d in find_run_dirs(results_dir)], target_accuracy)
-    written, skipped = make_figures(Context(results_dir, comparison["variations"], groups, comparison["methods"],
-                                            comparison["robustness"]))
+    written, skipped = make_figures(
+        Context(results_dir, comparison["variations"], groups, comparison["methods"], comparison["robustness"])
+    )
     comparison["figures"] = [figure["path"] for figure in written]
     comparison["figures_skipped"] = skipped
     comparison = stats.finite_or_none(comparison)
@@ -72,9 +74,13 @@ def _fraction(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", required=True, type=Path, help="folder with one sub-folder per run")
-    parser.add_argument("--target-accuracy", type=_fraction, default=None,
-                        help="accuracy (fraction) for 'rounds to target'; default 90%% of the full-precision "
-                             "reference's mean final accuracy")
+    parser.add_argument(
+        "--target-accuracy",
+        type=_fraction,
+        default=None,
+        help="accuracy (fraction) for 'rounds to target'; default 90%% of the full-precision "
+        "reference's mean final accuracy",
+    )
     args = parser.parse_args(argv)
     if not args.results_dir.is_dir():
         print(f"error: results directory not found: {args.results_dir}", file=sys.stderr)

@@ -90,8 +90,13 @@ class FedMPQClient(FedAvgClient):
                 extension.after_step()
 
         metrics: dict[str, Any] = train_epochs(
-            student, loader, self.optimizer(student.parameters()), self.config["train"]["local_epochs"], self.device,
-            loss_fn=loss_fn, after_step=after_step,
+            student,
+            loader,
+            self.optimizer(student.parameters()),
+            self.config["train"]["local_epochs"],
+            self.device,
+            loss_fn=loss_fn,
+            after_step=after_step,
         )
         reductions = prune_model(student, quant_cfg["thre"])
         metrics.update(bits=json.dumps(layer_bits(student)), reductions=json.dumps(reductions))
@@ -134,7 +139,9 @@ class FedMPQStrategy(FedAvgStrategy):
 
     def aggregate(self, updates: list[tuple[int, NDArrays, FitRes]]) -> NDArrays:
         """Decode every upload to floats, average them, then re-allocate all clients' bits."""
-        decoded = [(pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates]
+        decoded = [
+            (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
+        ]
         reports = [
             ClientBits(
                 num_examples=res.num_examples,
@@ -198,7 +205,11 @@ class FedMPQStrategy(FedAvgStrategy):
         assignments = {
             "layer_params": self.layer_sizes,
             "clients": {
-                str(pid): {"budget": self.budgets[pid], "avg_bits": average_bitwidth(bits, self.layer_sizes), "bits": bits}
+                str(pid): {
+                    "budget": self.budgets[pid],
+                    "avg_bits": average_bitwidth(bits, self.layer_sizes),
+                    "bits": bits,
+                }
                 for pid, bits in sorted(self.bits.items())
             },
         }

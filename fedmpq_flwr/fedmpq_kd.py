@@ -80,7 +80,9 @@ class FedMPQKDClient(FedMPQClient):
             return model, received
         weights_key = f"kd.teacher.partition_{self.partition_id}"
         round_key = f"kd.teacher_round.partition_{self.partition_id}"
-        if weights_key not in self.state or int(self.state[round_key]["round"]) < teacher_round(server_round, refresh_every):
+        if weights_key not in self.state or int(self.state[round_key]["round"]) < teacher_round(
+            server_round, refresh_every
+        ):
             self.state[weights_key] = ArrayRecord(get_weights(model))
             self.state[round_key] = ConfigRecord({"round": received})
             return model, received
@@ -99,7 +101,7 @@ class FedMPQKDClient(FedMPQClient):
 
         def terms(images: torch.Tensor, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
             counting = not teacher_step_flops
-            with torch.inference_mode(), (FlopCounterMode(display=False) if counting else nullcontext()) as counter:
+            with torch.inference_mode(), FlopCounterMode(display=False) if counting else nullcontext() as counter:
                 teacher_logits = teacher(images.contiguous(memory_format=torch.channels_last))
             if counting:
                 teacher_step_flops.append(counter.get_total_flops())
@@ -111,10 +113,16 @@ class FedMPQKDClient(FedMPQClient):
         def report(metrics: dict[str, Any]) -> None:
             """The teacher's FLOPs, taken out of the training FLOPs (measured around whole steps)."""
             teacher_flops = float(teacher_step_flops[0] * metrics["steps"]) if teacher_step_flops else 0.0
-            metrics.update(teacher_round=source_round, teacher_flops=teacher_flops, train_flops=metrics["train_flops"] - teacher_flops)
+            metrics.update(
+                teacher_round=source_round,
+                teacher_flops=teacher_flops,
+                train_flops=metrics["train_flops"] - teacher_flops,
+            )
 
         return ObjectiveExtension(
             terms=terms,
-            after_step=ema_update(teacher, student, communicated_keys(model), kd_cfg["ema_decay"]) if updating else None,
+            after_step=ema_update(teacher, student, communicated_keys(model), kd_cfg["ema_decay"])
+            if updating
+            else None,
             report=report,
         )

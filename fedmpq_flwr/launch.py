@@ -123,9 +123,18 @@ def launch(config_path: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home:
         env = flower_env(Path(flwr_home), port)
         superlink_cmd = [
-            str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-            "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
-            "--log-file", str(run_dir / "superlink.log"),
+            str(bin_dir / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+            "--log-file",
+            str(run_dir / "superlink.log"),
         ]
         superlink = subprocess.Popen(
             superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -133,9 +142,15 @@ def launch(config_path: Path) -> int:
         try:
             wait_healthy(port, superlink)
             run_cmd = [
-                str(bin_dir / "flwr"), "run", str(APP_DIR), "local", "--stream",
-                "--run-config", f"config_file={_toml_string(str(config_path.resolve()))}",
-                "--federation-config", federation_config(config),
+                str(bin_dir / "flwr"),
+                "run",
+                str(APP_DIR),
+                "local",
+                "--stream",
+                "--run-config",
+                f"config_file={_toml_string(str(config_path.resolve()))}",
+                "--federation-config",
+                federation_config(config),
             ]
             print("$ " + shlex.join(run_cmd), file=sys.stderr, flush=True)
             subprocess.run(run_cmd, env=env, cwd=APP_DIR, check=False)

@@ -49,7 +49,9 @@ def inherited_defaults(path: Path, extends: Any) -> dict[str, Any]:
         raise ConfigError(f"{path}: key 'extends': value {extends!r} must name an existing runner file next to it")
     base = load_yaml(str(base_path))
     if not isinstance(base, dict) or not isinstance(base.get("defaults") or {}, dict) or "extends" in base:
-        raise ConfigError(f"{path}: key 'extends': {base_path} must be a runner file with a 'defaults' mapping and no 'extends'")
+        raise ConfigError(
+            f"{path}: key 'extends': {base_path} must be a runner file with a 'defaults' mapping and no 'extends'"
+        )
     return base.get("defaults") or {}
 
 
@@ -80,7 +82,9 @@ def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> lis
         if seeds is not None and "seed" in entry:
             raise ConfigError(f"{where}: give either 'seed' or 'seeds', not both")
         if seeds is not None and (
-            not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
         ):
             raise ConfigError(f"{where}: key 'seeds': value {seeds!r} must be a non-empty list of integers >= 0")
         variation = str(entry["run_id"])
@@ -140,7 +144,8 @@ def check_finished_runs(runs: list[dict[str, Any]], results_dir: Path) -> None:
         for key in sorted(set(saved) | set(wanted)):
             if key != "description" and saved.get(key) != wanted.get(key):
                 raise ConfigError(
-                    f"run '{run['run_id']}' in {results_dir} finished with {key} = {saved.get(key)!r}, now {wanted.get(key)!r}; "
+                    f"run '{run['run_id']}' in {results_dir} finished with {key} = {saved.get(key)!r}, "
+                    f"now {wanted.get(key)!r}; "
                     "use --overwrite to rerun it or another --results-dir"
                 )
 
@@ -203,11 +208,25 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
     dump_yaml(run, str(config_path))
     cmd = [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)]
     print(describe(run, position), flush=True)
-    emit({"event": "run_started", "run_id": run["run_id"], "variation": run["variation"], "description": run["description"].strip()})
+    emit(
+        {
+            "event": "run_started",
+            "run_id": run["run_id"],
+            "variation": run["variation"],
+            "description": run["description"].strip(),
+        }
+    )
     started = time.perf_counter()
     returncode = run_teed(cmd, run_dir / "stdout.log", run_dir / "stderr.log", f"# reproduce: {shlex.join(cmd)}\n")
     status = "completed" if returncode == 0 and is_complete(run_dir) else "failed"
-    emit({"event": "run_" + status, "run_id": run["run_id"], "returncode": returncode, "duration_s": round(time.perf_counter() - started, 1)})
+    emit(
+        {
+            "event": "run_" + status,
+            "run_id": run["run_id"],
+            "returncode": returncode,
+            "duration_s": round(time.perf_counter() - started, 1),
+        }
+    )
     return status
 
 
@@ -220,8 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", required=True, type=Path)
     parser.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these run_ids or variations")
     parser.add_argument("--overwrite", action="store_true", help="rerun runs that already finished")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key in every run, e.g. --set train.num_rounds=5")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run, e.g. --set train.num_rounds=5",
+    )
     args = parser.parse_args(argv)
     path = args.config or CONFIG_DIR / ("smoke_test.yaml" if args.smoke_test else "full_experiment.yaml")
     results_dir = args.results_dir.expanduser().resolve()
@@ -245,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         for index, run in enumerate(runs, start=1)
         if execute(run, results_dir, args.overwrite, f"{index}/{len(runs)}") == "failed"
     ]
-    analyzer = subprocess.run([sys.executable, "-m", "fedmpq_flwr.evaluate", "--results-dir", str(results_dir)], check=False)
+    analyzer = subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.evaluate", "--results-dir", str(results_dir)], check=False
+    )
     if failed:
         print(f"failed runs ({len(failed)}): {', '.join(failed)}", file=sys.stderr)
         return 1

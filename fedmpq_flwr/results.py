@@ -34,7 +34,10 @@ STATUS_COMPLETED = "completed"
 # round key -> (client key, reduction over participants). The strategy writes them; the analyzer
 # derives them for runs recorded before a field existed.
 ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], float]]] = {
-    **{key: (key, statistics.fmean) for key in ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")},
+    **{
+        key: (key, statistics.fmean)
+        for key in ("task_loss", "bit_loss", "kd_loss", "agreement", "grad_norm", "avg_bits")
+    },
     "train_flops": ("train_flops", sum),
     "teacher_flops": ("teacher_flops", sum),
     "client_compute_s": ("client_time_s", sum),
@@ -62,10 +65,7 @@ def auc_accuracy(rounds: Sequence[float], accuracies: Sequence[float]) -> float:
         raise ValueError("auc_accuracy needs equally long, non-empty rounds and accuracies")
     if len(rounds) == 1:
         return float(accuracies[0])
-    area = sum(
-        (rounds[i + 1] - rounds[i]) * (accuracies[i + 1] + accuracies[i]) / 2.0
-        for i in range(len(rounds) - 1)
-    )
+    area = sum((rounds[i + 1] - rounds[i]) * (accuracies[i + 1] + accuracies[i]) / 2.0 for i in range(len(rounds) - 1))
     return float(area / (rounds[-1] - rounds[0]))
 
 

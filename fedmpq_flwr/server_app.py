@@ -30,7 +30,9 @@ def git_commit() -> str:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty.strip() else "")
@@ -49,7 +51,7 @@ def run_metadata(config: dict[str, Any], started_at: str) -> dict[str, Any]:
         "host": platform.node(),
         "num_clients": config["federation"]["num_clients"],
         "start_time": started_at,
-        "end_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "end_time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -59,7 +61,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Resolve the config, run the legacy-API strategy for all rounds, then save model and results."""
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         config = from_flower_run_config(context.run_config, num_clients=len(list(grid.get_node_ids())))
     except ConfigError as err:
@@ -72,4 +74,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = METHODS[config["strategy"]["name"]].strategy(config, recorder)
     start_grid(grid=grid, strategy=strategy, config=ServerConfig(num_rounds=config["train"]["num_rounds"]))
     strategy.save_outputs()
-    recorder.finish(run_metadata(config, started_at), extra={"variation": config["variation"], "strategy": config["strategy"]["name"]})
+    recorder.finish(
+        run_metadata(config, started_at),
+        extra={"variation": config["variation"], "strategy": config["strategy"]["name"]},
+    )

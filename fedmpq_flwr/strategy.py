@@ -222,8 +222,14 @@ class FedAvgStrategy(Strategy):
         log(
             INFO,
             "[%s] round %d/%d  test_acc=%.4f%s  %.1f s/round  elapsed %s  ETA %s",
-            self.config["run_id"], server_round, self.num_rounds, test_accuracy, self.progress_fields(record),
-            record["round_time_s"], format_seconds(elapsed), format_seconds(eta),
+            self.config["run_id"],
+            server_round,
+            self.num_rounds,
+            test_accuracy,
+            self.progress_fields(record),
+            record["round_time_s"],
+            format_seconds(elapsed),
+            format_seconds(eta),
         )
         return test_loss, {"test_accuracy": test_accuracy}
 
@@ -236,8 +242,12 @@ class FedAvgStrategy(Strategy):
         """`features.npz`: labels and penultimate features of `feature_models` on a fixed subset
         of the test set (the same images in every run: seeded by `dataset.seed`)."""
         size = len(self.data.y_test)
-        chosen = np.sort(np.random.default_rng(self.config["dataset"]["seed"]).choice(size, min(FEATURE_IMAGES, size), replace=False))
-        loader = eval_loader(self.data.x_test[chosen], self.data.y_test[chosen], self.config["train"]["eval_batch_size"])
+        chosen = np.sort(
+            np.random.default_rng(self.config["dataset"]["seed"]).choice(size, min(FEATURE_IMAGES, size), replace=False)
+        )
+        loader = eval_loader(
+            self.data.x_test[chosen], self.data.y_test[chosen], self.config["train"]["eval_batch_size"]
+        )
         models, numbers = self.feature_models()
         arrays = {}
         for name, model in models.items():

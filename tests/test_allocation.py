@@ -75,11 +75,11 @@ def test_result_stays_within_budget_and_no_layer_could_still_grow(budget):
     sizes = {"a": 100, "b": 37, "c": 5, "d": 260}
     start = {"a": 7.2, "b": 1.0, "c": 4.6, "d": 3.5}
     bits = fit_to_budget(start, {"a": 0.4, "b": 0.0, "c": 0.9, "d": 0.4}, sizes, budget)
-    total, params = sum(sizes[l] * bits[l] for l in sizes), sum(sizes.values())
+    total, params = sum(sizes[layer] * bits[layer] for layer in sizes), sum(sizes.values())
     assert list(bits) == list(sizes)
     assert all(1 <= b <= 8 for b in bits.values())
     assert total <= budget * params + 1e-6
-    assert all(bits[l] == 8 or total + sizes[l] > budget * params + 1e-6 for l in sizes)
+    assert all(bits[layer] == 8 or total + sizes[layer] > budget * params + 1e-6 for layer in sizes)
 
 
 def test_start_is_clamped_to_min_and_max_bits():

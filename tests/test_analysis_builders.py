@@ -26,16 +26,33 @@ def approx(value: float) -> Any:
     return pytest.approx(value, rel=1e-9, abs=1e-12)
 
 
-def write_config(run_dir: Path, variation: str, seed: int, strategy: str, num_rounds: int = ROUNDS,
-                 axis: str = "", alpha: float = 0.5, budgets: list[float] | None = None,
-                 local_epochs: int = 1) -> None:
+def write_config(
+    run_dir: Path,
+    variation: str,
+    seed: int,
+    strategy: str,
+    num_rounds: int = ROUNDS,
+    axis: str = "",
+    alpha: float = 0.5,
+    budgets: list[float] | None = None,
+    local_epochs: int = 1,
+) -> None:
     run_dir.mkdir(parents=True)
-    config = {"run_id": run_dir.name, "variation": variation, "description": f"{variation} test run", "seed": seed,
-              "axis": axis, "strategy": {"name": strategy}, "model": {"name": "tiny_cnn"},
-              "dataset": {"name": "synthetic", "alpha": alpha},
-              "train": {"num_rounds": num_rounds, "local_epochs": local_epochs},
-              "quant": {"budgets": budgets if budgets is not None else ([] if strategy == "fedavg" else [2, 6]),
-                        "avg_bits": 4.0}}
+    config = {
+        "run_id": run_dir.name,
+        "variation": variation,
+        "description": f"{variation} test run",
+        "seed": seed,
+        "axis": axis,
+        "strategy": {"name": strategy},
+        "model": {"name": "tiny_cnn"},
+        "dataset": {"name": "synthetic", "alpha": alpha},
+        "train": {"num_rounds": num_rounds, "local_epochs": local_epochs},
+        "quant": {
+            "budgets": budgets if budgets is not None else ([] if strategy == "fedavg" else [2, 6]),
+            "avg_bits": 4.0,
+        },
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -45,8 +62,13 @@ def write_history(run_dir: Path, history: list[dict[str, Any]], complete: bool =
         text += '{"round": 9, "test_acc'
     (run_dir / "metrics.jsonl").write_text(text)
     if complete:
-        results = {"run_id": run_dir.name, "status": "completed", "num_rounds": len(history), "history": history,
-                   "metadata": {}}
+        results = {
+            "run_id": run_dir.name,
+            "status": "completed",
+            "num_rounds": len(history),
+            "history": history,
+            "metadata": {},
+        }
         (run_dir / "results.json").write_text(json.dumps(results))
 
 
@@ -54,11 +76,23 @@ def cost_fields(strategy: str, round_time: float, bits: tuple[float, float]) -> 
     """Per-round fields besides accuracy. FedMPQ writes round-level costs; FedMPQ-KD only per-client
     ones (the analyzer must derive: client compute 2 * 11 = 22 s, train 2 * 0.5 GFLOP, teacher
     2 * 0.25 GFLOP, client peak max(600, 650) MB); FedAvg writes none."""
-    fields: dict[str, Any] = {"bits_up": bits[0], "bits_down": bits[1], "round_time_s": round_time,
-                              "client_time_s": round_time / 2, "grad_norm": 1.5}
+    fields: dict[str, Any] = {
+        "bits_up": bits[0],
+        "bits_down": bits[1],
+        "round_time_s": round_time,
+        "client_time_s": round_time / 2,
+        "grad_norm": 1.5,
+    }
     if strategy == "fedmpq":
-        fields.update(train_flops=1e9, client_compute_s=20.0, client_peak_rss_mb=500.0, server_peak_rss_mb=800.0,
-                      task_loss=1.0, bit_loss=0.5, avg_bits=4.0)
+        fields.update(
+            train_flops=1e9,
+            client_compute_s=20.0,
+            client_peak_rss_mb=500.0,
+            server_peak_rss_mb=800.0,
+            task_loss=1.0,
+            bit_loss=0.5,
+            avg_bits=4.0,
+        )
     if strategy == "fedmpq_kd":
         fields.update(server_peak_rss_mb=900.0, task_loss=0.9, bit_loss=0.5, avg_bits=4.0, kd_loss=0.3, agreement=0.8)
     return fields
@@ -70,17 +104,30 @@ def clients_of(strategy: str, rnd: int) -> list[dict[str, Any]]:
         return []
     clients = []
     for pid, rss in ((0, 600.0), (1, 650.0)):
-        client = {"partition_id": pid, "num_examples": 10, "bits": {"conv1": 2 + (rnd % 2 if pid == 0 else 4),
-                                                                      "layer1.conv": 3, "fc": 8}}
+        client = {
+            "partition_id": pid,
+            "num_examples": 10,
+            "bits": {"conv1": 2 + (rnd % 2 if pid == 0 else 4), "layer1.conv": 3, "fc": 8},
+        }
         if strategy == "fedmpq_kd":
             client.update(client_time_s=11.0, train_flops=0.5e9, teacher_flops=0.25e9, peak_rss_mb=rss)
         clients.append(client)
     return clients
 
 
-def write_variation(root: Path, name: str, strategy: str, finals: dict[int, float], axis: str = "",
-                    alpha: float = 0.5, round_time: float = 10.0, bits: tuple[float, float] = (1000.0, 2000.0),
-                    costs: bool = True, budgets: list[float] | None = None, local_epochs: int = 1) -> list[Path]:
+def write_variation(
+    root: Path,
+    name: str,
+    strategy: str,
+    finals: dict[int, float],
+    axis: str = "",
+    alpha: float = 0.5,
+    round_time: float = 10.0,
+    bits: tuple[float, float] = (1000.0, 2000.0),
+    costs: bool = True,
+    budgets: list[float] | None = None,
+    local_epochs: int = 1,
+) -> list[Path]:
     """One run per seed (see the module docstring for its accuracies)."""
     run_dirs = []
     for seed, final in finals.items():
@@ -102,8 +149,11 @@ def write_variation(root: Path, name: str, strategy: str, finals: dict[int, floa
 def write_bit_assignments(run_dir: Path) -> None:
     """Clients 0 and 1 share one assignment, client 2 has its own."""
     shared = {"conv1": 8, "layer1.conv": 2, "fc": 8}
-    clients = {"0": {"budget": 2.0, "avg_bits": 2.4, "bits": shared}, "1": {"budget": 2.0, "avg_bits": 2.4, "bits": shared},
-               "2": {"budget": 6.0, "avg_bits": 6.1, "bits": {"conv1": 8, "layer1.conv": 6, "fc": 4}}}
+    clients = {
+        "0": {"budget": 2.0, "avg_bits": 2.4, "bits": shared},
+        "1": {"budget": 2.0, "avg_bits": 2.4, "bits": shared},
+        "2": {"budget": 6.0, "avg_bits": 6.1, "bits": {"conv1": 8, "layer1.conv": 6, "fc": 4}},
+    }
     (run_dir / "bit_assignments.json").write_text(json.dumps({"layer_params": LAYERS, "clients": clients}))
 
 
@@ -114,8 +164,13 @@ def write_features(run_dir: Path, n: int = 60, classes: int = 3, dim: int = 8) -
     centres = rng.normal(0, 5, (classes, dim))
     teacher = (centres[labels] + rng.normal(0, 1, (n, dim))).astype(np.float32)
     student = (teacher + rng.normal(0, 1, (n, dim))).astype(np.float32)
-    np.savez(run_dir / "features.npz", labels=labels, float_features=teacher, quant_features=student,
-             quant_partition=np.int64(1))
+    np.savez(
+        run_dir / "features.npz",
+        labels=labels,
+        float_features=teacher,
+        quant_features=student,
+        quant_partition=np.int64(1),
+    )
 
 
 # The main study: full precision, FedMPQ and FedMPQ-KD on 3 seeds, and the alpha axis.
@@ -127,8 +182,13 @@ FEDMPQ_KD_DIR = {0: 0.43, 1: 0.45}
 FEDMPQ_IID = {0: 0.66}
 
 
-def write_study(root: Path, kd: dict[int, float] | None = None, kd_dir: dict[int, float] | None = None,
-                kd_round_time: float = 10.5, kd_bits: tuple[float, float] = (1000.0, 2000.0)) -> Path:
+def write_study(
+    root: Path,
+    kd: dict[int, float] | None = None,
+    kd_dir: dict[int, float] | None = None,
+    kd_round_time: float = 10.5,
+    kd_bits: tuple[float, float] = (1000.0, 2000.0),
+) -> Path:
     """The main experiment plus the dataset.alpha axis (0.1 for both methods, IID for FedMPQ only)."""
     write_variation(root, "fedavg", "fedavg", FEDAVG, round_time=8.0, bits=(32000.0, 32000.0))
     mpq = write_variation(root, "fedmpq", "fedmpq", FEDMPQ)

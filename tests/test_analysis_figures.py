@@ -18,12 +18,29 @@ from fedmpq_flwr.analysis.figures import axis_names
 from fedmpq_flwr.analysis.plotting import spread
 
 STUDY_FIGURES = [
-    "accuracy_vs_rounds", "quantized_accuracy_vs_rounds", "agreement_vs_rounds", "grad_norm_vs_rounds",
-    "kd_losses_vs_rounds", "accuracy_vs_rounds_axis_alpha", "robustness_alpha", "final_accuracy", "auc_accuracy",
-    "gap_to_full_precision", "bits_per_round", "round_time", "flops_per_round", "peak_memory",
-    "bit_histogram_fedmpq", "bit_allocation_heatmap_fedmpq", "bit_allocation_heatmap_fedmpq_dir0_1",
-    "bit_allocation_heatmap_fedmpq_iid", "bit_histogram_fedmpq_kd", "bit_allocation_heatmap_fedmpq_kd",
-    "tsne_fedmpq_kd_pair1", "bit_allocation_heatmap_fedmpq_kd_dir0_1"]
+    "accuracy_vs_rounds",
+    "quantized_accuracy_vs_rounds",
+    "agreement_vs_rounds",
+    "grad_norm_vs_rounds",
+    "kd_losses_vs_rounds",
+    "accuracy_vs_rounds_axis_alpha",
+    "robustness_alpha",
+    "final_accuracy",
+    "auc_accuracy",
+    "gap_to_full_precision",
+    "bits_per_round",
+    "round_time",
+    "flops_per_round",
+    "peak_memory",
+    "bit_histogram_fedmpq",
+    "bit_allocation_heatmap_fedmpq",
+    "bit_allocation_heatmap_fedmpq_dir0_1",
+    "bit_allocation_heatmap_fedmpq_iid",
+    "bit_histogram_fedmpq_kd",
+    "bit_allocation_heatmap_fedmpq_kd",
+    "tsne_fedmpq_kd_pair1",
+    "bit_allocation_heatmap_fedmpq_kd_dir0_1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +71,8 @@ def test_figures_without_data_are_skipped_with_a_message(analyzed_study: tuple[P
         "bit_histogram_fedmpq_iid": "no bit_assignments.json in run fedmpq_iid_s0",
         "tsne_fedmpq_iid_pair1": "no features.npz in run fedmpq_iid_s0",
         "bit_histogram_fedmpq_kd_dir0_1": "no bit_assignments.json in run fedmpq_kd_dir0.1_s0",
-        "tsne_fedmpq_kd_dir0_1_pair1": "no features.npz in run fedmpq_kd_dir0.1_s0"}
+        "tsne_fedmpq_kd_dir0_1_pair1": "no features.npz in run fedmpq_kd_dir0.1_s0",
+    }
     for name, why in skipped.items():
         assert f"figure skipped: {name}: {why}" in out.splitlines()
 
@@ -63,25 +81,35 @@ def test_full_precision_only_skips_quantized_figures(tmp_path: Path, capsys: pyt
     write_variation(tmp_path, "fedavg", "fedavg", FEDAVG, costs=False)
     comp, out = run_main(tmp_path, capsys)
     assert comp["figures"] == ["images/accuracy_vs_rounds.pdf", "images/final_accuracy.pdf", "images/auc_accuracy.pdf"]
-    for line in ["figure skipped: kd_losses_vs_rounds: no variation records kd_loss",
-                 "figure skipped: gap_to_full_precision: no quantized variation with a full-precision run in the "
-                 "same setting",
-                 "figure skipped: bits_per_round: no variation records it",
-                 "figure skipped: bit_histogram: no quantized variation",
-                 "figure skipped: tsne: no quantized variation"]:
+    for line in [
+        "figure skipped: kd_losses_vs_rounds: no variation records kd_loss",
+        "figure skipped: gap_to_full_precision: no quantized variation with a full-precision run in the same setting",
+        "figure skipped: bits_per_round: no variation records it",
+        "figure skipped: bit_histogram: no quantized variation",
+        "figure skipped: tsne: no quantized variation",
+    ]:
         assert line in out.splitlines()
 
 
 def test_report_has_criteria_and_tables(analyzed_study: tuple[Path, dict[str, Any], str]) -> None:
     root, comp, out = analyzed_study
     text = (root / "report.md").read_text()
-    for heading in ("## Success criteria", "## Accuracy", "## Costs per round", "## Welch t-tests over seeds",
-                    "## Robustness along the axes", "### Axis `dataset.alpha`", "## Incomplete runs", "## Figures"):
+    for heading in (
+        "## Success criteria",
+        "## Accuracy",
+        "## Costs per round",
+        "## Welch t-tests over seeds",
+        "## Robustness along the axes",
+        "### Axis `dataset.alpha`",
+        "## Incomplete runs",
+        "## Figures",
+    ):
         assert heading in text
     assert "1. **yes** — accuracy" in text and "gain_points = 9" in text
     # final, best, AUC and quantized final accuracy of FedMPQ-KD (finals 0.70, 0.71, 0.72)
-    assert "| fedmpq_kd | fedmpq_kd | main | – | 3 | 71.00 ± 1.00 | 71.00 ± 1.00 | 61.00 ± 1.00 | 66.00 ± 1.00 |" \
-        in text
+    assert (
+        "| fedmpq_kd | fedmpq_kd | main | – | 3 | 71.00 ± 1.00 | 71.00 ± 1.00 | 61.00 ± 1.00 | 66.00 ± 1.00 |" in text
+    )
     assert "| 0.1 | 41.00 ± 1.41 (fedmpq_dir0.1) | 25.00 | 44.00 ± 1.41 (fedmpq_kd_dir0.1) | 27.00 | +3.00 |" in text
     assert "- `images/tsne_fedmpq_kd_pair1.pdf`: fedmpq_kd: t-SNE" in text
     assert "- skipped `tsne_fedmpq_pair1`: no features.npz in run fedmpq_s0" in text
@@ -130,8 +158,10 @@ def test_unusable_features_are_skipped(tmp_path: Path) -> None:
 
 
 def test_axis_file_names() -> None:
-    assert axis_names(["dataset.alpha", "train.local_epochs"]) == {"dataset.alpha": "alpha",
-                                                                   "train.local_epochs": "local_epochs"}
+    assert axis_names(["dataset.alpha", "train.local_epochs"]) == {
+        "dataset.alpha": "alpha",
+        "train.local_epochs": "local_epochs",
+    }
     assert axis_names(["dataset.alpha", "kd.alpha"]) == {"dataset.alpha": "dataset_alpha", "kd.alpha": "kd_alpha"}
 
 

@@ -10,8 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
-from test_analysis_builders import (FEDAVG, FEDMPQ, FEDMPQ_DIR, FEDMPQ_KD, FEDMPQ_KD_DIR, approx, run_main,
-                                    write_config, write_history, write_study, write_variation)
+from test_analysis_builders import (
+    FEDAVG,
+    FEDMPQ,
+    FEDMPQ_DIR,
+    FEDMPQ_KD,
+    FEDMPQ_KD_DIR,
+    approx,
+    run_main,
+    write_config,
+    write_history,
+    write_study,
+    write_variation,
+)
 
 from fedmpq_flwr import evaluate
 
@@ -29,7 +40,11 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_references_and_target(study: dict[str, Any]) -> None:
     ref = study["reference"]
     assert (ref["full_precision"], ref["fedmpq"], ref["proposed"], ref["best_quantized_baseline"]) == (
-        "fedavg", "fedmpq", "fedmpq_kd", "fedmpq")
+        "fedavg",
+        "fedmpq",
+        "fedmpq_kd",
+        "fedmpq",
+    )
     # 90 % of fedavg's mean final accuracy (0.80 + 0.82 + 0.84) / 3
     assert study["target_accuracy"]["value"] == approx(0.9 * 0.82)
     assert "fedavg" in study["target_accuracy"]["source"]
@@ -110,15 +125,20 @@ def test_target_without_full_precision_uses_best_variation(tmp_path: Path) -> No
 def test_welch_tests_match_scipy(study: dict[str, Any]) -> None:
     tests = {(t["a"], t["b"], t["metric"]): t for t in study["tests"]}
     pairs = {(a, b) for a, b, _ in tests}
-    assert pairs == {("fedmpq", "fedavg"), ("fedmpq_kd", "fedmpq"), ("fedmpq_kd", "fedavg"),
-                     ("fedmpq_kd_dir0.1", "fedmpq_dir0.1")}
+    assert pairs == {
+        ("fedmpq", "fedavg"),
+        ("fedmpq_kd", "fedmpq"),
+        ("fedmpq_kd", "fedavg"),
+        ("fedmpq_kd_dir0.1", "fedmpq_dir0.1"),
+    }
     t = tests[("fedmpq_kd", "fedmpq", "final_accuracy")]
     expected = scipy_stats.ttest_ind(list(FEDMPQ_KD.values()), list(FEDMPQ.values()), equal_var=False)
     assert t["t"] == approx(expected.statistic) and t["p"] == approx(expected.pvalue) and t["note"] is None
     assert (t["n_a"], t["n_b"], t["diff_points"]) == (3, 3, approx(9.0))
     auc = tests[("fedmpq_kd", "fedmpq", "auc_accuracy")]
-    expected = scipy_stats.ttest_ind([f - 0.1 for f in FEDMPQ_KD.values()], [f - 0.1 for f in FEDMPQ.values()],
-                                     equal_var=False)
+    expected = scipy_stats.ttest_ind(
+        [f - 0.1 for f in FEDMPQ_KD.values()], [f - 0.1 for f in FEDMPQ.values()], equal_var=False
+    )
     assert auc["p"] == approx(expected.pvalue)
     quant = tests[("fedmpq_kd", "fedmpq", "final_quant_accuracy_mean")]
     assert quant["diff_points"] == approx(9.0)
@@ -130,6 +150,7 @@ def test_welch_tests_match_scipy(study: dict[str, Any]) -> None:
 
 def test_welch_not_applicable() -> None:
     from fedmpq_flwr.analysis.stats import welch
+
     assert welch([0.5], [0.4, 0.6]) == {"t": None, "p": None, "note": "n/a: fewer than 2 seeds (1 vs 2)"}
     assert welch([0.5, 0.5], [0.4, 0.4])["note"] == "n/a: zero variance on both sides"
     one_sided = welch([0.5, 0.5], [0.4, 0.6])
@@ -147,8 +168,9 @@ def test_criteria_pass(study: dict[str, Any]) -> None:
     assert n["gain_points"] == approx(9.0)
     assert n["gap_baseline_points"] == approx(20.0) and n["gap_proposed_points"] == approx(11.0)
     assert n["gap_reduction"] == approx(1 - 11 / 20)
-    assert n["p"] == approx(scipy_stats.ttest_ind(list(FEDMPQ_KD.values()), list(FEDMPQ.values()),
-                                                  equal_var=False).pvalue)
+    assert n["p"] == approx(
+        scipy_stats.ttest_ind(list(FEDMPQ_KD.values()), list(FEDMPQ.values()), equal_var=False).pvalue
+    )
     assert n["quant_accuracy_diff_points"] == approx(9.0)
     assert bits["numbers"]["bits_up_ratio"] == approx(1.0) and bits["numbers"]["bits_down_ratio"] == approx(1.0)
     assert time["numbers"]["round_time_overhead"] == approx(0.05)
@@ -160,8 +182,13 @@ def test_criteria_pass(study: dict[str, Any]) -> None:
 
 def test_criteria_fail(tmp_path: Path) -> None:
     # +1 point and a 5 % smaller gap (19 vs 20 points); 10 % more bits up; 20 % more time; -1 point at alpha 0.1
-    write_study(tmp_path, kd={0: 0.62, 1: 0.63, 2: 0.64}, kd_dir={0: 0.40, 1: 0.40}, kd_round_time=12.0,
-                kd_bits=(1100.0, 2000.0))
+    write_study(
+        tmp_path,
+        kd={0: 0.62, 1: 0.63, 2: 0.64},
+        kd_dir={0: 0.40, 1: 0.40},
+        kd_round_time=12.0,
+        kd_bits=(1100.0, 2000.0),
+    )
     accuracy, bits, time, non_iid = criteria_of(tmp_path)
     assert [accuracy["passed"], bits["passed"], time["passed"], non_iid["passed"]] == [False] * 4
     assert accuracy["numbers"]["gain_points"] == approx(1.0)
@@ -247,8 +274,10 @@ def test_robustness_along_alpha(study: dict[str, Any]) -> None:
     assert mpq["inf"]["degradation_points"] == approx(0.0) and mpq["inf"]["final_accuracy_std"] is None
     assert kd[0.1]["degradation_points"] == approx(100 * (0.71 - 0.44)) and kd[0.5]["degradation_points"] == approx(0)
     assert kd[0.1]["final_accuracy_std"] == approx(math.sqrt(2 * 0.01**2))
-    assert alpha["proposed_minus_fedmpq_points"] == [{"value": 0.1, "points": approx(3.0)},
-                                                     {"value": 0.5, "points": approx(9.0)}]
+    assert alpha["proposed_minus_fedmpq_points"] == [
+        {"value": 0.1, "points": approx(3.0)},
+        {"value": 0.5, "points": approx(9.0)},
+    ]
 
 
 def test_quant_avg_bits_axis_reads_the_budgets(tmp_path: Path) -> None:
@@ -257,8 +286,7 @@ def test_quant_avg_bits_axis_reads_the_budgets(tmp_path: Path) -> None:
     write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ, budgets=[2, 6])
     write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", FEDMPQ_KD, budgets=[2, 6])
     write_variation(tmp_path, "fedmpq_bits2", "fedmpq", {0: 0.5, 1: 0.52}, axis="quant.avg_bits", budgets=[1, 3])
-    write_variation(tmp_path, "fedmpq_kd_bits2", "fedmpq_kd", {0: 0.55, 1: 0.57}, axis="quant.avg_bits",
-                    budgets=[1, 3])
+    write_variation(tmp_path, "fedmpq_kd_bits2", "fedmpq_kd", {0: 0.55, 1: 0.57}, axis="quant.avg_bits", budgets=[1, 3])
     comp = compare_folder(tmp_path)
     assert comp["variations"]["fedmpq_bits2"]["axis_value"] == 2.0
     rows = comp["robustness"]["quant.avg_bits"]["methods"]["fedmpq_kd"]

@@ -15,8 +15,13 @@ def test_defaults_are_the_main_experiment() -> None:
     config = validate({})
     assert config["model"]["name"] == "resnet20"
     assert config["train"] == {
-        "num_rounds": 50, "local_epochs": 1, "batch_size": 64, "lr": 0.1,
-        "momentum": 0.9, "weight_decay": 0.0, "eval_batch_size": 128,
+        "num_rounds": 50,
+        "local_epochs": 1,
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "eval_batch_size": 128,
     }
     assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
     assert config["variation"] == config["run_id"]
@@ -29,9 +34,18 @@ def test_defaults_are_the_main_experiment() -> None:
         ({"train": {"lrr": 0.1}}, "unknown key 'train.lrr'"),
         ({"seed": "one"}, "key 'seed': value 'one' has type str; expected int"),
         ({"train": {"num_rounds": True}}, "key 'train.num_rounds': value True has type bool"),
-        ({"dataset": {"name": "mnist"}}, "key 'dataset.name': value 'mnist' is not allowed; choose one of cifar10, synthetic"),
-        ({"strategy": {"name": "fedprox"}}, "key 'strategy.name': value 'fedprox' is not allowed; choose one of fedavg"),
-        ({"model": {"name": "MODEL_PLACEHOLDER"}}, "key 'model.name': value 'MODEL_PLACEHOLDER' is a leftover placeholder"),
+        (
+            {"dataset": {"name": "mnist"}},
+            "key 'dataset.name': value 'mnist' is not allowed; choose one of cifar10, synthetic",
+        ),
+        (
+            {"strategy": {"name": "fedprox"}},
+            "key 'strategy.name': value 'fedprox' is not allowed; choose one of fedavg",
+        ),
+        (
+            {"model": {"name": "MODEL_PLACEHOLDER"}},
+            "key 'model.name': value 'MODEL_PLACEHOLDER' is a leftover placeholder",
+        ),
         ({"dataset": {"alpha": 0}}, "key 'dataset.alpha': value 0.0 is out of range"),
         ({"dataset": {"source": "npz"}}, "key 'dataset.path': value '' is empty"),
         ({"strategy": {"fraction_fit": 1.5}}, "key 'strategy.fraction_fit': value 1.5 is out of range"),

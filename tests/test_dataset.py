@@ -33,8 +33,16 @@ REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
 
 def make_cfg(**overrides) -> dict:
     cfg = {
-        "name": "synthetic", "source": "npz", "path": "", "train_subset": 0, "val_fraction": 0.0,
-        "augment": False, "alpha": math.inf, "seed": 0, "synthetic_train_size": 500, "synthetic_test_size": 100,
+        "name": "synthetic",
+        "source": "npz",
+        "path": "",
+        "train_subset": 0,
+        "val_fraction": 0.0,
+        "augment": False,
+        "alpha": math.inf,
+        "seed": 0,
+        "synthetic_train_size": 500,
+        "synthetic_test_size": 100,
     }
     return cfg | overrides
 
@@ -55,6 +63,7 @@ def label_entropy(labels: np.ndarray) -> float:
 
 
 # ---- partitioning -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("alpha", [0.5, math.inf])
 def test_partitions_reproducible_disjoint_and_covering(alpha: float) -> None:
@@ -87,6 +96,7 @@ def test_impossible_partitioning_names_the_cause() -> None:
 
 
 # ---- npz / torchvision / hub sources ------------------------------------------------------
+
 
 def write_npz_dir(root: Path) -> tuple[np.ndarray, ...]:
     root.mkdir()
@@ -127,8 +137,10 @@ def write_cifar_batches(parent: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rows[i], "labels": labels[i].tolist()}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer",
-                                     "dog", "frog", "horse", "ship", "truck"]}, f)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            f,
+        )
     return rows.reshape(6, 4, 3, 32, 32).transpose(0, 1, 3, 4, 2), labels
 
 
@@ -193,6 +205,7 @@ def test_hub_split_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- subset, validation carve, synthetic --------------------------------------------------
 
+
 def test_train_subset_and_validation_carve() -> None:
     full = load_data(make_cfg())
     data = load_data(make_cfg(train_subset=300, val_fraction=0.2))
@@ -233,6 +246,7 @@ def test_synthetic_is_learnable() -> None:
 
 
 # ---- loaders ------------------------------------------------------------------------------
+
 
 def test_client_loader_batches_order_and_normalisation() -> None:
     cfg = make_cfg(alpha=0.5)

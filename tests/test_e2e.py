@@ -23,10 +23,20 @@ from fedmpq_flwr.weights import get_weights
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ROUND_KEYS = {"run_id", "round", "test_accuracy", "test_loss", "bits_up", "bits_down", "round_time_s",
-              "num_sampled", "num_failures"}
-FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server",
-                          "ray::")
+ROUND_KEYS = {
+    "run_id",
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "bits_up",
+    "bits_down",
+    "round_time_s",
+    "num_sampled",
+    "num_failures",
+}
+pytestmark = pytest.mark.slow  # each test starts Flower and Ray: minutes on 2 cores
+
+FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server", "ray::")
 
 
 def flower_processes_since(started: float) -> list[str]:
@@ -56,7 +66,9 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
     assert results["final_accuracy"] == accuracies[-1] and results["best_accuracy"] == max(accuracies)
     assert min(accuracies) <= results["auc_accuracy"] <= max(accuracies)
     metadata = results["metadata"]
-    assert metadata["seed"] == config["seed"] and {"git_commit", "versions", "device", "start_time", "end_time"} <= set(metadata)
+    assert metadata["seed"] == config["seed"] and {"git_commit", "versions", "device", "start_time", "end_time"} <= set(
+        metadata
+    )
     assert {"flwr", "torch", "flwr-datasets"} <= set(metadata["versions"])
     # the saved model is the final global model: it reproduces the last round's accuracy
     model = load_final_model(run_dir)
@@ -71,7 +83,10 @@ def run_experiment_file(document: dict, config_path: Path, results_dir: Path) ->
     config_path.write_text(yaml.safe_dump(document))
     proc = subprocess.run(
         [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -84,9 +99,14 @@ def test_flwr_run_dot_with_overrides(tmp_path: Path) -> None:
     env = flower_env(tmp_path / "flwr_home", port)
     results_dir = tmp_path / "results"
     cmd = [
-        str(BIN / "flwr"), "run", ".", "--stream",
-        "--run-config", f"results_dir='{results_dir}' run_id='e2e' train.num_rounds=2",
-        "--federation-config", "num-supernodes=3",
+        str(BIN / "flwr"),
+        "run",
+        ".",
+        "--stream",
+        "--run-config",
+        f"results_dir='{results_dir}' run_id='e2e' train.num_rounds=2",
+        "--federation-config",
+        "num-supernodes=3",
     ]
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -114,10 +134,13 @@ def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
         "strategy": {"fraction_fit": 0.67},
         "federation": {"num_clients": 3, "device": "cpu"},
     }
-    document = {"defaults": settings, "runs": [
-        {"run_id": "same_a", "description": "first copy", "seed": 5},
-        {"run_id": "same_b", "description": "second copy", "seed": 5},
-    ]}
+    document = {
+        "defaults": settings,
+        "runs": [
+            {"run_id": "same_a", "description": "first copy", "seed": 5},
+            {"run_id": "same_b", "description": "second copy", "seed": 5},
+        ],
+    }
     results_dir = tmp_path / "results"
     proc = run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
     assert proc.stdout.index("first copy") < proc.stdout.index('{"run_id": "same_a", "round": 1')
@@ -130,13 +153,23 @@ def test_runner_end_to_end_is_deterministic(tmp_path: Path) -> None:
         assert f'{{"run_id": "{run_id}", "round": 2' in stdout_log
         assert (run_dir / "stderr.log").exists()
     # times and memory vary between identical runs (also inside each round's `clients` entries)
-    volatile = {"run_id", "round_time_s", "client_time_s", "client_compute_s", "peak_rss_mb", "client_peak_rss_mb",
-                "server_peak_rss_mb"}
+    volatile = {
+        "run_id",
+        "round_time_s",
+        "client_time_s",
+        "client_compute_s",
+        "peak_rss_mb",
+        "client_peak_rss_mb",
+        "server_peak_rss_mb",
+    }
 
     def strip(history: list[dict]) -> list[dict]:
         return [
-            {k: [{ck: cv for ck, cv in c.items() if ck not in volatile} for c in v] if k == "clients" else v
-             for k, v in record.items() if k not in volatile}
+            {
+                k: [{ck: cv for ck, cv in c.items() if ck not in volatile} for c in v] if k == "clients" else v
+                for k, v in record.items()
+                if k not in volatile
+            }
             for record in history
         ]
 
@@ -158,11 +191,19 @@ def test_fedmpq_and_fedmpq_kd_runner_end_to_end_learn(tmp_path: Path) -> None:
         "quant": {"budgets": [3, 4, 5]},
         "federation": {"num_clients": 3, "device": "cpu"},
     }
-    document = {"defaults": settings, "runs": [
-        {"run_id": "fedmpq_e2e", "description": "FedMPQ end to end", "seed": 0, "strategy": {"name": "fedmpq"}},
-        {"run_id": "kd_e2e", "description": "FedMPQ-KD end to end, teacher refreshed every 2 rounds", "seed": 0,
-         "strategy": {"name": "fedmpq_kd"}, "kd": {"refresh_every": 2}},
-    ]}
+    document = {
+        "defaults": settings,
+        "runs": [
+            {"run_id": "fedmpq_e2e", "description": "FedMPQ end to end", "seed": 0, "strategy": {"name": "fedmpq"}},
+            {
+                "run_id": "kd_e2e",
+                "description": "FedMPQ-KD end to end, teacher refreshed every 2 rounds",
+                "seed": 0,
+                "strategy": {"name": "fedmpq_kd"},
+                "kd": {"refresh_every": 2},
+            },
+        ],
+    }
     results_dir = tmp_path / "results"
     run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
     floats = sum(w.size for w in get_weights(build_model("tiny_cnn")))

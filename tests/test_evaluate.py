@@ -31,22 +31,43 @@ def approx(value: float) -> Any:
 
 def write_config(run_dir: Path, variation: str, seed: int, num_rounds: int) -> None:
     run_dir.mkdir(parents=True)
-    config = {"run_id": run_dir.name, "variation": variation, "description": f"{variation} test run",
-              "seed": seed, "strategy": {"name": STRATEGY.get(variation, "fedavg")},
-              "model": {"name": "tiny_cnn"}, "dataset": {"name": "synthetic"},
-              "train": {"num_rounds": num_rounds}}
+    config = {
+        "run_id": run_dir.name,
+        "variation": variation,
+        "description": f"{variation} test run",
+        "seed": seed,
+        "strategy": {"name": STRATEGY.get(variation, "fedavg")},
+        "model": {"name": "tiny_cnn"},
+        "dataset": {"name": "synthetic"},
+        "train": {"num_rounds": num_rounds},
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def round_record(run_id: str, rnd: int, acc: float) -> dict[str, Any]:
     """bits_up = 1000 * round, bits_down = 2000 * round, round_time_s = round / 2."""
-    return {"run_id": run_id, "round": rnd, "test_accuracy": acc, "test_loss": 1.0 - acc,
-            "bits_up": 1000 * rnd, "bits_down": 2000 * rnd, "round_time_s": rnd / 2,
-            "num_sampled": 4, "num_failures": 0}
+    return {
+        "run_id": run_id,
+        "round": rnd,
+        "test_accuracy": acc,
+        "test_loss": 1.0 - acc,
+        "bits_up": 1000 * rnd,
+        "bits_down": 2000 * rnd,
+        "round_time_s": rnd / 2,
+        "num_sampled": 4,
+        "num_failures": 0,
+    }
 
 
-def write_run(results: Path, variation: str, seed: int, accs: list[float], complete: bool = True,
-              torn: bool = False, planned: int | None = None) -> Path:
+def write_run(
+    results: Path,
+    variation: str,
+    seed: int,
+    accs: list[float],
+    complete: bool = True,
+    torn: bool = False,
+    planned: int | None = None,
+) -> Path:
     run_dir = results / f"{variation}_s{seed}"
     write_config(run_dir, variation, seed, planned or len(accs))
     history = [round_record(run_dir.name, i + 1, a) for i, a in enumerate(accs)]
@@ -55,8 +76,13 @@ def write_run(results: Path, variation: str, seed: int, accs: list[float], compl
         text += '{"run_id": "' + run_dir.name + '", "round": 3, "test_acc'
     (run_dir / "metrics.jsonl").write_text(text)
     if complete:
-        results_json = {"run_id": run_dir.name, "status": "completed", "num_rounds": len(history),
-                        "history": history, "metadata": {"seed": seed}}
+        results_json = {
+            "run_id": run_dir.name,
+            "status": "completed",
+            "num_rounds": len(history),
+            "history": history,
+            "metadata": {"seed": seed},
+        }
         (run_dir / "results.json").write_text(json.dumps(results_json))
     return run_dir
 
@@ -80,8 +106,9 @@ def results_dir(tmp_path: Path) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedmpq_flwr.evaluate", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
@@ -124,8 +151,7 @@ def test_numbers_match_hand_computation(analyzed: tuple[Path, dict[str, Any], st
     assert a["total_bits_up"]["mean"] == approx(6000) and a["total_bits_up"]["std"] == approx(0.0)
     assert a["rounds"] == [1, 2, 3]
     assert a["accuracy_per_round_mean"] == [approx(0.25), approx(0.45), approx(0.5)]
-    assert a["accuracy_per_round_std"] == [approx(math.sqrt(0.005)), approx(math.sqrt(0.005)),
-                                           approx(math.sqrt(0.02))]
+    assert a["accuracy_per_round_std"] == [approx(math.sqrt(0.005)), approx(math.sqrt(0.005)), approx(math.sqrt(0.02))]
 
     b = comp["variations"]["fedmpq_kd_with_a_rather_long_variation_name"]
     # seed 0: 0.1, 0.3 -> final 0.3, best 0.3, auc (0.1+0.3)/2 / 1 = 0.2
@@ -154,9 +180,15 @@ def test_incomplete_runs_reported_not_aggregated(analyzed: tuple[Path, dict[str,
     assert all(r["reason"] for r in comp["incomplete_runs"])
 
     runs = {r["run_id"]: r for r in comp["runs"]}
-    assert set(runs) == {"fedavg_cnn_s0", "fedavg_cnn_s1", "fedavg_cnn_s2", "torn_s0", "early_crash_s0",
-                         "fedmpq_kd_with_a_rather_long_variation_name_s0",
-                         "fedmpq_kd_with_a_rather_long_variation_name_s1"}
+    assert set(runs) == {
+        "fedavg_cnn_s0",
+        "fedavg_cnn_s1",
+        "fedavg_cnn_s2",
+        "torn_s0",
+        "early_crash_s0",
+        "fedmpq_kd_with_a_rather_long_variation_name_s0",
+        "fedmpq_kd_with_a_rather_long_variation_name_s1",
+    }
     assert runs["fedavg_cnn_s2"]["status"] == "incomplete"
     assert runs["torn_s0"]["status"] == "incomplete"
     assert runs["torn_s0"]["final_accuracy"] == approx(0.6)  # partial summary, flagged by status
@@ -168,9 +200,14 @@ def test_incomplete_runs_reported_not_aggregated(analyzed: tuple[Path, dict[str,
 def test_stdout_and_figures(analyzed: tuple[Path, dict[str, Any], str]) -> None:
     """stdout: the JSON, the success criteria, then one line per written and per skipped figure."""
     results_dir, comp, out = analyzed
-    assert comp["figures"] == ["images/accuracy_vs_rounds.pdf", "images/final_accuracy.pdf", "images/auc_accuracy.pdf",
-                               "images/gap_to_full_precision.pdf", "images/bits_per_round.pdf",
-                               "images/round_time.pdf"]
+    assert comp["figures"] == [
+        "images/accuracy_vs_rounds.pdf",
+        "images/final_accuracy.pdf",
+        "images/auc_accuracy.pdf",
+        "images/gap_to_full_precision.pdf",
+        "images/bits_per_round.pdf",
+        "images/round_time.pdf",
+    ]
     skipped = {s["name"]: s["why"] for s in comp["figures_skipped"]}
     assert skipped["quantized_accuracy_vs_rounds"] == "no variation records it"
     assert "no bit_assignments.json" in skipped["bit_histogram_fedmpq_kd_with_a_rather_long_variation_name"]
@@ -179,8 +216,10 @@ def test_stdout_and_figures(analyzed: tuple[Path, dict[str, Any], str]) -> None:
     lines = out[end:].strip().splitlines()
     assert lines[0] == "success criteria:" and len(lines[1:5]) == 4
     assert all(line.startswith(f"  ({i})") for i, line in enumerate(lines[1:5], 1))
-    assert lines[5:] == ([f"figure: {f}" for f in comp["figures"]]
-                         + [f"figure skipped: {s['name']}: {s['why']}" for s in comp["figures_skipped"]])
+    assert lines[5:] == (
+        [f"figure: {f}" for f in comp["figures"]]
+        + [f"figure skipped: {s['name']}: {s['why']}" for s in comp["figures_skipped"]]
+    )
     images = results_dir / "images"
     for rel in comp["figures"]:
         data = (results_dir / rel).read_bytes()
@@ -209,10 +248,28 @@ def test_cli_empty_dir_skips_figures(tmp_path: Path) -> None:
     proc = run_cli("--results-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     comp = json.loads((tmp_path / "comparison.json").read_text())
-    assert {k: comp[k] for k in ("runs", "variations", "incomplete_runs", "figures", "figures_skipped", "tests",
-                                 "methods", "robustness")} == {"runs": [], "variations": {}, "incomplete_runs": [],
-                                                               "figures": [], "figures_skipped": [], "tests": [],
-                                                               "methods": {}, "robustness": {}}
+    assert {
+        k: comp[k]
+        for k in (
+            "runs",
+            "variations",
+            "incomplete_runs",
+            "figures",
+            "figures_skipped",
+            "tests",
+            "methods",
+            "robustness",
+        )
+    } == {
+        "runs": [],
+        "variations": {},
+        "incomplete_runs": [],
+        "figures": [],
+        "figures_skipped": [],
+        "tests": [],
+        "methods": {},
+        "robustness": {},
+    }
     assert [c["passed"] for c in comp["success_criteria"]] == [None] * 4
     assert comp["target_accuracy"]["value"] is None
     assert "figures skipped: no completed runs with recorded rounds" in proc.stdout

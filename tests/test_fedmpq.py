@@ -17,14 +17,24 @@ from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE, RunRecorder
 
 
 def fedmpq_config(tmp_path: Path, model: str = "tiny_cnn", **quant) -> dict:
-    return validate({
-        "run_id": "unit", "seed": 1, "results_dir": str(tmp_path), "model": {"name": model},
-        "strategy": {"name": "fedmpq"},
-        "dataset": {"name": "synthetic", "synthetic_train_size": 96, "synthetic_test_size": 40, "alpha": float("inf")},
-        "train": {"num_rounds": 2, "batch_size": 16},
-        "quant": {"budgets": [2, 3, 4, 5], **quant},
-        "federation": {"num_clients": 4, "device": "cpu"},
-    })
+    return validate(
+        {
+            "run_id": "unit",
+            "seed": 1,
+            "results_dir": str(tmp_path),
+            "model": {"name": model},
+            "strategy": {"name": "fedmpq"},
+            "dataset": {
+                "name": "synthetic",
+                "synthetic_train_size": 96,
+                "synthetic_test_size": 40,
+                "alpha": float("inf"),
+            },
+            "train": {"num_rounds": 2, "batch_size": 16},
+            "quant": {"budgets": [2, 3, 4, 5], **quant},
+            "federation": {"num_clients": 4, "device": "cpu"},
+        }
+    )
 
 
 def fit_result(client: FedMPQClient, strategy: FedMPQStrategy, pid: int, server_round: int = 1) -> FitRes:
@@ -117,8 +127,10 @@ def test_uniform_weighting_ignores_sample_counts(tmp_path: Path) -> None:
     config["strategy"]["weighting"] = "uniform"
     strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
     shapes = [w.shape for w in strategy.latest_parameters]
-    updates = [(pid, [np.full(s, float(pid), np.float32) for s in shapes], FitRes(Status(Code.OK, ""), None, n, {}))
-               for pid, n in ((1, 10), (3, 90))]
+    updates = [
+        (pid, [np.full(s, float(pid), np.float32) for s in shapes], FitRes(Status(Code.OK, ""), None, n, {}))
+        for pid, n in ((1, 10), (3, 90))
+    ]
     for array in super(FedMPQStrategy, strategy).aggregate(updates):
         np.testing.assert_allclose(array, 2.0)
 

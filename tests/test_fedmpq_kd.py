@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import RecordDict, ndarrays_to_parameters
+from test_fedmpq import fedmpq_config, fit_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.config import ConfigError, validate
@@ -16,11 +17,17 @@ from fedmpq_flwr.models import MODELS, build_model
 from fedmpq_flwr.quant import dequantized_state, quantizable_layers, quantize_model
 from fedmpq_flwr.results import RunRecorder
 from fedmpq_flwr.weights import communicated_keys
-from test_fedmpq import fedmpq_config, fit_result
 
 # What may differ between two runs of the same computation: times, memory and the run id.
-VARYING_KEYS = {"run_id", "client_time_s", "round_time_s", "client_compute_s", "peak_rss_mb", "client_peak_rss_mb",
-                "server_peak_rss_mb"}
+VARYING_KEYS = {
+    "run_id",
+    "client_time_s",
+    "round_time_s",
+    "client_compute_s",
+    "peak_rss_mb",
+    "client_peak_rss_mb",
+    "server_peak_rss_mb",
+}
 KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round", "teacher_flops"}
 
 
@@ -30,7 +37,9 @@ def kd_config(tmp_path: Path, run_id: str = "unit", **kd) -> dict:
     return validate(config)
 
 
-def run_rounds(config: dict, client_cls: type, rounds: int, participants: list[list[int]] | None = None) -> tuple[list[dict], list]:
+def run_rounds(
+    config: dict, client_cls: type, rounds: int, participants: list[list[int]] | None = None
+) -> tuple[list[dict], list]:
     """Rounds of the real strategy and clients, called directly (as Flower would, minus the
     transport); every node keeps its own state between rounds. Returns the metrics.jsonl records
     and the final global weights."""

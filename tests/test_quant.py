@@ -256,7 +256,9 @@ def test_stochastic_rebinarize_is_unbiased(sign: float) -> None:
 
     nearest = fractional_tensor(bits, base, frac, 10, sign)
     nearest.rebinarize()
-    assert torch.equal(nearest.sign.double() * hand_value(nearest.planes), torch.full((10,), sign * 5.0, dtype=torch.float64))
+    assert torch.equal(
+        nearest.sign.double() * hand_value(nearest.planes), torch.full((10,), sign * 5.0, dtype=torch.float64)
+    )
 
 
 def test_rebinarize_through_zero_flips_sign() -> None:
@@ -493,11 +495,7 @@ def test_bit_regularizer_hand_computed() -> None:
 # ---------------------------------------------------------------------------------------------
 # model conversion
 
-RESNET20_QUANT = (
-    ["conv1"]
-    + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in (0, 1, 2) for c in (1, 2)]
-    + ["fc"]
-)
+RESNET20_QUANT = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in (0, 1, 2) for c in (1, 2)] + ["fc"]
 
 
 def test_quantize_resnet20_layers() -> None:
@@ -674,8 +672,12 @@ def test_encode_decode_round_trip_tiny_cnn() -> None:
     decoded = decode_update(arrays, keys, bits)
     assert len(decoded) == len(keys)
     qstate = q.state_dict()
-    quantized = {"conv1.weight": q.conv1.weight_bits, "conv2.weight": q.conv2.weight_bits,
-                 "fc.weight": q.fc.weight_bits, "fc.bias": q.fc.bias_bits}
+    quantized = {
+        "conv1.weight": q.conv1.weight_bits,
+        "conv2.weight": q.conv2.weight_bits,
+        "fc.weight": q.fc.weight_bits,
+        "fc.bias": q.fc.bias_bits,
+    }
     scales = []
     for key, array, value in zip(keys, arrays, decoded):
         assert value.dtype == np.float32
@@ -724,8 +726,9 @@ def test_upload_bits_resnet20_analytic() -> None:
                 n_scales += 1
     assert n_scales == 21
     assert non_quant_floats == 4 * (16 + 6 * 16 + 6 * 32 + 32 + 6 * 64 + 64) + 16 * 32 + 32 * 64 == 5696
-    float_in_keys = sum(v.numel() for k, v in model.state_dict().items()
-                        if k in keys and ("bn" in k or "downsample" in k))
+    float_in_keys = sum(
+        v.numel() for k, v in model.state_dict().items() if k in keys and ("bn" in k or "downsample" in k)
+    )
     assert float_in_keys == non_quant_floats
     expected = quant_bits + 32 * (non_quant_floats + n_scales)
     assert upload_bits(arrays, keys, bits) == expected

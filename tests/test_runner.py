@@ -119,7 +119,9 @@ def test_finished_runs_are_skipped_not_overwritten(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"event"')]
     assert [(e["event"], e["run_id"]) for e in events] == [
-        ("run_skipped", "a_seed0"), ("run_skipped", "a_seed1"), ("run_skipped", "b")
+        ("run_skipped", "a_seed0"),
+        ("run_skipped", "a_seed1"),
+        ("run_skipped", "b"),
     ]
     assert (results / "b" / RESULTS_FILE).read_text() == before
     assert (results / "comparison.json").exists()  # the analyzer still ran
@@ -147,7 +149,9 @@ def test_only_selects_a_variation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     executed = []
     monkeypatch.setattr(runner, "execute", lambda run, *_: executed.append(run["run_id"]) or "completed")
-    assert runner.main(["--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "o"), "--only", "a"]) == 0
+    assert (
+        runner.main(["--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "o"), "--only", "a"]) == 0
+    )
     assert executed == ["a_seed0", "a_seed1"]
 
 
@@ -178,9 +182,18 @@ def test_a_finished_run_with_another_config_is_an_error(tmp_path: Path) -> None:
 
 def test_extends_inherits_defaults_and_axis_is_checked(tmp_path: Path) -> None:
     write(tmp_path, {**TINY, "defaults": {**TINY["defaults"], "train": {"num_rounds": 2, "lr": 0.03}}}, "base.yaml")
-    child = {"extends": "base.yaml", "defaults": {"train": {"num_rounds": 4}}, "runs": [
-        {"run_id": "c", "description": "varies the epochs", "axis": "train.local_epochs", "train": {"local_epochs": 2}},
-    ]}
+    child = {
+        "extends": "base.yaml",
+        "defaults": {"train": {"num_rounds": 4}},
+        "runs": [
+            {
+                "run_id": "c",
+                "description": "varies the epochs",
+                "axis": "train.local_epochs",
+                "train": {"local_epochs": 2},
+            },
+        ],
+    }
     (run,) = expand_runs(write(tmp_path, child), tmp_path / "out", {})
     assert run["model"]["name"] == "tiny_cnn" and run["train"]["lr"] == 0.03  # inherited
     assert run["train"]["num_rounds"] == 4 and run["train"]["local_epochs"] == 2  # own settings win
@@ -205,7 +218,11 @@ ABLATIONS = {  # file -> the kd setting each of its variations differs in (kd_ma
 def test_ablation_files_vary_one_kd_setting_of_the_main_experiment(name: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in (REPO / "configs" / "ablations").glob("*.yaml")) == sorted(ABLATIONS)
     runs = expand_runs(REPO / "configs" / "ablations" / name, tmp_path, {})
-    main = {r["seed"]: r for r in expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {}) if r["variation"] == "fedmpq_kd"}
+    main = {
+        r["seed"]: r
+        for r in expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
+        if r["variation"] == "fedmpq_kd"
+    }
     assert {r["variation"] for r in runs} == {"kd_main", *ABLATIONS[name]}
     for run in runs:
         assert run["strategy"]["name"] == "fedmpq_kd"
@@ -222,10 +239,17 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
         (method, seed) for method in ("fedavg", "fedmpq", "fedmpq_kd") for seed in (0, 1, 2)
     ]
     setting = main[0]
-    assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == ("resnet20", "cifar10", 0.5)
+    assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == (
+        "resnet20",
+        "cifar10",
+        0.5,
+    )
     assert setting["federation"]["num_clients"] == 10 and setting["train"]["num_rounds"] == 50
     assert {k: setting["train"][k] for k in ("local_epochs", "batch_size", "lr", "momentum")} == {
-        "local_epochs": 1, "batch_size": 64, "lr": 0.1, "momentum": 0.9
+        "local_epochs": 1,
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
     }
     assert sum(setting["quant"]["budgets"]) / 10 == 4 and setting["quant"]["lambda_b"] == 0.01
     assert (setting["kd"]["alpha"], setting["kd"]["temperature"]) == (0.5, 2.0)
@@ -236,7 +260,11 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
         section, key = axis.split(".")
         return run[section][key]
 
-    for axis, expected in (("train.local_epochs", {1, 2, 5}), ("quant.avg_bits", {2, 4, 8}), ("dataset.alpha", {0.1, 0.5, math.inf})):
+    for axis, expected in (
+        ("train.local_epochs", {1, 2, 5}),
+        ("quant.avg_bits", {2, 4, 8}),
+        ("dataset.alpha", {0.1, 0.5, math.inf}),
+    ):
         for method in ("fedmpq", "fedmpq_kd"):
             points = [r for r in runs if r["strategy"]["name"] == method and r["axis"] in ("", axis)]
             assert {value(r, axis) for r in points} == expected, (axis, method)

@@ -18,12 +18,18 @@ from fedmpq_flwr.weights import get_weights
 
 
 def small_config(tmp_path: Path, **train) -> dict:
-    return validate({
-        "run_id": "unit", "seed": 3, "results_dir": str(tmp_path), "model": {"name": "tiny_cnn"},
-        "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 100},
-        "train": {"num_rounds": 2, "batch_size": 32, **train}, "strategy": {"fraction_fit": 0.5},
-        "federation": {"device": "cpu"},
-    })
+    return validate(
+        {
+            "run_id": "unit",
+            "seed": 3,
+            "results_dir": str(tmp_path),
+            "model": {"name": "tiny_cnn"},
+            "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 100},
+            "train": {"num_rounds": 2, "batch_size": 32, **train},
+            "strategy": {"fraction_fit": 0.5},
+            "federation": {"device": "cpu"},
+        }
+    )
 
 
 def make_strategy(tmp_path: Path) -> FedAvgStrategy:
@@ -62,7 +68,9 @@ def test_aggregate_is_sample_weighted_and_bits_are_counted(tmp_path: Path) -> No
     assert strategy.round_stats["bits_up"] == 2 * 32 * num_floats
     clients = strategy.round_stats["clients"]
     assert [(c["partition_id"], c["num_examples"], c["bits_up"]) for c in clients] == [
-        (4, 1, 32 * num_floats), (7, 3, 32 * num_floats)]
+        (4, 1, 32 * num_floats),
+        (7, 3, 32 * num_floats),
+    ]
     assert strategy.round_stats["num_failures"] == 0
     assert strategy.download_bits(strategy.latest_parameters, 0) == 32 * num_floats
 

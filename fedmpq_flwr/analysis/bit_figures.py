@@ -28,8 +28,9 @@ def read_assignments(run: dict[str, Any]) -> dict[str, Any] | str:
     except json.JSONDecodeError:
         return f"unreadable {BIT_ASSIGNMENTS_FILE} in run {run['run_id']}"
     clients = data.get("clients") if isinstance(data, dict) else None
-    if not clients or not all(isinstance(c, dict) and isinstance(c.get("bits"), dict) and c["bits"]
-                              for c in clients.values()):
+    if not clients or not all(
+        isinstance(c, dict) and isinstance(c.get("bits"), dict) and c["bits"] for c in clients.values()
+    ):
         return f"{BIT_ASSIGNMENTS_FILE} of run {run['run_id']} has no per-client bits"
     return data
 
@@ -61,22 +62,34 @@ def histogram_figure(variation: str, run: dict[str, Any]) -> Figure:
             counts = [sum(1 for b in client["bits"].values() if int(b) == width) for width in BIT_WIDTHS]
             bars = ax.bar(BIT_WIDTHS, counts, color="0.75", edgecolor="black", hatch=HATCHES[0])
             for bar, count in zip(bars, counts):
-                ax.annotate(str(count), (bar.get_x() + bar.get_width() / 2, count), xytext=(0, 1),
-                            textcoords="offset points", ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    str(count),
+                    (bar.get_x() + bar.get_width() / 2, count),
+                    xytext=(0, 1),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
             who = "client " + pids[0] if len(pids) == 1 else "clients " + ", ".join(pids)
             budget = client.get("budget")
             avg = client.get("avg_bits")
-            ax.set_title(f"{who}\nbudget {budget:g}, average {avg:.2f} bits" if isinstance(budget, (int, float))
-                         and isinstance(avg, (int, float)) else who, fontsize=8)
+            ax.set_title(
+                f"{who}\nbudget {budget:g}, average {avg:.2f} bits"
+                if isinstance(budget, (int, float)) and isinstance(avg, (int, float))
+                else who,
+                fontsize=8,
+            )
             ax.set_xticks(BIT_WIDTHS)
             ax.set_ylim(0, top * 1.2)
             ax.set_xlabel("Bit-width (bits)", fontsize=8)
             ax.set_ylabel("Layers (count)", fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         fig.suptitle(f"{variation}: per-layer bit-widths per client (seed {run['seed']})", fontsize=9)
         save(fig, path)
+
     return Figure(name, caption, draw)
 
 
@@ -90,8 +103,11 @@ def allocation_matrix(history: list[dict[str, Any]]) -> tuple[list[str], list[in
             continue
         for bits in clients:
             layers += [layer for layer in bits if layer not in layers]
-        means = {layer: float(np.mean([b[layer] for b in clients if layer in b])) for layer in layers
-                 if any(layer in b for b in clients)}
+        means = {
+            layer: float(np.mean([b[layer] for b in clients if layer in b]))
+            for layer in layers
+            if any(layer in b for b in clients)
+        }
         columns.append((record["round"], means))
     if not columns:
         return None
@@ -109,7 +125,9 @@ def heatmap_figure(variation: str, run: dict[str, Any]) -> Figure:
 
     def draw(path: Path) -> None:
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(min(18.0, max(5.5, 0.42 * len(rounds) + 3.5)), max(3.0, 0.3 * len(layers) + 1.6)))
+        fig, ax = plt.subplots(
+            figsize=(min(18.0, max(5.5, 0.42 * len(rounds) + 3.5)), max(3.0, 0.3 * len(layers) + 1.6))
+        )
         image = ax.imshow(matrix, aspect="auto", cmap="Greys", vmin=1, vmax=8, interpolation="nearest")
         bar = fig.colorbar(image, ax=ax)
         bar.set_label("Mean bit-width over clients (bits)")
@@ -121,8 +139,16 @@ def heatmap_figure(variation: str, run: dict[str, Any]) -> Figure:
         if len(layers) <= MAX_ANNOTATED_CELLS and len(rounds) <= MAX_ANNOTATED_CELLS:
             for (i, j), value in np.ndenumerate(matrix):
                 if not np.isnan(value):
-                    ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6,
-                            color="white" if value > 4.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if value > 4.5 else "black",
+                    )
         ax.set_title(f"{variation}: mean bit-width per layer over rounds (seed {run['seed']})", fontsize=9)
         save(fig, path)
+
     return Figure(name, caption, draw)

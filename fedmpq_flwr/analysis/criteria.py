@@ -32,12 +32,15 @@ def _quant_extra(groups: dict[str, list[dict[str, Any]]], a: str, b: str) -> dic
     return {} if test is None else {"quant_accuracy_diff_points": test["diff_points"], "quant_accuracy_p": test["p"]}
 
 
-def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
-                       references: dict[str, Any]) -> dict[str, Any]:
+def accuracy_criterion(
+    variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]], references: dict[str, Any]
+) -> dict[str, Any]:
     """(1) proposed >= +2 points over the best quantized baseline or >= 25 % smaller gap to full
     precision, and p < 0.05 over seeds (Welch, final accuracy)."""
-    name = (f"accuracy: proposed >= +{MIN_GAIN_POINTS:g} points over the best quantized baseline or "
-            f">= {MIN_GAP_REDUCTION:.0%} smaller gap to full precision, p < {MAX_P_VALUE:g}")
+    name = (
+        f"accuracy: proposed >= +{MIN_GAIN_POINTS:g} points over the best quantized baseline or "
+        f">= {MIN_GAP_REDUCTION:.0%} smaller gap to full precision, p < {MAX_P_VALUE:g}"
+    )
     proposed, baseline, fp = references["proposed"], references["best_quantized_baseline"], references["full_precision"]
     if proposed is None or baseline is None:
         missing = "proposed (fedmpq_kd)" if proposed is None else "quantized baseline"
@@ -48,26 +51,47 @@ def accuracy_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, 
     gap_proposed = points(final[fp], final[proposed]) if fp else None
     gap_reduction = 1 - gap_proposed / gap_baseline if gap_baseline and gap_baseline > 0 else None
     test = compare(groups, proposed, baseline, "final_accuracy")
-    numbers = {"proposed": proposed, "baseline": baseline, "full_precision": fp, "proposed_final": final[proposed],
-               "baseline_final": final[baseline], "full_precision_final": final.get(fp), "gain_points": gain,
-               "gap_baseline_points": gap_baseline, "gap_proposed_points": gap_proposed,
-               "gap_reduction": gap_reduction, "t": test["t"], "p": test["p"], "n_proposed": test["n_a"],
-               "n_baseline": test["n_b"], **_quant_extra(groups, proposed, baseline)}
+    numbers = {
+        "proposed": proposed,
+        "baseline": baseline,
+        "full_precision": fp,
+        "proposed_final": final[proposed],
+        "baseline_final": final[baseline],
+        "full_precision_final": final.get(fp),
+        "gain_points": gain,
+        "gap_baseline_points": gap_baseline,
+        "gap_proposed_points": gap_proposed,
+        "gap_reduction": gap_reduction,
+        "t": test["t"],
+        "p": test["p"],
+        "n_proposed": test["n_a"],
+        "n_baseline": test["n_b"],
+        **_quant_extra(groups, proposed, baseline),
+    }
     gain_ok = gain >= MIN_GAIN_POINTS - TOLERANCE
     gap_ok = None if gap_reduction is None else gap_reduction >= MIN_GAP_REDUCTION - TOLERANCE
     big_enough = True if gain_ok or gap_ok else (None if gap_ok is None else False)
     significant = None if test["p"] is None else test["p"] < MAX_P_VALUE
     size = f"{gain:+.2f} points over {baseline}"
-    size += "" if gap_reduction is None else (f", gap to full precision {gap_proposed:.2f} vs {gap_baseline:.2f} points "
-                                              f"({100 * gap_reduction:+.1f} % reduction)")
+    size += (
+        ""
+        if gap_reduction is None
+        else (
+            f", gap to full precision {gap_proposed:.2f} vs {gap_baseline:.2f} points "
+            f"({100 * gap_reduction:+.1f} % reduction)"
+        )
+    )
     if big_enough is False or significant is False:
         failed = [] if big_enough is not False else ["below both thresholds"]
         failed += [] if significant is not False else [f"p = {test['p']:.3g} >= {MAX_P_VALUE:g}"]
         return _criterion(name, False, numbers, f"{size}: " + "; ".join(failed))
     if big_enough is None:
-        no_gap = ("no full-precision reference" if fp is None else
-                  f"{baseline} has no gap to full precision to close ({100 * final[baseline]:.2f} % vs "
-                  f"{fp} {100 * final[fp]:.2f} %)")
+        no_gap = (
+            "no full-precision reference"
+            if fp is None
+            else f"{baseline} has no gap to full precision to close ({100 * final[baseline]:.2f} % vs "
+            f"{fp} {100 * final[fp]:.2f} %)"
+        )
         return _criterion(name, None, numbers, f"{size}: gain below {MIN_GAIN_POINTS:g} points and {no_gap}")
     if significant is None:
         return _criterion(name, None, numbers, f"{size}: significance not testable ({test['note']})")
@@ -86,13 +110,20 @@ def bits_criterion(variations: dict[str, dict[str, Any]], references: dict[str, 
         key = f"mean_bits_{direction}_per_round"
         mine, theirs = mean_of(variations, proposed, key), mean_of(variations, fedmpq, key)
         excess = ratio_minus_one(mine, theirs)
-        numbers.update({f"proposed_bits_{direction}": mine, f"fedmpq_bits_{direction}": theirs,
-                        f"bits_{direction}_ratio": None if excess is None else 1 + excess})
+        numbers.update(
+            {
+                f"proposed_bits_{direction}": mine,
+                f"fedmpq_bits_{direction}": theirs,
+                f"bits_{direction}_ratio": None if excess is None else 1 + excess,
+            }
+        )
         verdicts.append(None if mine is None or theirs is None else mine <= theirs * (1 + TOLERANCE))
     if None in verdicts:
         return _criterion(name, None, numbers, "cannot evaluate: bits per round not recorded by both methods")
-    line = (f"up {numbers['proposed_bits_up']:.4g} vs {numbers['fedmpq_bits_up']:.4g}, "
-            f"down {numbers['proposed_bits_down']:.4g} vs {numbers['fedmpq_bits_down']:.4g} bits per round")
+    line = (
+        f"up {numbers['proposed_bits_up']:.4g} vs {numbers['fedmpq_bits_up']:.4g}, "
+        f"down {numbers['proposed_bits_down']:.4g} vs {numbers['fedmpq_bits_down']:.4g} bits per round"
+    )
     return _criterion(name, all(verdicts), numbers, line + ("" if all(verdicts) else ": proposed sends more"))
 
 
@@ -102,27 +133,40 @@ def time_criterion(variations: dict[str, dict[str, Any]], references: dict[str, 
     proposed, fedmpq = references["proposed"], references["fedmpq"]
     if proposed is None or fedmpq is None:
         return _criterion(name, None, {}, "cannot evaluate: needs completed main fedmpq_kd and fedmpq variations")
-    per_round = {f"{who}_{key}": mean_of(variations, variation, f"mean_{key}") for who, variation in
-                 (("proposed", proposed), ("fedmpq", fedmpq)) for key in ("round_time_s", "client_compute_s",
-                                                                            "client_time_s")}
+    per_round = {
+        f"{who}_{key}": mean_of(variations, variation, f"mean_{key}")
+        for who, variation in (("proposed", proposed), ("fedmpq", fedmpq))
+        for key in ("round_time_s", "client_compute_s", "client_time_s")
+    }
     overhead = ratio_minus_one(per_round["proposed_round_time_s"], per_round["fedmpq_round_time_s"])
-    numbers = {"proposed": proposed, "fedmpq": fedmpq, **per_round, "round_time_overhead": overhead,
-               "client_compute_overhead": ratio_minus_one(per_round["proposed_client_compute_s"],
-                                                          per_round["fedmpq_client_compute_s"]),
-               "client_time_overhead": ratio_minus_one(per_round["proposed_client_time_s"],
-                                                       per_round["fedmpq_client_time_s"])}
+    numbers = {
+        "proposed": proposed,
+        "fedmpq": fedmpq,
+        **per_round,
+        "round_time_overhead": overhead,
+        "client_compute_overhead": ratio_minus_one(
+            per_round["proposed_client_compute_s"], per_round["fedmpq_client_compute_s"]
+        ),
+        "client_time_overhead": ratio_minus_one(per_round["proposed_client_time_s"], per_round["fedmpq_client_time_s"]),
+    }
     if overhead is None:
         return _criterion(name, None, numbers, "cannot evaluate: round_time_s not recorded by both methods")
     passed = overhead <= MAX_TIME_OVERHEAD + TOLERANCE
     compute = numbers["client_compute_overhead"]
-    line = (f"{100 * overhead:+.1f} % per round ({numbers['proposed_round_time_s']:.3g} s vs "
-            f"{numbers['fedmpq_round_time_s']:.3g} s)")
+    line = (
+        f"{100 * overhead:+.1f} % per round ({numbers['proposed_round_time_s']:.3g} s vs "
+        f"{numbers['fedmpq_round_time_s']:.3g} s)"
+    )
     line += "" if compute is None else f"; client compute {100 * compute:+.1f} %"
     return _criterion(name, passed, numbers, line + ("" if passed else f": above {MAX_TIME_OVERHEAD:.0%}"))
 
 
-def non_iid_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
-                      references: dict[str, Any], axis_vals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def non_iid_criterion(
+    variations: dict[str, dict[str, Any]],
+    groups: dict[str, list[dict[str, Any]]],
+    references: dict[str, Any],
+    axis_vals: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     """(4) at the smallest Dirichlet alpha where both methods ran, proposed >= FedMPQ + 1 point."""
     name = f"non-IID: proposed >= FedMPQ + {MIN_NON_IID_GAIN_POINTS:g} point under the most non-IID setting present"
     pairs = []
@@ -130,26 +174,45 @@ def non_iid_criterion(variations: dict[str, dict[str, Any]], groups: dict[str, l
         fedmpq = partner(kd, FEDMPQ, variations, axis_vals)
         alpha = variations[kd]["dataset_alpha"]
         if fedmpq is not None and alpha is not None and alpha == variations[fedmpq]["dataset_alpha"]:
-            pairs.append((float(alpha), kd != references["proposed"], variations[kd]["axis"] != "dataset.alpha", kd, fedmpq))
+            pairs.append(
+                (float(alpha), kd != references["proposed"], variations[kd]["axis"] != "dataset.alpha", kd, fedmpq)
+            )
     if not pairs:
-        return _criterion(name, None, {}, "cannot evaluate: no fedmpq_kd variation with a fedmpq partner at the same alpha")
+        return _criterion(
+            name, None, {}, "cannot evaluate: no fedmpq_kd variation with a fedmpq partner at the same alpha"
+        )
     alpha, _, _, kd, fedmpq = min(pairs)  # smallest alpha; then the main proposed, then the alpha axis, then by name
     gain = points(mean_of(variations, kd, "final_accuracy"), mean_of(variations, fedmpq, "final_accuracy"))
     test = compare(groups, kd, fedmpq, "final_accuracy")
-    numbers = {"alpha": variations[kd]["dataset_alpha"], "proposed": kd, "fedmpq": fedmpq,
-               "proposed_final": mean_of(variations, kd, "final_accuracy"),
-               "fedmpq_final": mean_of(variations, fedmpq, "final_accuracy"), "gain_points": gain,
-               "t": test["t"], "p": test["p"], **_quant_extra(groups, kd, fedmpq)}
+    numbers = {
+        "alpha": variations[kd]["dataset_alpha"],
+        "proposed": kd,
+        "fedmpq": fedmpq,
+        "proposed_final": mean_of(variations, kd, "final_accuracy"),
+        "fedmpq_final": mean_of(variations, fedmpq, "final_accuracy"),
+        "gain_points": gain,
+        "t": test["t"],
+        "p": test["p"],
+        **_quant_extra(groups, kd, fedmpq),
+    }
     passed = gain >= MIN_NON_IID_GAIN_POINTS - TOLERANCE
     line = f"alpha {numbers['alpha']}: {kd} {gain:+.2f} points over {fedmpq}"
     return _criterion(name, passed, numbers, line + ("" if passed else f": below +{MIN_NON_IID_GAIN_POINTS:g}"))
 
 
-def success_criteria(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
-                     references: dict[str, Any], axis_vals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def success_criteria(
+    variations: dict[str, dict[str, Any]],
+    groups: dict[str, list[dict[str, Any]]],
+    references: dict[str, Any],
+    axis_vals: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
     """The four criteria of the experimental design, in its order."""
-    return [accuracy_criterion(variations, groups, references), bits_criterion(variations, references),
-            time_criterion(variations, references), non_iid_criterion(variations, groups, references, axis_vals)]
+    return [
+        accuracy_criterion(variations, groups, references),
+        bits_criterion(variations, references),
+        time_criterion(variations, references),
+        non_iid_criterion(variations, groups, references, axis_vals),
+    ]
 
 
 def verdict(passed: bool | None) -> str:

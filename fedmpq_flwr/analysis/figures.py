@@ -12,13 +12,30 @@ from pathlib import Path
 from typing import Any
 
 from fedmpq_flwr.analysis import bit_figures, tsne
-from fedmpq_flwr.analysis.plotting import (LABEL_BOX, BarSeries, Figure, Series, bar_figure, figure_height, legend,
-                                           line_figure, line_plot, pyplot, save, slug, spread, style)
+from fedmpq_flwr.analysis.plotting import (
+    LABEL_BOX,
+    BarSeries,
+    Figure,
+    Series,
+    bar_figure,
+    figure_height,
+    legend,
+    line_figure,
+    line_plot,
+    pyplot,
+    save,
+    slug,
+    spread,
+    style,
+)
 from fedmpq_flwr.analysis.reference import is_quantized
 
 IMAGES_DIR = "images"
-AXIS_LABELS = {"train.local_epochs": "Local epochs per round", "quant.avg_bits": "Average bit budget (bits)",
-               "dataset.alpha": "Dirichlet alpha (label skew; inf = IID)"}
+AXIS_LABELS = {
+    "train.local_epochs": "Local epochs per round",
+    "quant.avg_bits": "Average bit budget (bits)",
+    "dataset.alpha": "Dirichlet alpha (label skew; inf = IID)",
+}
 
 
 @dataclass
@@ -45,16 +62,24 @@ def axis_names(axes: list[str]) -> dict[str, str]:
     return {a: slug(a if last.count(short) > 1 else short) for a, short in zip(axes, last)}
 
 
-def _curve_series(variations: dict[str, dict[str, Any]], curve: str, scale: float = 1.0,
-                  labels: dict[str, str] | None = None) -> list[Series]:
+def _curve_series(
+    variations: dict[str, dict[str, Any]], curve: str, scale: float = 1.0, labels: dict[str, str] | None = None
+) -> list[Series]:
     """One series per variation that has the curve."""
     series = []
     for i, (name, var) in enumerate(variations.items()):
         mean, std = var[f"{curve}_per_round_mean"], var[f"{curve}_per_round_std"]
         if mean is not None:
             label = (labels or {}).get(name, name) + f" (n={var['n']})"
-            series.append(Series(label, var["rounds"], [scale * m for m in mean],
-                                 None if std is None else [scale * s for s in std], style_index=i))
+            series.append(
+                Series(
+                    label,
+                    var["rounds"],
+                    [scale * m for m in mean],
+                    None if std is None else [scale * s for s in std],
+                    style_index=i,
+                )
+            )
     return series
 
 
@@ -67,28 +92,52 @@ def _curve_figure(name: str, caption: str, series: list[Series], ylabel: str, va
 def curve_figures(ctx: Context) -> list[Figure]:
     main = _main_or_all(ctx.variations)
     return [
-        _curve_figure("accuracy_vs_rounds", "test accuracy of the global model per round (mean over seeds, ± std band)",
-                      _curve_series(main, "accuracy", 100), "Test accuracy (%)"),
-        _curve_figure("quantized_accuracy_vs_rounds", "mean test accuracy of the clients' quantized models per round",
-                      _curve_series(main, "quant_accuracy", 100),
-                      "Test accuracy of the quantized client models,\nmean over clients (%)"),
-        _curve_figure("agreement_vs_rounds", "student-teacher top-1 agreement per round (distillation methods)",
-                      _curve_series(main, "agreement", 100), "Student-teacher top-1 agreement (%)"),
-        _curve_figure("grad_norm_vs_rounds", "mean L2 norm of the clients' gradients per round",
-                      _curve_series(main, "grad_norm"), "Gradient L2 norm, mean over clients and steps",
-                      "{:.3g}"),
+        _curve_figure(
+            "accuracy_vs_rounds",
+            "test accuracy of the global model per round (mean over seeds, ± std band)",
+            _curve_series(main, "accuracy", 100),
+            "Test accuracy (%)",
+        ),
+        _curve_figure(
+            "quantized_accuracy_vs_rounds",
+            "mean test accuracy of the clients' quantized models per round",
+            _curve_series(main, "quant_accuracy", 100),
+            "Test accuracy of the quantized client models,\nmean over clients (%)",
+        ),
+        _curve_figure(
+            "agreement_vs_rounds",
+            "student-teacher top-1 agreement per round (distillation methods)",
+            _curve_series(main, "agreement", 100),
+            "Student-teacher top-1 agreement (%)",
+        ),
+        _curve_figure(
+            "grad_norm_vs_rounds",
+            "mean L2 norm of the clients' gradients per round",
+            _curve_series(main, "grad_norm"),
+            "Gradient L2 norm, mean over clients and steps",
+            "{:.3g}",
+        ),
         _kd_losses_figure(main),
     ]
 
 
 def _kd_losses_figure(variations: dict[str, dict[str, Any]]) -> Figure:
     """Task, bit and distillation loss per round side by side."""
-    name, caption = "kd_losses_vs_rounds", "loss components per round: task (cross-entropy), bit regularizer, distillation"
+    name, caption = (
+        "kd_losses_vs_rounds",
+        "loss components per round: task (cross-entropy), bit regularizer, distillation",
+    )
     if not any(v["kd_loss_per_round_mean"] is not None for v in variations.values()):
         return Figure(name, caption, why="no variation records kd_loss")
-    panels = [(c, t) for c, t in (("task_loss", "Task loss (cross-entropy, nats)"), ("bit_loss", "Bit loss (group lasso)"),
-                                  ("kd_loss", "Distillation loss (T² · KL, nats)"))
-              if any(v[f"{c}_per_round_mean"] is not None for v in variations.values())]
+    panels = [
+        (c, t)
+        for c, t in (
+            ("task_loss", "Task loss (cross-entropy, nats)"),
+            ("bit_loss", "Bit loss (group lasso)"),
+            ("kd_loss", "Distillation loss (T² · KL, nats)"),
+        )
+        if any(v[f"{c}_per_round_mean"] is not None for v in variations.values())
+    ]
 
     def draw(path: Path) -> None:
         plt = pyplot()
@@ -97,6 +146,7 @@ def _kd_losses_figure(variations: dict[str, dict[str, Any]]) -> Figure:
         for ax, (curve, ylabel) in zip(axes[0], panels):
             line_plot(ax, _curve_series(variations, curve), "Communication round", ylabel, "{:.3g}")
         save(fig, path)
+
     return Figure(name, caption, draw)
 
 
@@ -105,14 +155,27 @@ def axis_figures(ctx: Context) -> list[Figure]:
     figures = []
     for axis, short in axis_names(sorted(ctx.robustness)).items():
         rows = ctx.robustness[axis]["methods"]
-        members = {row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={_value_label(row['value'])}"
-                   for strategy, points in rows.items() for row in points}
+        members = {
+            row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={_value_label(row['value'])}"
+            for strategy, points in rows.items()
+            for row in points
+        }
         shown = {n: ctx.variations[n] for n in members if ctx.variations[n]["rounds"]}
-        figures.append(_curve_figure(f"accuracy_vs_rounds_axis_{short}",
-                                     f"test accuracy per round along the {axis} axis",
-                                     _curve_series(shown, "accuracy", 100, members), "Test accuracy (%)"))
-        figures.append(Figure(f"robustness_{short}", f"final accuracy against {axis} per method (± std)",
-                              lambda path, a=axis, r=rows: _robustness_plot(a, r, path)))
+        figures.append(
+            _curve_figure(
+                f"accuracy_vs_rounds_axis_{short}",
+                f"test accuracy per round along the {axis} axis",
+                _curve_series(shown, "accuracy", 100, members),
+                "Test accuracy (%)",
+            )
+        )
+        figures.append(
+            Figure(
+                f"robustness_{short}",
+                f"final accuracy against {axis} per method (± std)",
+                lambda path, a=axis, r=rows: _robustness_plot(a, r, path),
+            )
+        )
     return figures
 
 
@@ -139,8 +202,16 @@ def _robustness_plot(axis: str, rows: dict[str, list[dict[str, Any]]], path: Pat
     low, high = ax.get_ylim()
     for value, labels in labels_at.items():
         for (y, text, color), y_text in zip(labels, spread([lab[0] for lab in labels], (high - low) * 0.06)):
-            ax.annotate(text, xy=(position[value], y), xytext=(position[value] + 0.12, y_text), textcoords="data",
-                        fontsize=7, va="center", color=color, bbox=LABEL_BOX)
+            ax.annotate(
+                text,
+                xy=(position[value], y),
+                xytext=(position[value] + 0.12, y_text),
+                textcoords="data",
+                fontsize=7,
+                va="center",
+                color=color,
+                bbox=LABEL_BOX,
+            )
     ax.set_xticks(range(len(values)), [_value_label(v) for v in values])
     ax.set_xlim(-0.5, len(values) - 0.3)
     ax.set_xlabel(AXIS_LABELS.get(axis, axis))
@@ -150,8 +221,16 @@ def _robustness_plot(axis: str, rows: dict[str, list[dict[str, Any]]], path: Pat
     save(fig, path)
 
 
-def _bars(name: str, caption: str, variations: dict[str, dict[str, Any]], parts: list[tuple[str, str]],
-          ylabel: str, scale: float = 1.0, value_format: str = "{:.1f}", log: bool = False) -> Figure:
+def _bars(
+    name: str,
+    caption: str,
+    variations: dict[str, dict[str, Any]],
+    parts: list[tuple[str, str]],
+    ylabel: str,
+    scale: float = 1.0,
+    value_format: str = "{:.1f}",
+    log: bool = False,
+) -> Figure:
     """Bars of variation scalars (parts: (scalar key, series label)), only series and variations with data."""
     parts = [(k, label) for k, label in parts if any(v[k]["mean"] is not None for v in variations.values())]
     names = [n for n, v in variations.items() if any(v[k]["mean"] is not None for k, _ in parts)]
@@ -161,8 +240,12 @@ def _bars(name: str, caption: str, variations: dict[str, dict[str, Any]], parts:
     def value(stat: float | None) -> float | None:
         return None if stat is None else scale * stat
 
-    series = [BarSeries(label, [value(variations[n][k]["mean"]) for n in names],
-                        [value(variations[n][k]["std"]) for n in names]) for k, label in parts]
+    series = [
+        BarSeries(
+            label, [value(variations[n][k]["mean"]) for n in names], [value(variations[n][k]["std"]) for n in names]
+        )
+        for k, label in parts
+    ]
     counts = [variations[n]["n"] for n in names]
     return Figure(name, caption, lambda path: bar_figure(names, series, path, ylabel, value_format, log, counts))
 
@@ -170,41 +253,93 @@ def _bars(name: str, caption: str, variations: dict[str, dict[str, Any]], parts:
 def _gap_figure(ctx: Context) -> Figure:
     """Full precision's final accuracy minus each quantized variation's, in the same setting."""
     name, caption = "gap_to_full_precision", "final accuracy of full precision minus each quantized variation (points)"
-    gaps = {n: m["gap_to_full_precision_points"] for n, m in ctx.methods.items()
-            if m["gap_to_full_precision_points"] is not None and is_quantized(ctx.variations[n]["strategy"])}
+    gaps = {
+        n: m["gap_to_full_precision_points"]
+        for n, m in ctx.methods.items()
+        if m["gap_to_full_precision_points"] is not None and is_quantized(ctx.variations[n]["strategy"])
+    }
     if not gaps:
         return Figure(name, caption, why="no quantized variation with a full-precision run in the same setting")
     names = list(gaps)
     series = [BarSeries("gap (points)", [gaps[n] for n in names])]
     counts = [ctx.variations[n]["n"] for n in names]
-    return Figure(name, caption, lambda path: bar_figure(names, series, path, "Gap to full precision (percentage points)",
-                                                         "{:.2f}", counts=counts))
+    return Figure(
+        name,
+        caption,
+        lambda path: bar_figure(
+            names, series, path, "Gap to full precision (percentage points)", "{:.2f}", counts=counts
+        ),
+    )
 
 
 def bar_figures(ctx: Context) -> list[Figure]:
     variations = ctx.variations
     return [
-        _bars("final_accuracy", "final test accuracy per variation (mean ± std over seeds)", variations,
-              [("final_accuracy", "mean over seeds")], "Final test accuracy (%)", 100),
-        _bars("auc_accuracy", "area under the accuracy-vs-round curve (= mean accuracy over rounds)", variations,
-              [("auc_accuracy", "mean over seeds")], "AUC of accuracy vs rounds\n(mean accuracy over rounds, %)", 100),
+        _bars(
+            "final_accuracy",
+            "final test accuracy per variation (mean ± std over seeds)",
+            variations,
+            [("final_accuracy", "mean over seeds")],
+            "Final test accuracy (%)",
+            100,
+        ),
+        _bars(
+            "auc_accuracy",
+            "area under the accuracy-vs-round curve (= mean accuracy over rounds)",
+            variations,
+            [("auc_accuracy", "mean over seeds")],
+            "AUC of accuracy vs rounds\n(mean accuracy over rounds, %)",
+            100,
+        ),
         _gap_figure(ctx),
-        _bars("bits_per_round", "bits communicated per round, all clients, up and down", variations,
-              [("mean_bits_up_per_round", "up (clients to server)"),
-               ("mean_bits_down_per_round", "down (server to clients)")],
-              "Bits per round (Mbit, log scale)", 1e-6, "{:.3g}", log=True),
-        _bars("round_time", "wall time per round (server) and summed client compute time", variations,
-              [("mean_round_time_s", "round wall time (server)"),
-               ("mean_client_compute_s", "client compute (sum over clients)")],
-              "Seconds per round (s)", 1.0, "{:.4g}"),
-        _bars("flops_per_round", "training FLOPs per round of the students and of the teacher forward passes",
-              variations, [("mean_train_flops_per_round", "student training"),
-                           ("mean_teacher_flops_per_round", "teacher forward")],
-              "FLOPs per round, all clients (GFLOP)", 1e-9, "{:.4g}"),
-        _bars("peak_memory", "peak resident memory (RSS) and GPU memory of clients and server", variations,
-              [("peak_client_rss_mb", "client RSS"), ("peak_server_rss_mb", "server RSS"),
-               ("peak_client_gpu_mb", "client GPU"), ("peak_server_gpu_mb", "server GPU")],
-              "Peak memory (MB)", 1.0, "{:.0f}"),
+        _bars(
+            "bits_per_round",
+            "bits communicated per round, all clients, up and down",
+            variations,
+            [
+                ("mean_bits_up_per_round", "up (clients to server)"),
+                ("mean_bits_down_per_round", "down (server to clients)"),
+            ],
+            "Bits per round (Mbit, log scale)",
+            1e-6,
+            "{:.3g}",
+            log=True,
+        ),
+        _bars(
+            "round_time",
+            "wall time per round (server) and summed client compute time",
+            variations,
+            [
+                ("mean_round_time_s", "round wall time (server)"),
+                ("mean_client_compute_s", "client compute (sum over clients)"),
+            ],
+            "Seconds per round (s)",
+            1.0,
+            "{:.4g}",
+        ),
+        _bars(
+            "flops_per_round",
+            "training FLOPs per round of the students and of the teacher forward passes",
+            variations,
+            [("mean_train_flops_per_round", "student training"), ("mean_teacher_flops_per_round", "teacher forward")],
+            "FLOPs per round, all clients (GFLOP)",
+            1e-9,
+            "{:.4g}",
+        ),
+        _bars(
+            "peak_memory",
+            "peak resident memory (RSS) and GPU memory of clients and server",
+            variations,
+            [
+                ("peak_client_rss_mb", "client RSS"),
+                ("peak_server_rss_mb", "server RSS"),
+                ("peak_client_gpu_mb", "client GPU"),
+                ("peak_server_gpu_mb", "server GPU"),
+            ],
+            "Peak memory (MB)",
+            1.0,
+            "{:.0f}",
+        ),
     ]
 
 
@@ -212,13 +347,18 @@ def per_variation_figures(ctx: Context) -> list[Figure]:
     """Bit-width histograms, bit-allocation heatmaps and t-SNE pairs of each quantized variation."""
     quantized = [n for n, v in ctx.variations.items() if is_quantized(v["strategy"])]
     if not quantized:
-        return [Figure(topic, "", why="no quantized variation")
-                for topic in ("bit_histogram", "bit_allocation_heatmap", "tsne")]
+        return [
+            Figure(topic, "", why="no quantized variation")
+            for topic in ("bit_histogram", "bit_allocation_heatmap", "tsne")
+        ]
     figures = []
     for name in quantized:
         first = ctx.groups[name][0]
-        figures += [bit_figures.histogram_figure(name, first), bit_figures.heatmap_figure(name, first),
-                    tsne.pair_figure(name, first)]
+        figures += [
+            bit_figures.histogram_figure(name, first),
+            bit_figures.heatmap_figure(name, first),
+            tsne.pair_figure(name, first),
+        ]
     return figures
 
 

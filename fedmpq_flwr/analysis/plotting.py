@@ -33,8 +33,10 @@ class Figure:
 def pyplot() -> Any:
     """matplotlib.pyplot on the Agg backend (imported lazily: importing the analyzer stays light)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -65,8 +67,7 @@ def legend_columns(entries: int) -> int:
 
 def legend(ax: Any, entries: int) -> None:
     """Legend below the axes, where it can cover no line or label."""
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=legend_columns(entries),
-              frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=legend_columns(entries), frameon=False)
 
 
 def spread(values: Sequence[float], min_gap: float) -> list[float]:
@@ -101,6 +102,7 @@ def figure_height(entries: int, base: float = 4.0) -> float:
 def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_format: str = "{:.1f}") -> None:
     """Lines with std bands and the last value of each written at its end."""
     from matplotlib.ticker import MaxNLocator
+
     ends = []
     for position, s in enumerate(series):
         i = position if s.style_index is None else s.style_index
@@ -108,8 +110,15 @@ def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_for
         (line,) = ax.plot(x, mean, markevery=max(1, len(x) // 10), markersize=4, label=s.label, **style(i))
         if s.std is not None:
             std = np.asarray(s.std, dtype=float)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15,
-                            hatch=HATCHES[i % len(HATCHES)], linewidth=0)
+            ax.fill_between(
+                x,
+                mean - std,
+                mean + std,
+                color=line.get_color(),
+                alpha=0.15,
+                hatch=HATCHES[i % len(HATCHES)],
+                linewidth=0,
+            )
         ends.append((x[-1], mean[-1], line.get_color()))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -125,9 +134,17 @@ def line_plot(ax: Any, series: list[Series], xlabel: str, ylabel: str, value_for
     low, high = ax.get_ylim()
     heights = spread([e[1] for e in ends], (high - low) * 0.045)
     for (x_end, y_end, color), y_label in zip(ends, heights):
-        ax.annotate(value_format.format(y_end), xy=(x_end, y_end), xytext=(x_end + 0.04 * x_span, y_label),
-                    textcoords="data", va="center", fontsize=7, color=color, bbox=LABEL_BOX,
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": color})
+        ax.annotate(
+            value_format.format(y_end),
+            xy=(x_end, y_end),
+            xytext=(x_end + 0.04 * x_span, y_label),
+            textcoords="data",
+            va="center",
+            fontsize=7,
+            color=color,
+            bbox=LABEL_BOX,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": color},
+        )
     legend(ax, len(series))
 
 
@@ -147,8 +164,15 @@ class BarSeries:
     stds: Sequence[float | None] | None = None
 
 
-def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: str, value_format: str = "{:.1f}",
-               log: bool = False, counts: Sequence[int] | None = None) -> None:
+def bar_figure(
+    names: list[str],
+    series: list[BarSeries],
+    path: Path,
+    ylabel: str,
+    value_format: str = "{:.1f}",
+    log: bool = False,
+    counts: Sequence[int] | None = None,
+) -> None:
     """Bars per name (grouped for several series), std error bars, the value above every bar; hatches
     tell the bars apart without colour, and the figure widens with the number of bars."""
     plt = pyplot()
@@ -164,8 +188,17 @@ def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: st
         stds = np.array([np.nan if sd is None else sd for sd in (s.stds or [None] * groups)], dtype=float)
         error_label = {} if has_std or np.isnan(stds).all() else {"label": "± 1 std over seeds"}
         has_std = has_std or bool(error_label)
-        bars = ax.bar(x + (j - (per_group - 1) / 2) * width, np.nan_to_num(means), width, yerr=stds, capsize=3,
-                      edgecolor="black", color=GRAYS[j % len(GRAYS)], label=s.label, error_kw=error_label)
+        bars = ax.bar(
+            x + (j - (per_group - 1) / 2) * width,
+            np.nan_to_num(means),
+            width,
+            yerr=stds,
+            capsize=3,
+            edgecolor="black",
+            color=GRAYS[j % len(GRAYS)],
+            label=s.label,
+            error_kw=error_label,
+        )
         for i, bar in enumerate(bars):
             bar.set_hatch(HATCHES[(i if per_group == 1 else j) % len(HATCHES)])
             if np.isnan(means[i]):
@@ -173,10 +206,16 @@ def bar_figure(names: list[str], series: list[BarSeries], path: Path, ylabel: st
             top = means[i] + (0.0 if np.isnan(stds[i]) else stds[i])
             tops.append(top)
             lows.append(means[i])
-            ax.annotate(value_format.format(means[i]), (bar.get_x() + bar.get_width() / 2,
-                                                        top * 1.08 if log else max(top, 0.0)),
-                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7,
-                        rotation=90 if rotate else 0)
+            ax.annotate(
+                value_format.format(means[i]),
+                (bar.get_x() + bar.get_width() / 2, top * 1.08 if log else max(top, 0.0)),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90 if rotate else 0,
+            )
     labels = [wrap(n) + ("" if counts is None else f"\n(n={counts[i]})") for i, n in enumerate(names)]
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_xlabel("Variation")

@@ -16,8 +16,10 @@ FULL_PRECISION = "fedavg"
 FEDMPQ = "fedmpq"
 PROPOSED = "fedmpq_kd"
 FULL_PRECISION_STRATEGIES = {FULL_PRECISION}
-CHOICE_RULE = ("main variation (axis \"\") of the strategy; among several, the one named like the "
-               "strategy, then one with 'main' in its name, then the first by name")
+CHOICE_RULE = (
+    'main variation (axis "") of the strategy; among several, the one named like the '
+    "strategy, then one with 'main' in its name, then the first by name"
+)
 
 
 def is_kd(strategy: str | None) -> bool:
@@ -59,9 +61,14 @@ def main_variation(variations: dict[str, dict[str, Any]], strategy: str) -> str 
 
 def best_quantized_baseline(variations: dict[str, dict[str, Any]]) -> str | None:
     """The main variation of a quantized strategy without distillation with the highest mean final accuracy."""
-    candidates = sorted(n for n, v in variations.items()
-                        if v["axis"] == "" and is_quantized(v["strategy"]) and not is_kd(v["strategy"])
-                        and v["final_accuracy"]["mean"] is not None)
+    candidates = sorted(
+        n
+        for n, v in variations.items()
+        if v["axis"] == ""
+        and is_quantized(v["strategy"])
+        and not is_kd(v["strategy"])
+        and v["final_accuracy"]["mean"] is not None
+    )
     return max(candidates, key=lambda n: variations[n]["final_accuracy"]["mean"]) if candidates else None
 
 
@@ -73,12 +80,13 @@ def choose_references(variations: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "proposed": main_variation(variations, PROPOSED),
         "best_quantized_baseline": best_quantized_baseline(variations),
         "rule": CHOICE_RULE + "; best quantized baseline: the main variation of a quantized strategy "
-                "without distillation with the highest mean final accuracy",
+        "without distillation with the highest mean final accuracy",
     }
 
 
-def partner(name: str, strategy: str, variations: dict[str, dict[str, Any]],
-            axis_values: dict[str, dict[str, Any]]) -> str | None:
+def partner(
+    name: str, strategy: str, variations: dict[str, dict[str, Any]], axis_values: dict[str, dict[str, Any]]
+) -> str | None:
     """The variation of `strategy` run in the same setting as variation `name`: itself when it is of
     that strategy; for a main variation the strategy's main variation; for an axis variation the one
     on the same axis at the same value, else the main variation when it sits at that value or the
@@ -91,8 +99,11 @@ def partner(name: str, strategy: str, variations: dict[str, dict[str, Any]],
     if not axis:
         return main
     value = axis_values[name].get(axis)
-    same_axis = sorted(n for n, v in variations.items() if v["strategy"] == strategy
-                       and v["axis"] == axis and same_value(axis_values[n].get(axis), value))
+    same_axis = sorted(
+        n
+        for n, v in variations.items()
+        if v["strategy"] == strategy and v["axis"] == axis and same_value(axis_values[n].get(axis), value)
+    )
     if same_axis:
         return same_axis[0]
     if main is not None and (not axis_matters(axis, strategy) or same_value(axis_values[main].get(axis), value)):

@@ -36,36 +36,100 @@ def _accuracy_table(comparison: dict[str, Any]) -> list[str]:
     rows = []
     for name, var in comparison["variations"].items():
         m = comparison["methods"][name]
-        rows.append([name, var["strategy"] or "–", var["axis"] or "main", _num(var["axis_value"], "g"), str(var["n"]),
-                     _mean_std(var["final_accuracy"]), _mean_std(var["best_accuracy"]), _mean_std(var["auc_accuracy"]),
-                     _mean_std(var["final_quant_accuracy_mean"]), _num(m["rounds_to_target"], "d"),
-                     _num(m["gap_to_full_precision_points"]), _num(m["gap_closed_vs_fedmpq"], ".1%")])
-    return _table(["variation", "strategy", "axis", "value", "n", "final acc. (%)", "best acc. (%)", "AUC (%)",
-                   "quantized final acc. (%)", "rounds to target", "gap to FP (points)", "FedMPQ gap closed"], rows)
+        rows.append(
+            [
+                name,
+                var["strategy"] or "–",
+                var["axis"] or "main",
+                _num(var["axis_value"], "g"),
+                str(var["n"]),
+                _mean_std(var["final_accuracy"]),
+                _mean_std(var["best_accuracy"]),
+                _mean_std(var["auc_accuracy"]),
+                _mean_std(var["final_quant_accuracy_mean"]),
+                _num(m["rounds_to_target"], "d"),
+                _num(m["gap_to_full_precision_points"]),
+                _num(m["gap_closed_vs_fedmpq"], ".1%"),
+            ]
+        )
+    return _table(
+        [
+            "variation",
+            "strategy",
+            "axis",
+            "value",
+            "n",
+            "final acc. (%)",
+            "best acc. (%)",
+            "AUC (%)",
+            "quantized final acc. (%)",
+            "rounds to target",
+            "gap to FP (points)",
+            "FedMPQ gap closed",
+        ],
+        rows,
+    )
 
 
 def _cost_table(comparison: dict[str, Any]) -> list[str]:
     rows = []
     for name, var in comparison["variations"].items():
         m = comparison["methods"][name]
-        rows.append([name, _mean_std(var["mean_bits_up_per_round"], 1e-6, ".3g"),
-                     _mean_std(var["mean_bits_down_per_round"], 1e-6, ".3g"),
-                     _mean_std(var["mean_round_time_s"], 1.0, ".4g"), _mean_std(var["mean_client_compute_s"], 1.0, ".4g"),
-                     m["overhead_reference"] or "–", _pct(m["round_time_overhead"]), _pct(m["client_compute_overhead"]),
-                     _mean_std(var["mean_train_flops_per_round"], 1e-9, ".4g"),
-                     _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".4g"),
-                     _mean_std(var["peak_client_rss_mb"], 1.0, ".0f"), _mean_std(var["peak_server_rss_mb"], 1.0, ".0f"),
-                     _mean_std(var["peak_client_gpu_mb"], 1.0, ".0f"), _mean_std(var["peak_server_gpu_mb"], 1.0, ".0f")])
-    return _table(["variation", "bits up / round (Mbit)", "bits down / round (Mbit)", "s / round",
-                   "client compute s / round", "overhead vs", "wall-time overhead", "client-compute overhead",
-                   "train GFLOP / round", "teacher GFLOP / round", "client peak RSS (MB)", "server peak RSS (MB)",
-                   "client peak GPU (MB)", "server peak GPU (MB)"], rows)
+        rows.append(
+            [
+                name,
+                _mean_std(var["mean_bits_up_per_round"], 1e-6, ".3g"),
+                _mean_std(var["mean_bits_down_per_round"], 1e-6, ".3g"),
+                _mean_std(var["mean_round_time_s"], 1.0, ".4g"),
+                _mean_std(var["mean_client_compute_s"], 1.0, ".4g"),
+                m["overhead_reference"] or "–",
+                _pct(m["round_time_overhead"]),
+                _pct(m["client_compute_overhead"]),
+                _mean_std(var["mean_train_flops_per_round"], 1e-9, ".4g"),
+                _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".4g"),
+                _mean_std(var["peak_client_rss_mb"], 1.0, ".0f"),
+                _mean_std(var["peak_server_rss_mb"], 1.0, ".0f"),
+                _mean_std(var["peak_client_gpu_mb"], 1.0, ".0f"),
+                _mean_std(var["peak_server_gpu_mb"], 1.0, ".0f"),
+            ]
+        )
+    return _table(
+        [
+            "variation",
+            "bits up / round (Mbit)",
+            "bits down / round (Mbit)",
+            "s / round",
+            "client compute s / round",
+            "overhead vs",
+            "wall-time overhead",
+            "client-compute overhead",
+            "train GFLOP / round",
+            "teacher GFLOP / round",
+            "client peak RSS (MB)",
+            "server peak RSS (MB)",
+            "client peak GPU (MB)",
+            "server peak GPU (MB)",
+        ],
+        rows,
+    )
 
 
 def _tests_table(tests: list[dict[str, Any]]) -> list[str]:
-    rows = [[t["a"], t["b"], t["metric"], f"{t['n_a']} / {t['n_b']}", _num(t["mean_a"], ".2f", 100),
-             _num(t["mean_b"], ".2f", 100), _num(t["diff_points"], "+.2f"), _num(t["t"], ".3f"), _num(t["p"], ".4g"),
-             t["note"] or ""] for t in tests]
+    rows = [
+        [
+            t["a"],
+            t["b"],
+            t["metric"],
+            f"{t['n_a']} / {t['n_b']}",
+            _num(t["mean_a"], ".2f", 100),
+            _num(t["mean_b"], ".2f", 100),
+            _num(t["diff_points"], "+.2f"),
+            _num(t["t"], ".3f"),
+            _num(t["p"], ".4g"),
+            t["note"] or "",
+        ]
+        for t in tests
+    ]
     return _table(["A", "B", "metric", "n A / B", "mean A (%)", "mean B (%)", "A − B (points)", "t", "p", "note"], rows)
 
 
@@ -105,22 +169,43 @@ def _robustness_tables(robustness: dict[str, Any]) -> list[str]:
 def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]) -> str:
     """The whole report as markdown (figures: the written ones, with path and caption)."""
     ref, target = comparison["reference"], comparison["target_accuracy"]
-    lines = [f"# Results: {title}", "",
-             f"Accuracies in % (mean ± sample std over seeds); differences in percentage points. "
-             f"Full-precision reference: {ref['full_precision'] or '–'}; FedMPQ: {ref['fedmpq'] or '–'}; "
-             f"proposed: {ref['proposed'] or '–'}; best quantized baseline: {ref['best_quantized_baseline'] or '–'} "
-             f"({ref['rule']}).", "",
-             f"Target accuracy: {_num(target['value'], '.2f', 100)} % ({target['source']}).", "",
-             "## Success criteria", "", *_criteria_block(comparison["success_criteria"]), "",
-             "## Accuracy", "", *_accuracy_table(comparison), "",
-             "## Costs per round", "", *_cost_table(comparison), "",
-             "## Welch t-tests over seeds", "",
-             *(_tests_table(comparison["tests"]) if comparison["tests"] else ["No pair of methods to test."]), "",
-             "## Robustness along the axes", "", *_robustness_tables(comparison["robustness"]),
-             "## Incomplete runs (left out of the statistics)", ""]
+    lines = [
+        f"# Results: {title}",
+        "",
+        f"Accuracies in % (mean ± sample std over seeds); differences in percentage points. "
+        f"Full-precision reference: {ref['full_precision'] or '–'}; FedMPQ: {ref['fedmpq'] or '–'}; "
+        f"proposed: {ref['proposed'] or '–'}; best quantized baseline: {ref['best_quantized_baseline'] or '–'} "
+        f"({ref['rule']}).",
+        "",
+        f"Target accuracy: {_num(target['value'], '.2f', 100)} % ({target['source']}).",
+        "",
+        "## Success criteria",
+        "",
+        *_criteria_block(comparison["success_criteria"]),
+        "",
+        "## Accuracy",
+        "",
+        *_accuracy_table(comparison),
+        "",
+        "## Costs per round",
+        "",
+        *_cost_table(comparison),
+        "",
+        "## Welch t-tests over seeds",
+        "",
+        *(_tests_table(comparison["tests"]) if comparison["tests"] else ["No pair of methods to test."]),
+        "",
+        "## Robustness along the axes",
+        "",
+        *_robustness_tables(comparison["robustness"]),
+        "## Incomplete runs (left out of the statistics)",
+        "",
+    ]
     incomplete = comparison["incomplete_runs"]
-    rows = [[r["run_id"], r["status"], f"{r['rounds_completed']} / {_num(r['num_rounds_planned'], 'd')}", r["reason"]]
-            for r in incomplete]
+    rows = [
+        [r["run_id"], r["status"], f"{r['rounds_completed']} / {_num(r['num_rounds_planned'], 'd')}", r["reason"]]
+        for r in incomplete
+    ]
     lines += _table(["run", "status", "rounds recorded / planned", "reason"], rows) if rows else ["None."]
     lines += ["", "## Figures", ""]
     lines += [f"- `{f['path']}`: {f['caption']}" for f in figures] or ["None written."]

@@ -16,29 +16,62 @@ import numpy as np
 import yaml
 
 from fedmpq_flwr.config import flatten
-from fedmpq_flwr.results import (CONFIG_FILE, METRICS_FILE, ROUND_FROM_CLIENTS, STATUS_COMPLETED, has_completed_status,
-                                 read_metrics, read_results, round_from_clients, summarize_history)
+from fedmpq_flwr.results import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    ROUND_FROM_CLIENTS,
+    STATUS_COMPLETED,
+    has_completed_status,
+    read_metrics,
+    read_results,
+    round_from_clients,
+    summarize_history,
+)
 
 ACCURACY_KEYS = ("final_accuracy", "best_accuracy", "auc_accuracy")
 # Last-round values of quantized methods (None for full-precision runs): summary name -> metrics key.
-FINAL_VALUES = {"final_quant_accuracy_mean": "quant_test_accuracy_mean",
-                "final_quant_accuracy_min": "quant_test_accuracy_min", "final_avg_bits": "avg_bits"}
+FINAL_VALUES = {
+    "final_quant_accuracy_mean": "quant_test_accuracy_mean",
+    "final_quant_accuracy_min": "quant_test_accuracy_min",
+    "final_avg_bits": "avg_bits",
+}
 # Per-round means over rounds: summary name -> round key.
-ROUND_MEANS = {"mean_round_time_s": "round_time_s", "mean_client_time_s": "client_time_s",
-               "mean_client_compute_s": "client_compute_s", "mean_bits_up_per_round": "bits_up",
-               "mean_bits_down_per_round": "bits_down", "mean_bits_total_per_round": "bits_total",
-               "mean_train_flops_per_round": "train_flops", "mean_teacher_flops_per_round": "teacher_flops"}
+ROUND_MEANS = {
+    "mean_round_time_s": "round_time_s",
+    "mean_client_time_s": "client_time_s",
+    "mean_client_compute_s": "client_compute_s",
+    "mean_bits_up_per_round": "bits_up",
+    "mean_bits_down_per_round": "bits_down",
+    "mean_bits_total_per_round": "bits_total",
+    "mean_train_flops_per_round": "train_flops",
+    "mean_teacher_flops_per_round": "teacher_flops",
+}
 # Peaks over rounds: summary name -> round key.
-ROUND_PEAKS = {"peak_client_rss_mb": "client_peak_rss_mb", "peak_server_rss_mb": "server_peak_rss_mb",
-               "peak_client_gpu_mb": "client_peak_gpu_mb", "peak_server_gpu_mb": "server_peak_gpu_mb"}
+ROUND_PEAKS = {
+    "peak_client_rss_mb": "client_peak_rss_mb",
+    "peak_server_rss_mb": "server_peak_rss_mb",
+    "peak_client_gpu_mb": "client_peak_gpu_mb",
+    "peak_server_gpu_mb": "server_peak_gpu_mb",
+}
 # Per-run scalars aggregated across seeds in each variation (add a key here to aggregate it).
-VARIATION_SCALARS = (ACCURACY_KEYS + tuple(ROUND_MEANS) + ("total_bits_up", "total_bits_down")
-                     + tuple(ROUND_PEAKS) + tuple(FINAL_VALUES))
+VARIATION_SCALARS = (
+    ACCURACY_KEYS + tuple(ROUND_MEANS) + ("total_bits_up", "total_bits_down") + tuple(ROUND_PEAKS) + tuple(FINAL_VALUES)
+)
 # Per-round curves averaged across seeds: name prefix -> round key (None when a run lacks it).
-CURVES = {"accuracy": "test_accuracy", "quant_accuracy": "quant_test_accuracy_mean", "bits_up": "bits_up",
-          "bits_down": "bits_down", "round_time": "round_time_s", "train_loss": "train_loss",
-          "task_loss": "task_loss", "bit_loss": "bit_loss", "kd_loss": "kd_loss", "agreement": "agreement",
-          "grad_norm": "grad_norm", "avg_bits": "avg_bits"}
+CURVES = {
+    "accuracy": "test_accuracy",
+    "quant_accuracy": "quant_test_accuracy_mean",
+    "bits_up": "bits_up",
+    "bits_down": "bits_down",
+    "round_time": "round_time_s",
+    "train_loss": "train_loss",
+    "task_loss": "task_loss",
+    "bit_loss": "bit_loss",
+    "kd_loss": "kd_loss",
+    "agreement": "agreement",
+    "grad_norm": "grad_norm",
+    "avg_bits": "avg_bits",
+}
 RUN_LABELS = ("variation", "description", "strategy", "model", "dataset", "axis", "axis_value", "dataset_alpha")
 INCOMPLETE_REASONS = {
     "failed-no-metrics": "no complete results.json and no metrics recorded (crashed before round 1)",
@@ -96,9 +129,11 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """One run's summary row (plus its `history` and `config`, dropped before writing JSON)."""
     config, results = read_config(run_dir), read_results(run_dir)
     metrics, torn_lines = read_metrics(run_dir)
-    history = [r for r in (metrics or (results or {}).get("history") or [])
-               if isinstance(r, dict) and isinstance(r.get("round"), int)
-               and isinstance(r.get("test_accuracy"), (int, float))]
+    history = [
+        r
+        for r in (metrics or (results or {}).get("history") or [])
+        if isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("test_accuracy"), (int, float))
+    ]
     history.sort(key=lambda r: r["round"])
     status = STATUS_COMPLETED if has_completed_status(results) else ("incomplete" if history else "failed-no-metrics")
     run_id = str(config.get("run_id") or run_dir.name)
@@ -146,8 +181,9 @@ def incomplete_reason(run: dict[str, Any]) -> str | None:
 
 def find_run_dirs(results_dir: Path) -> list[Path]:
     """Sub-directories that hold a config.yaml or a metrics.jsonl, sorted by name."""
-    return sorted(d for d in results_dir.iterdir()
-                  if d.is_dir() and ((d / CONFIG_FILE).exists() or (d / METRICS_FILE).exists()))
+    return sorted(
+        d for d in results_dir.iterdir() if d.is_dir() and ((d / CONFIG_FILE).exists() or (d / METRICS_FILE).exists())
+    )
 
 
 def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -159,11 +195,14 @@ def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any
         if reason is None:
             groups.setdefault(run["variation"], []).append(run)
         else:
-            incomplete.append({k: run[k] for k in ("run_id", "variation", "status", "rounds_completed",
-                                                   "num_rounds_planned")} | {"reason": reason})
+            incomplete.append(
+                {k: run[k] for k in ("run_id", "variation", "status", "rounds_completed", "num_rounds_planned")}
+                | {"reason": reason}
+            )
     for group in groups.values():
-        group.sort(key=lambda r: (not isinstance(r["seed"], int), r["seed"] if isinstance(r["seed"], int) else 0,
-                                  r["run_id"]))
+        group.sort(
+            key=lambda r: (not isinstance(r["seed"], int), r["seed"] if isinstance(r["seed"], int) else 0, r["run_id"])
+        )
     return dict(sorted(groups.items())), incomplete
 
 
@@ -196,8 +235,9 @@ def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for prefix, key in CURVES.items():
         values = curve_matrix(runs, key)
         curves[f"{prefix}_per_round_mean"] = None if values is None else values.mean(axis=0).tolist()
-        curves[f"{prefix}_per_round_std"] = (None if values is None or len(runs) < 2
-                                             else values.std(axis=0, ddof=1).tolist())
+        curves[f"{prefix}_per_round_std"] = (
+            None if values is None or len(runs) < 2 else values.std(axis=0, ddof=1).tolist()
+        )
     return {
         **{key: runs[0][key] for key in RUN_LABELS},
         "n": len(runs),

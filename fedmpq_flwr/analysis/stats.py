@@ -11,16 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from fedmpq_flwr.analysis.reference import (FEDMPQ, FULL_PRECISION, PROPOSED, is_quantized, main_variation,
-                                            overhead_reference_strategy, partner)
+from fedmpq_flwr.analysis.reference import (
+    FEDMPQ,
+    FULL_PRECISION,
+    PROPOSED,
+    is_quantized,
+    main_variation,
+    overhead_reference_strategy,
+    partner,
+)
 from fedmpq_flwr.analysis.runs import config_value, json_number
 
 DEFAULT_TARGET_SHARE = 0.9
 TESTED_METRICS = ("final_accuracy", "auc_accuracy", "final_quant_accuracy_mean")
 # Per-round costs compared with the overhead reference: output name -> variation scalar.
-OVERHEADS = {"round_time_overhead": "mean_round_time_s", "client_compute_overhead": "mean_client_compute_s",
-             "client_time_overhead": "mean_client_time_s", "bits_up_overhead": "mean_bits_up_per_round",
-             "bits_down_overhead": "mean_bits_down_per_round", "train_flops_overhead": "mean_train_flops_per_round"}
+OVERHEADS = {
+    "round_time_overhead": "mean_round_time_s",
+    "client_compute_overhead": "mean_client_compute_s",
+    "client_time_overhead": "mean_client_time_s",
+    "bits_up_overhead": "mean_bits_up_per_round",
+    "bits_down_overhead": "mean_bits_down_per_round",
+    "train_flops_overhead": "mean_train_flops_per_round",
+}
 
 
 def mean_of(variations: dict[str, dict[str, Any]], name: str | None, key: str) -> float | None:
@@ -38,14 +50,17 @@ def ratio_minus_one(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b - 1.0
 
 
-def axis_values(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def axis_values(
+    variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
     """Each variation's value of every axis key present (from its first run's config; inf stays a float)."""
     axes = sorted({v["axis"] for v in variations.values() if v["axis"]})
     return {name: {axis: config_value(groups[name][0]["config"], axis) for axis in axes} for name in variations}
 
 
-def choose_target(variations: dict[str, dict[str, Any]], references: dict[str, Any],
-                  override: float | None) -> dict[str, Any]:
+def choose_target(
+    variations: dict[str, dict[str, Any]], references: dict[str, Any], override: float | None
+) -> dict[str, Any]:
     """The accuracy 'rounds to target' counts up to, and where it comes from."""
     if override is not None:
         return {"value": override, "source": "--target-accuracy"}
@@ -55,10 +70,15 @@ def choose_target(variations: dict[str, dict[str, Any]], references: dict[str, A
         base = max(sorted(finals), key=finals.get)
     if base is None or base not in finals:
         return {"value": None, "source": "no completed variation"}
-    kind = ("the full-precision reference" if base == references["full_precision"]
-            else "the best variation (no full-precision run)")
-    return {"value": DEFAULT_TARGET_SHARE * finals[base],
-            "source": f"{DEFAULT_TARGET_SHARE:.0%} of the mean final accuracy of {kind} {base} ({finals[base]:.4f})"}
+    kind = (
+        "the full-precision reference"
+        if base == references["full_precision"]
+        else "the best variation (no full-precision run)"
+    )
+    return {
+        "value": DEFAULT_TARGET_SHARE * finals[base],
+        "source": f"{DEFAULT_TARGET_SHARE:.0%} of the mean final accuracy of {kind} {base} ({finals[base]:.4f})",
+    }
 
 
 def rounds_to_target(rounds: list[int], mean_curve: list[float] | None, target: float | None) -> int | None:
@@ -75,6 +95,7 @@ def welch(a: list[float], b: list[float]) -> dict[str, Any]:
     if np.var(a) == 0 and np.var(b) == 0:
         return {"t": None, "p": None, "note": "n/a: zero variance on both sides"}
     from scipy import stats as scipy_stats  # imported here: slow to import, needed only with 2+ seeds a side
+
     result = scipy_stats.ttest_ind(a, b, equal_var=False)
     return {"t": float(result.statistic), "p": float(result.pvalue), "note": None}
 
@@ -86,12 +107,22 @@ def compare(groups: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str
     if any(v is None for v in values_a + values_b):
         return None
     mean_a, mean_b = float(np.mean(values_a)), float(np.mean(values_b))
-    return {"a": a, "b": b, "metric": metric, "n_a": len(values_a), "n_b": len(values_b), "mean_a": mean_a,
-            "mean_b": mean_b, "diff_points": points(mean_a, mean_b), **welch(values_a, values_b)}
+    return {
+        "a": a,
+        "b": b,
+        "metric": metric,
+        "n_a": len(values_a),
+        "n_b": len(values_b),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "diff_points": points(mean_a, mean_b),
+        **welch(values_a, values_b),
+    }
 
 
-def derive_methods(variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[str, Any]],
-                   target: float | None) -> dict[str, dict[str, Any]]:
+def derive_methods(
+    variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[str, Any]], target: float | None
+) -> dict[str, dict[str, Any]]:
     """Per variation: rounds to target, gap to full precision, share of FedMPQ's gap closed (None
     when FedMPQ has no gap: it is not below full precision) and cost overheads against its
     like-with-like reference method."""
@@ -100,8 +131,12 @@ def derive_methods(variations: dict[str, dict[str, Any]], axis_vals: dict[str, d
         final = var["final_accuracy"]["mean"]
         fp, fm = (partner(name, s, variations, axis_vals) for s in (FULL_PRECISION, FEDMPQ))
         fp_final, fm_final = mean_of(variations, fp, "final_accuracy"), mean_of(variations, fm, "final_accuracy")
-        closes_gap = (is_quantized(var["strategy"]) and var["strategy"] != FEDMPQ
-                      and None not in (final, fp_final, fm_final) and fp_final > fm_final)
+        closes_gap = (
+            is_quantized(var["strategy"])
+            and var["strategy"] != FEDMPQ
+            and None not in (final, fp_final, fm_final)
+            and fp_final > fm_final
+        )
         gap_closed = (final - fm_final) / (fp_final - fm_final) if closes_gap else None
         ref_strategy = overhead_reference_strategy(var["strategy"])
         ref = partner(name, ref_strategy, variations, axis_vals) if ref_strategy else None
@@ -118,14 +153,19 @@ def derive_methods(variations: dict[str, dict[str, Any]], axis_vals: dict[str, d
     return methods
 
 
-def welch_tests(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
-                methods: dict[str, dict[str, Any]], references: dict[str, Any]) -> list[dict[str, Any]]:
+def welch_tests(
+    variations: dict[str, dict[str, Any]],
+    groups: dict[str, list[dict[str, Any]]],
+    methods: dict[str, dict[str, Any]],
+    references: dict[str, Any],
+) -> list[dict[str, Any]]:
     """Tests of each variation against its reference method, and of the proposed method against the
     best quantized baseline and full precision, on every metric both sides have."""
     pairs = [(n, m["overhead_reference"]) for n, m in methods.items() if m["overhead_reference"] not in (None, n)]
     proposed = references["proposed"]
-    pairs += [(proposed, references[k]) for k in ("best_quantized_baseline", "full_precision")
-              if proposed and references[k]]
+    pairs += [
+        (proposed, references[k]) for k in ("best_quantized_baseline", "full_precision") if proposed and references[k]
+    ]
     tests = []
     for a, b in dict.fromkeys(pairs):  # ordered, without duplicates
         tests += [t for t in (compare(groups, a, b, metric) for metric in TESTED_METRICS) if t is not None]
@@ -150,10 +190,16 @@ def robustness(variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[
             finals = {value: variations[n]["final_accuracy"] for value, n in at_value.items()}
             best = max((f["mean"] for f in finals.values() if f["mean"] is not None), default=None)
             per_method[strategy] = [
-                {"value": json_number(value), "variation": at_value[value], "n": variations[at_value[value]]["n"],
-                 "final_accuracy_mean": finals[value]["mean"], "final_accuracy_std": finals[value]["std"],
-                 "degradation_points": points(best, finals[value]["mean"])}
-                for value in sorted(at_value)]
+                {
+                    "value": json_number(value),
+                    "variation": at_value[value],
+                    "n": variations[at_value[value]]["n"],
+                    "final_accuracy_mean": finals[value]["mean"],
+                    "final_accuracy_std": finals[value]["std"],
+                    "degradation_points": points(best, finals[value]["mean"]),
+                }
+                for value in sorted(at_value)
+            ]
         diffs = []
         by_value = {s: {row["value"]: row["final_accuracy_mean"] for row in rows} for s, rows in per_method.items()}
         for value in sorted({float(v) for rows in by_value.values() for v in rows}):

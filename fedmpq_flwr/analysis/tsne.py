@@ -42,6 +42,7 @@ def embed(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray) -> tuple
     """Seeded subsample (at most MAX_POINTS // 2 per set) and a joint 2-D t-SNE: (teacher xy, student xy, labels)."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
+
     per_set = min(len(labels), MAX_POINTS // 2)
     index = np.sort(np.random.default_rng(SEED).choice(len(labels), per_set, replace=False))
     points = np.vstack([teacher[index], student[index]]).astype(np.float64)
@@ -53,8 +54,10 @@ def embed(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray) -> tuple
 
 def pair_figure(variation: str, run: dict[str, Any]) -> Figure:
     name = f"tsne_{slug(variation)}_pair1"
-    caption = (f"{variation}: t-SNE of penultimate features, teacher (full precision) beside student "
-               f"(quantized), one shared map (seed {run['seed']})")
+    caption = (
+        f"{variation}: t-SNE of penultimate features, teacher (full precision) beside student "
+        f"(quantized), one shared map (seed {run['seed']})"
+    )
     arrays = read_features(run)
     if isinstance(arrays, str):
         return Figure(name, caption, why=arrays)
@@ -70,15 +73,32 @@ def pair_figure(variation: str, run: dict[str, Any]) -> Figure:
         for ax, xy, title in zip(axes, (teacher, student), ("Teacher: full-precision global model", student_title)):
             for i, cls in enumerate(classes):
                 mask = labels == cls
-                ax.scatter(xy[mask, 0], xy[mask, 1], s=9, marker=MARKERS[i % len(MARKERS)], color=colors(i % 10),
-                           linewidths=0.6, alpha=0.8, label=f"class {cls}")
+                ax.scatter(
+                    xy[mask, 0],
+                    xy[mask, 1],
+                    s=9,
+                    marker=MARKERS[i % len(MARKERS)],
+                    color=colors(i % 10),
+                    linewidths=0.6,
+                    alpha=0.8,
+                    label=f"class {cls}",
+                )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("t-SNE dimension 1 (arbitrary units)")
             ax.grid(True, alpha=0.2)
         axes[0].set_ylabel("t-SNE dimension 2 (arbitrary units)")
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=min(10, len(classes)), fontsize=7, markerscale=1.5,
-                   bbox_to_anchor=(0.5, -0.06), frameon=False)
+        fig.legend(
+            handles,
+            names,
+            loc="lower center",
+            ncol=min(10, len(classes)),
+            fontsize=7,
+            markerscale=1.5,
+            bbox_to_anchor=(0.5, -0.06),
+            frameon=False,
+        )
         fig.suptitle(f"{variation} (seed {run['seed']}, {len(labels)} test images)", fontsize=9)
         save(fig, path)
+
     return Figure(name, caption, draw)

@@ -36,20 +36,20 @@ def average_bits(reports: list[ClientBits]) -> tuple[dict[str, float], dict[str,
     layers = list(reports[0].bits)
     if any(set(r.bits) != set(layers) or set(r.reductions) != set(layers) for r in reports):
         raise ValueError("all reports must cover the same layers in bits and reductions")
-    bits = {l: sum(w * r.bits[l] for w, r in zip(weights, reports)) / total for l in layers}
-    reds = {l: sum(w * r.reductions[l] for w, r in zip(weights, reports)) / total for l in layers}
+    bits = {layer: sum(w * r.bits[layer] for w, r in zip(weights, reports)) / total for layer in layers}
+    reds = {layer: sum(w * r.reductions[layer] for w, r in zip(weights, reports)) / total for layer in layers}
     return bits, reds
 
 
 def layer_priorities(layer_sizes: dict[str, int], avg_reductions: dict[str, float]) -> dict[str, float]:
-    """priority_l = (layer's share of all quantized parameters) * (average reduction of layer l)."""
+    """priority_l = (layer's share of all quantized parameters) * (average reduction of that layer)."""
     total = sum(layer_sizes.values())
-    return {l: n / total * avg_reductions[l] for l, n in layer_sizes.items()}
+    return {layer: n / total * avg_reductions[layer] for layer, n in layer_sizes.items()}
 
 
 def average_bitwidth(bits: dict[str, int], layer_sizes: dict[str, int]) -> float:
     """Parameter-weighted average bit-width sum(n_l*b_l)/sum(n_l)."""
-    return sum(n * bits[l] for l, n in layer_sizes.items()) / sum(layer_sizes.values())
+    return sum(n * bits[layer] for layer, n in layer_sizes.items()) / sum(layer_sizes.values())
 
 
 def fit_to_budget(
@@ -67,23 +67,25 @@ def fit_to_budget(
         raise ValueError("layer_sizes is empty")
     if set(start) != set(layer_sizes) or set(priorities) != set(layer_sizes):
         raise ValueError("start and priorities must have exactly the layers of layer_sizes")
-    bits = {l: min(MAX_BITS, max(MIN_BITS, math.floor(start[l] + 0.5))) for l in layer_sizes}
-    order = {l: i for i, l in enumerate(layer_sizes)}
+    bits = {layer: min(MAX_BITS, max(MIN_BITS, math.floor(start[layer] + 0.5))) for layer in layer_sizes}
+    order = {layer: i for i, layer in enumerate(layer_sizes)}
     params = sum(layer_sizes.values())  # compare bit totals, not averages; tolerance is on the average
     high, low = (budget + _TOL) * params, (budget - _TOL) * params
-    total = sum(n * bits[l] for l, n in layer_sizes.items())
+    total = sum(n * bits[layer] for layer, n in layer_sizes.items())
 
     while total > high:
-        cut = max((l for l in layer_sizes if bits[l] > MIN_BITS),
-                  key=lambda l: (priorities[l], layer_sizes[l], -order[l]))
+        cut = max(
+            (layer for layer in layer_sizes if bits[layer] > MIN_BITS),
+            key=lambda layer: (priorities[layer], layer_sizes[layer], -order[layer]),
+        )
         bits[cut] -= 1
         total -= layer_sizes[cut]
 
     while total < low:
-        fits = [l for l in layer_sizes if bits[l] < MAX_BITS and total + layer_sizes[l] <= high]
+        fits = [layer for layer in layer_sizes if bits[layer] < MAX_BITS and total + layer_sizes[layer] <= high]
         if not fits:
             break
-        grow = min(fits, key=lambda l: (priorities[l], layer_sizes[l], order[l]))
+        grow = min(fits, key=lambda layer: (priorities[layer], layer_sizes[layer], order[layer]))
         bits[grow] += 1
         total += layer_sizes[grow]
     return bits
@@ -100,4 +102,6 @@ def allocate(
 
 def initial_bits(layer_sizes: dict[str, int], budget: float) -> dict[str, int]:
     """Round-1 assignment: fit_to_budget starting from the budget in every layer with all priorities zero."""
-    return fit_to_budget({l: budget for l in layer_sizes}, {l: 0.0 for l in layer_sizes}, layer_sizes, budget)
+    return fit_to_budget(
+        {layer: budget for layer in layer_sizes}, {layer: 0.0 for layer in layer_sizes}, layer_sizes, budget
+    )

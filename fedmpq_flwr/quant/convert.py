@@ -109,7 +109,6 @@ def tensors_by_state_key(qmodel: nn.Module) -> dict[str, BitTensor]:
     return tensors
 
 
-
 @torch.no_grad()
 def dequantized_state(qmodel: nn.Module, float_keys: list[str]) -> dict[str, torch.Tensor]:
     """The float model's state entries (`float_keys`) that the quantized model represents:

@@ -39,7 +39,9 @@ def encode_update(qmodel: nn.Module, float_keys: list[str]) -> list[np.ndarray]:
     return arrays + [np.asarray(scales, dtype=np.float32)]
 
 
-def _split(arrays: list[np.ndarray], float_keys: list[str], bits: dict[str, int]) -> tuple[list[np.ndarray], np.ndarray]:
+def _split(
+    arrays: list[np.ndarray], float_keys: list[str], bits: dict[str, int]
+) -> tuple[list[np.ndarray], np.ndarray]:
     *tensors, scales = arrays
     expected_scales = sum(_layer_of(key, bits) is not None for key in float_keys)
     if len(tensors) != len(float_keys) or scales.size != expected_scales:
