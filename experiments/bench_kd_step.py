@@ -31,8 +31,9 @@ from bench_quant_step import Stepper, make_batches, timed
 from flwr.common import RecordDict
 
 from fedmpq_flwr.config import validate
-from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
-from fedmpq_flwr.fedmpq_kd import FedMPQKDClient, inference_teacher
+from fedmpq_flwr.distillation import inference_teacher
+from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
+from fedmpq_flwr.methods.fedmpq_kd import FedMPQKDClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers, quantize_model
 from fedmpq_flwr.results import RunRecorder

@@ -23,7 +23,9 @@ from typing import IO, Any
 
 import yaml
 
-from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, flatten, load_yaml, unflatten, validate
+from fedmpq_flwr.config import ConfigError, deep_merge, defaults, dump_yaml, flatten, load_yaml, unflatten, validate
+from fedmpq_flwr.config.schema import section_of
+from fedmpq_flwr.methods.catalog import reads_section
 from fedmpq_flwr.results import CONFIG_FILE, is_complete
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -132,6 +134,30 @@ def preflight(runs: list[dict[str, Any]]) -> None:
             raise ConfigError(f"run '{run['run_id']}': {err}") from None
 
 
+# Keys that never change what a run computes: a finished run is not rerun for them. The labels
+# (how the experiment file describes and groups the run) are brought up to date in its config.yaml.
+LABELS = ("description", "variation", "axis")
+NOT_COMPARED = {*LABELS, "results_dir"}
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, wanted value) for every key that would change what a finished run computed.
+
+    A key the saved config lacks counts as its default (a newer package added it), and keys of
+    sections the method does not read (the catalog's `sections`) are ignored.
+    """
+    saved_flat = flatten(deep_merge(defaults(), saved))
+    wanted_flat = flatten(wanted)
+    method = wanted_flat.get("strategy.name")
+    return [
+        (key, saved_flat.get(key), wanted_flat.get(key))
+        for key in sorted(set(saved_flat) | set(wanted_flat))
+        if key not in NOT_COMPARED
+        and reads_section(method, section_of(key))
+        and saved_flat.get(key) != wanted_flat.get(key)
+    ]
+
+
 def check_finished_runs(runs: list[dict[str, Any]], results_dir: Path) -> None:
     """A finished run is skipped only if it was made with the same config: anything else (another
     --set, an edited file) is an error, so a results folder never mixes settings unnoticed."""
@@ -139,15 +165,22 @@ def check_finished_runs(runs: list[dict[str, Any]], results_dir: Path) -> None:
         run_dir = results_dir / run["run_id"]
         if not is_complete(run_dir):
             continue
-        saved = flatten(load_yaml(str(run_dir / CONFIG_FILE)) or {})
-        wanted = flatten(run)
-        for key in sorted(set(saved) | set(wanted)):
-            if key != "description" and saved.get(key) != wanted.get(key):
-                raise ConfigError(
-                    f"run '{run['run_id']}' in {results_dir} finished with {key} = {saved.get(key)!r}, "
-                    f"now {wanted.get(key)!r}; "
-                    "use --overwrite to rerun it or another --results-dir"
-                )
+        saved = load_yaml(str(run_dir / CONFIG_FILE)) or {}
+        differences = config_differences(saved if isinstance(saved, dict) else {}, run)
+        if differences:
+            key, before, now = differences[0]
+            raise ConfigError(
+                f"run '{run['run_id']}' in {results_dir} finished with {key} = {before!r}, now {now!r}; "
+                "use --overwrite to rerun it or another --results-dir"
+            )
+
+
+def update_labels(config_path: Path, run: dict[str, Any]) -> None:
+    """Give a finished run the labels the experiment file has now (the analyzer groups by them);
+    every other saved value stays as it was."""
+    saved = load_yaml(str(config_path)) or {}
+    if isinstance(saved, dict) and any(saved.get(key) != run[key] for key in LABELS):
+        dump_yaml({**saved, **{key: run[key] for key in LABELS}}, str(config_path))
 
 
 def _pump(source: IO[str], sinks: list[IO[str]]) -> None:
@@ -199,6 +232,7 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
     """Run one variation; return its status: completed, skipped or failed."""
     run_dir = results_dir / run["run_id"]
     if is_complete(run_dir) and not overwrite:
+        update_labels(run_dir / CONFIG_FILE, run)
         emit({"event": "run_skipped", "run_id": run["run_id"], "reason": "already complete (use --overwrite)"})
         return "skipped"
     if run_dir.exists():

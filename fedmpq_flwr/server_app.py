@@ -16,7 +16,7 @@ from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
 from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
-from fedmpq_flwr.methods import METHODS
+from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
 from fedmpq_flwr.train import resolve_device
 
@@ -71,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, str(run_dir / CONFIG_FILE))
     recorder = RunRecorder(run_dir, config["run_id"])
-    strategy = METHODS[config["strategy"]["name"]].strategy(config, recorder)
+    strategy = load_method(config["strategy"]["name"]).strategy(config, recorder)
     start_grid(grid=grid, strategy=strategy, config=ServerConfig(num_rounds=config["train"]["num_rounds"]))
     strategy.save_outputs()
     recorder.finish(

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_analysis_builders import FEDAVG, run_main, write_study, write_variation
+from analysis_builders import FEDAVG, run_main, write_study, write_variation
 
 from fedmpq_flwr import evaluate
 from fedmpq_flwr.analysis import bit_figures, tsne

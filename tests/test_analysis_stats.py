@@ -4,13 +4,13 @@ gaps, overheads, costs, Welch tests, success criteria and robustness (folders fr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from scipy import stats as scipy_stats
-from test_analysis_builders import (
+from analysis_builders import (
     FEDAVG,
     FEDMPQ,
     FEDMPQ_DIR,
@@ -23,8 +23,10 @@ from test_analysis_builders import (
     write_study,
     write_variation,
 )
+from scipy import stats as scipy_stats
 
 from fedmpq_flwr import evaluate
+from fedmpq_flwr.methods.catalog import CATALOG, FULL_PRECISION, QUANTIZED, MethodSpec
 
 
 def compare_folder(root: Path, target: float | None = None) -> dict[str, Any]:
@@ -251,14 +253,16 @@ def test_accuracy_criterion_when_the_baseline_beats_full_precision(tmp_path: Pat
     assert methods["fedmpq_kd"]["gap_to_full_precision_points"] == approx(-1.0)
 
 
-def test_best_quantized_baseline_is_the_strongest_non_kd_method(tmp_path: Path) -> None:
+def test_best_quantized_baseline_is_the_strongest_non_kd_method(tmp_path: Path, monkeypatch) -> None:
+    another = replace(CATALOG["fedmpq"], cost_reference="fedmpq", summary="another quantized method")
+    monkeypatch.setitem(CATALOG, "another_quantized", another)
     write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ)
-    write_variation(tmp_path, "other_quant", "fedpaq", {0: 0.66, 1: 0.68})
+    write_variation(tmp_path, "other_quant", "another_quantized", {0: 0.66, 1: 0.68})
     write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", FEDMPQ_KD)
     comp = compare_folder(tmp_path)
     assert comp["reference"]["best_quantized_baseline"] == "other_quant"
     assert comp["success_criteria"][0]["numbers"]["gain_points"] == approx(100 * (0.71 - 0.67))
-    # every other quantized method is costed against FedMPQ
+    # its declared cost reference
     assert comp["methods"]["other_quant"]["overhead_reference"] == "fedmpq"
 
 
@@ -325,3 +329,28 @@ def test_missing_and_partial_runs_are_reported(tmp_path: Path, capsys: pytest.Ca
     assert comp["variations"]["fedmpq"]["final_accuracy"]["mean"] == approx(np.mean(list(FEDMPQ.values())))
     assert "short_s0" in (tmp_path / "report.md").read_text()
     assert "success criteria:" in out
+
+
+def test_a_new_full_precision_method_is_classified_by_the_catalog(tmp_path: Path, monkeypatch) -> None:
+    """A method the catalog declares full precision (whatever its name) is not a quantized baseline,
+    has no quantized cost reference and no gap closed, even when it is the most accurate."""
+    monkeypatch.setitem(
+        CATALOG,
+        "dummy_mpq_kd",  # a name that the old name rules would have read as quantized and distilling
+        MethodSpec(
+            module="fedavg", client="FedAvgClient", strategy="FedAvgStrategy", family=FULL_PRECISION,
+            distils=False, compresses_upload=False, cost_reference=None, sections=(), summary="test method",
+        ),
+    )  # fmt: skip
+    write_variation(tmp_path, "fedavg", "fedavg", {0: 0.60, 1: 0.61})
+    write_variation(tmp_path, "fedmpq", "fedmpq", {0: 0.50, 1: 0.51})
+    write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", {0: 0.55, 1: 0.56})
+    write_variation(tmp_path, "dummy_mpq_kd", "dummy_mpq_kd", {0: 0.70, 1: 0.71})
+    comparison = compare_folder(tmp_path)
+    dummy = comparison["methods"]["dummy_mpq_kd"]
+    assert (dummy["family"], dummy["distils"]) == ("full_precision", False)
+    assert dummy["overhead_reference"] is None and dummy["gap_closed_vs_fedmpq"] is None
+    assert comparison["reference"]["best_quantized_baseline"] == "fedmpq"
+    assert comparison["methods"]["fedmpq_kd"]["family"] == "quantized" and comparison["methods"]["fedmpq_kd"]["distils"]
+    monkeypatch.setitem(CATALOG, "dummy_mpq_kd", replace(CATALOG["dummy_mpq_kd"], family=QUANTIZED))
+    assert compare_folder(tmp_path)["reference"]["best_quantized_baseline"] == "dummy_mpq_kd"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmpq_flwr.config import ConfigError, defaults, flatten, from_flower_run_config, unflatten, validate
+from fedmpq_flwr.config import ConfigError, defaults, flatten, from_flower_run_config, schema, unflatten, validate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_flower_app_config_declares_valid_keys() -> None:
         app_config = tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
     flat = flatten(app_config)
     assert flat.pop("config_file") == ""
-    assert set(flat) <= set(flatten(defaults()))
+    assert set(flat) == set(schema())  # every key, the methods' sections included, is reachable
     config = from_flower_run_config(flatten(app_config), num_clients=2)
     assert config["dataset"]["name"] == "synthetic" and config["model"]["name"] == "tiny_cnn"
     assert config["federation"]["num_clients"] == 2
@@ -97,3 +97,33 @@ def test_config_file_replaces_flat_keys(tmp_path: Path) -> None:
     path.write_text("run_id: from_file\ntrain: {lr: 0.02}\n")
     config = from_flower_run_config({"config_file": str(path), "run_id": "ignored"}, num_clients=4)
     assert config["run_id"] == "from_file" and config["train"]["lr"] == 0.02
+
+
+def test_sections_come_from_their_owners() -> None:
+    """The common sections are the schema's; each method's own section is declared in the catalog."""
+    from fedmpq_flwr.config.schema import COMMON, RUN
+    from fedmpq_flwr.methods.catalog import CATALOG, METHOD_SECTIONS
+
+    keys = set(schema())
+    assert set(RUN) <= keys
+    for name, section in {**COMMON, **METHOD_SECTIONS}.items():
+        assert {f"{name}.{key}" for key in section} <= keys
+    assert len(keys) == len(RUN) + sum(len(s) for s in {**COMMON, **METHOD_SECTIONS}.values())
+    for spec in CATALOG.values():  # every section a method reads exists
+        assert set(spec.sections) <= set(METHOD_SECTIONS)
+
+
+def test_the_client_app_parses_a_run_config_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower calls `client_fn` for every message: the run config is validated once, and each client
+    gets its own copy."""
+    import fedmpq_flwr.client_app as client_app
+
+    calls = []
+    real = client_app.from_flower_run_config
+    monkeypatch.setattr(client_app, "from_flower_run_config", lambda *a, **k: calls.append(1) or real(*a, **k))
+    client_app._run_config.cache_clear()
+    raw = {"strategy.name": "fedmpq", "quant.budgets": "2,6", "train.lr": 0.05}
+    first = client_app.run_config(raw, 2)
+    first["train"]["lr"] = 99.0
+    second = client_app.run_config(dict(reversed(list(raw.items()))), 2)
+    assert len(calls) == 1 and second["train"]["lr"] == 0.05 and second["quant"]["budgets"] == [2, 6]

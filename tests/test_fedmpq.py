@@ -9,44 +9,18 @@ import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
+from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers
 from fedmpq_flwr.quant.allocation import average_bitwidth
-from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE, RunRecorder
+from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE
 
 
-def fedmpq_config(tmp_path: Path, model: str = "tiny_cnn", **quant) -> dict:
-    return validate(
-        {
-            "run_id": "unit",
-            "seed": 1,
-            "results_dir": str(tmp_path),
-            "model": {"name": model},
-            "strategy": {"name": "fedmpq"},
-            "dataset": {
-                "name": "synthetic",
-                "synthetic_train_size": 96,
-                "synthetic_test_size": 40,
-                "alpha": float("inf"),
-            },
-            "train": {"num_rounds": 2, "batch_size": 16},
-            "quant": {"budgets": [2, 3, 4, 5], **quant},
-            "federation": {"num_clients": 4, "device": "cpu"},
-        }
-    )
-
-
-def fit_result(client: FedMPQClient, strategy: FedMPQStrategy, pid: int, server_round: int = 1) -> FitRes:
-    weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
-    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)
-
-
-def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path) -> None:
+def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path, fedmpq_config, fl) -> None:
     """A real client update of ResNet-20: N bits per quantized weight, 32 per other float and scale."""
-    config = fedmpq_config(tmp_path, model="resnet20")
-    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
-    res = fit_result(FedMPQClient(config, 2, 4), strategy, pid=2)
+    config = fedmpq_config(model="resnet20")
+    strategy = fl.strategy(config)
+    res = fl.fit_result(FedMPQClient(config, 2, 4), strategy, pid=2)
     bits = json.loads(res.metrics["bits"])
     model = build_model("resnet20")
     state = model.state_dict()
@@ -65,11 +39,11 @@ def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path) -> None:
     )
 
 
-def test_client_update_is_deterministic_and_on_the_grid(tmp_path: Path) -> None:
-    config = fedmpq_config(tmp_path)
-    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+def test_client_update_is_deterministic_and_on_the_grid(tmp_path: Path, fedmpq_config, fl) -> None:
+    config = fedmpq_config()
+    strategy = fl.strategy(config)
     client = FedMPQClient(config, 0, 4)
-    first, second = fit_result(client, strategy, 0), fit_result(client, strategy, 0)
+    first, second = fl.fit_result(client, strategy, 0), fl.fit_result(client, strategy, 0)
     for a, b in zip(parameters_to_ndarrays(first.parameters), parameters_to_ndarrays(second.parameters)):
         np.testing.assert_array_equal(a, b)
     assert first.metrics == {**second.metrics, "client_time_s": first.metrics["client_time_s"]}
@@ -85,13 +59,13 @@ def test_client_update_is_deterministic_and_on_the_grid(tmp_path: Path) -> None:
     )
 
 
-def test_aggregate_decodes_averages_and_reallocates(tmp_path: Path) -> None:
-    config = fedmpq_config(tmp_path)
-    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+def test_aggregate_decodes_averages_and_reallocates(tmp_path: Path, fedmpq_config, fl) -> None:
+    config = fedmpq_config()
+    strategy = fl.strategy(config)
     layer_sizes = strategy.layer_sizes
     assert strategy.bits[0] == {"conv1": 2, "conv2": 2, "fc": 2}  # round 1: the budget in every layer
-    results = [(None, fit_result(FedMPQClient(config, pid, 4), strategy, pid)) for pid in (3, 1)]
-    strategy.round_stats = {"sampled_partitions": [1, 3], "bits_down": 0}
+    results = [(None, fl.fit_result(FedMPQClient(config, pid, 4), strategy, pid)) for pid in (3, 1)]
+    strategy.start_round(1, [1, 3], strategy.latest_parameters)
     parameters, _ = strategy.aggregate_fit(1, results, [])
     by_pid = {int(res.metrics["partition_id"]): res for _, res in results}
     decoded = {}
@@ -114,7 +88,7 @@ def test_aggregate_decodes_averages_and_reallocates(tmp_path: Path) -> None:
     assert sorted(strategy.bits) == [0, 1, 2, 3]
     for pid, budget in strategy.budgets.items():
         assert average_bitwidth(strategy.bits[pid], layer_sizes) <= budget + 1e-9
-    record = strategy.round_stats
+    record = {"bits_up": strategy.current.fit.bits_up, **strategy.current.fit.fields}
     assert [c["partition_id"] for c in record["clients"]] == [1, 3]
     assert record["clients"][0]["budget"] == 3.0 and record["clients"][1]["bits_up"] == strategy.upload_bits(
         parameters_to_ndarrays(by_pid[3].parameters), by_pid[3]
@@ -122,10 +96,10 @@ def test_aggregate_decodes_averages_and_reallocates(tmp_path: Path) -> None:
     assert record["bits_up"] == sum(c["bits_up"] for c in record["clients"])
 
 
-def test_uniform_weighting_ignores_sample_counts(tmp_path: Path) -> None:
-    config = fedmpq_config(tmp_path)
+def test_uniform_weighting_ignores_sample_counts(tmp_path: Path, fedmpq_config, fl) -> None:
+    config = fedmpq_config()
     config["strategy"]["weighting"] = "uniform"
-    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+    strategy = fl.strategy(config)
     shapes = [w.shape for w in strategy.latest_parameters]
     updates = [
         (pid, [np.full(s, float(pid), np.float32) for s in shapes], FitRes(Status(Code.OK, ""), None, n, {}))
@@ -135,9 +109,9 @@ def test_uniform_weighting_ignores_sample_counts(tmp_path: Path) -> None:
         np.testing.assert_allclose(array, 2.0)
 
 
-def test_evaluation_reports_quantized_accuracy_and_final_assignments(tmp_path: Path) -> None:
-    strategy = FedMPQStrategy(fedmpq_config(tmp_path), RunRecorder(tmp_path / "unit", "unit"))
-    strategy.round_stats = {"sampled_partitions": [0], "bits_down": 0}
+def test_evaluation_reports_quantized_accuracy_and_final_assignments(tmp_path: Path, fedmpq_config, fl) -> None:
+    strategy = fl.strategy(fedmpq_config())
+    strategy.start_round(1, [0], strategy.latest_parameters)
     strategy.evaluate(1, ndarrays_to_parameters(strategy.latest_parameters))
     record = json.loads((tmp_path / "unit" / "metrics.jsonl").read_text())
     accuracies = record["quant_test_accuracy"]
@@ -150,25 +124,25 @@ def test_evaluation_reports_quantized_accuracy_and_final_assignments(tmp_path: P
     assert saved["clients"]["3"] == {"budget": 5.0, "avg_bits": 5.0, "bits": {"conv1": 5, "conv2": 5, "fc": 5}}
 
 
-def test_budget_errors_are_one_line_config_errors(tmp_path: Path) -> None:
-    assert fedmpq_config(tmp_path, budgets="2, 3,4,5")["quant"]["budgets"] == [2, 3, 4, 5]
+def test_budget_errors_are_one_line_config_errors(tmp_path: Path, fedmpq_config, fl) -> None:
+    assert fedmpq_config(quant=dict(budgets="2, 3,4,5"))["quant"]["budgets"] == [2, 3, 4, 5]
     with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*4 entries.*num_clients = 4|3 entries"):
-        fedmpq_config(tmp_path, budgets=[2, 3, 4])
+        fedmpq_config(quant=dict(budgets=[2, 3, 4]))
     with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*entry 9.*\[1, 8\]"):
-        fedmpq_config(tmp_path, budgets=[2, 3, 4, 9])
+        fedmpq_config(quant=dict(budgets=[2, 3, 4, 9]))
     with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*entry 'x'"):
-        fedmpq_config(tmp_path, budgets="2,3,x,4")
+        fedmpq_config(quant=dict(budgets="2,3,x,4"))
     with pytest.raises(ConfigError, match=r"key 'quant.avg_bits'.*conflicts with quant.budgets"):
-        fedmpq_config(tmp_path, avg_bits=3)
-    assert fedmpq_config(tmp_path, avg_bits=3.5)["quant"]["avg_bits"] == 3.5  # equals the budgets' mean
-    config = fedmpq_config(tmp_path)
+        fedmpq_config(quant=dict(avg_bits=3))
+    assert fedmpq_config(quant=dict(avg_bits=3.5))["quant"]["avg_bits"] == 3.5  # equals the budgets' mean
+    config = fedmpq_config()
     config["federation"]["num_clients"] = 5  # the federation has 5 nodes, the config 4 budgets
     with pytest.raises(ConfigError, match=r"key 'quant.budgets'.*4 entries.*num_clients = 5"):
         validate(config)
 
 
-def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Path) -> None:
-    strategy = FedMPQStrategy(fedmpq_config(tmp_path), RunRecorder(tmp_path / "unit", "unit"))
+def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Path, fedmpq_config, fl) -> None:
+    strategy = fl.strategy(fedmpq_config())
     strategy.save_outputs()
     features = np.load(tmp_path / "unit" / "features.npz")
     labels = features["labels"]
@@ -177,7 +151,7 @@ def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Pat
     assert features["float_features"].shape == features["quant_features"].shape == (40, 64)
     assert int(features["quant_partition"]) == 0  # budget 2, the smallest
     assert not np.allclose(features["float_features"], features["quant_features"])
-    images, _ = next(iter(strategy.test_loader))  # the same images in the same order
+    images, _ = next(iter(strategy.evaluator.test_loader))  # the same images in the same order
     with torch.inference_mode():
         expected = strategy.model.eval().features(images).numpy()
     np.testing.assert_allclose(features["float_features"][: len(images)], expected, rtol=1e-5, atol=1e-6)

@@ -1,73 +1,20 @@
 """FedMPQ-KD without a Flower runtime: the distillation term, the teacher, and what stays FedMPQ's."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from flwr.common import RecordDict, ndarrays_to_parameters
-from test_fedmpq import fedmpq_config, fit_result
+from flwr.common import RecordDict
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.fedmpq import FedMPQClient, FedMPQStrategy
-from fedmpq_flwr.fedmpq_kd import FedMPQKDClient, distillation_loss, ema_update, inference_teacher, teacher_round
+from fedmpq_flwr.distillation import distillation_loss, inference_teacher
+from fedmpq_flwr.methods.fedmpq import FedMPQClient
+from fedmpq_flwr.methods.fedmpq_kd import FedMPQKDClient, ema_update, teacher_round
 from fedmpq_flwr.models import MODELS, build_model
 from fedmpq_flwr.quant import dequantized_state, quantizable_layers, quantize_model
-from fedmpq_flwr.results import RunRecorder
 from fedmpq_flwr.weights import communicated_keys
 
-# What may differ between two runs of the same computation: times, memory and the run id.
-VARYING_KEYS = {
-    "run_id",
-    "client_time_s",
-    "round_time_s",
-    "client_compute_s",
-    "peak_rss_mb",
-    "client_peak_rss_mb",
-    "server_peak_rss_mb",
-}
 KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round", "teacher_flops"}
-
-
-def kd_config(tmp_path: Path, run_id: str = "unit", **kd) -> dict:
-    config = fedmpq_config(tmp_path)
-    config.update(run_id=run_id, strategy={**config["strategy"], "name": "fedmpq_kd"}, kd={**config["kd"], **kd})
-    return validate(config)
-
-
-def run_rounds(
-    config: dict, client_cls: type, rounds: int, participants: list[list[int]] | None = None
-) -> tuple[list[dict], list]:
-    """Rounds of the real strategy and clients, called directly (as Flower would, minus the
-    transport); every node keeps its own state between rounds. Returns the metrics.jsonl records
-    and the final global weights."""
-    recorder = RunRecorder(Path(config["results_dir"]) / config["run_id"], config["run_id"])
-    strategy = FedMPQStrategy(config, recorder)
-    states = {pid: RecordDict() for pid in strategy.budgets}
-    for server_round in range(1, rounds + 1):
-        sampled = participants[server_round - 1] if participants else sorted(states)
-        strategy.round_stats = {
-            "sampled_partitions": sampled,
-            "bits_down": sum(strategy.download_bits(strategy.latest_parameters, pid) for pid in sampled),
-        }
-        results = [
-            (None, fit_result(client_cls(config, pid, len(states), states[pid]), strategy, pid, server_round))
-            for pid in sampled
-        ]
-        strategy.aggregate_fit(server_round, results, [])
-        strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
-    records = [json.loads(line) for line in (recorder.run_dir / "metrics.jsonl").read_text().splitlines()]
-    return records, strategy.latest_parameters
-
-
-def without(record: dict, keys: set[str]) -> dict:
-    """A metrics record minus some keys, also inside its `clients` entries."""
-    kept = {k: v for k, v in record.items() if k not in keys}
-    if "clients" in kept:
-        kept["clients"] = [{k: v for k, v in client.items() if k not in keys} for client in kept["clients"]]
-    return kept
 
 
 def test_distillation_loss_matches_a_hand_computation() -> None:
@@ -125,20 +72,22 @@ def test_ema_update_moves_the_teacher_towards_the_dequantized_student() -> None:
     assert any(not torch.equal(before[k], target[k]) for k in keys)  # the step did move something
 
 
-def test_alpha_zero_reproduces_fedmpq_exactly(tmp_path: Path) -> None:
+def test_alpha_zero_reproduces_fedmpq_exactly(fedmpq_config, fl) -> None:
     """Same seed, kd.alpha 0: every logged number and the final global model equal FedMPQ's."""
-    fedmpq, fedmpq_weights = run_rounds(fedmpq_config(tmp_path), FedMPQClient, rounds=2)
-    kd, kd_weights = run_rounds(kd_config(tmp_path, run_id="kd", alpha=0.0), FedMPQKDClient, rounds=2)
+    fedmpq, fedmpq_weights = fl.run(fedmpq_config(), rounds=2)
+    kd, kd_weights = fl.run(fedmpq_config("fedmpq_kd", run_id="kd", kd={"alpha": 0.0}), rounds=2)
     for a, b in zip(fedmpq_weights, kd_weights):
         np.testing.assert_array_equal(a, b)
-    assert [without(r, VARYING_KEYS) for r in fedmpq] == [without(r, VARYING_KEYS | KD_ONLY_KEYS) for r in kd]
+    assert [fl.without(r, fl.varying_keys) for r in fedmpq] == [
+        fl.without(r, fl.varying_keys | KD_ONLY_KEYS) for r in kd
+    ]
     assert all(0 <= c["agreement"] <= 1 and c["kd_loss"] > 0 for r in kd for c in r["clients"])
 
 
-def test_kd_changes_training_but_not_what_is_sent(tmp_path: Path) -> None:
+def test_kd_changes_training_but_not_what_is_sent(fedmpq_config, fl) -> None:
     """alpha 0.5: a different model, the same bits on the wire in every round, and KD diagnostics."""
-    fedmpq, fedmpq_weights = run_rounds(fedmpq_config(tmp_path), FedMPQClient, rounds=3)
-    kd, kd_weights = run_rounds(kd_config(tmp_path, run_id="kd"), FedMPQKDClient, rounds=3)
+    fedmpq, fedmpq_weights = fl.run(fedmpq_config(), rounds=3)
+    kd, kd_weights = fl.run(fedmpq_config("fedmpq_kd", run_id="kd"), rounds=3)
     assert any(not np.array_equal(a, b) for a, b in zip(fedmpq_weights, kd_weights))
     for fedmpq_record, kd_record in zip(fedmpq, kd):
         assert kd_record["bits_up"] == fedmpq_record["bits_up"] and kd_record["bits_down"] == fedmpq_record["bits_down"]
@@ -153,23 +102,23 @@ def test_kd_changes_training_but_not_what_is_sent(tmp_path: Path) -> None:
         assert "kd_loss" not in fedmpq_record and "grad_norm" in fedmpq_record
 
 
-def test_refresh_every_k_keeps_the_older_teacher_on_the_node(tmp_path: Path) -> None:
-    config = kd_config(tmp_path, refresh_every=2)
+def test_refresh_every_k_keeps_the_older_teacher_on_the_node(fedmpq_config, fl) -> None:
+    config = fedmpq_config("fedmpq_kd", kd={"refresh_every": 2})
     # partition 0 takes part in every round; partition 1 misses round 3 (a refresh round)
     participants = [[0, 1], [0, 1], [0], [0, 1]]
-    records, _ = run_rounds(config, FedMPQKDClient, rounds=4, participants=participants)
+    records, _ = fl.run(config, rounds=4, participants=participants)
     teacher_rounds = [{c["partition_id"]: c["teacher_round"] for c in r["clients"]} for r in records]
     assert teacher_rounds == [{0: 0, 1: 0}, {0: 0, 1: 0}, {0: 2}, {0: 2, 1: 3}]
 
 
-def test_kept_teacher_is_the_old_global_model(tmp_path: Path) -> None:
-    config = kd_config(tmp_path, refresh_every=3)
-    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
+def test_kept_teacher_is_the_old_global_model(fedmpq_config, fl) -> None:
+    config = fedmpq_config("fedmpq_kd", kd={"refresh_every": 3})
+    strategy = fl.strategy(config)
     initial = [a.copy() for a in strategy.latest_parameters]
     state = RecordDict()
-    fit_result(FedMPQKDClient(config, 0, 4, state), strategy, 0, server_round=1)
+    fl.fit_result(FedMPQKDClient(config, 0, 4, state), strategy, 0, server_round=1)
     strategy.latest_parameters = [a + 1.0 for a in initial]  # a different global model in round 2
-    res = fit_result(FedMPQKDClient(config, 0, 4, state), strategy, 0, server_round=2)
+    res = fl.fit_result(FedMPQKDClient(config, 0, 4, state), strategy, 0, server_round=2)
     assert res.metrics["teacher_round"] == 0
     kept = state["kd.teacher.partition_0"].to_numpy_ndarrays()
     for a, b in zip(kept, initial):
@@ -196,12 +145,12 @@ def test_kd_defaults_are_the_main_method() -> None:
     assert kd == {"alpha": 0.5, "temperature": 2.0, "teacher": "frozen", "ema_decay": 0.99, "refresh_every": 1}
 
 
-def test_teacher_flops_are_counted_apart_from_the_students(tmp_path: Path) -> None:
+def test_teacher_flops_are_counted_apart_from_the_students(fedmpq_config, fl) -> None:
     """FLOPs of the round: the teacher's forward per step times the steps, the rest the student's."""
-    config = kd_config(tmp_path)
-    strategy = FedMPQStrategy(config, RunRecorder(tmp_path / "unit", "unit"))
-    kd = fit_result(FedMPQKDClient(config, 1, 4), strategy, 1).metrics
-    fedmpq = fit_result(FedMPQClient(config, 1, 4), strategy, 1).metrics
+    config = fedmpq_config("fedmpq_kd")
+    strategy = fl.strategy(config)
+    kd = fl.fit_result(FedMPQKDClient(config, 1, 4), strategy, 1).metrics
+    fedmpq = fl.fit_result(FedMPQClient(config, 1, 4), strategy, 1).metrics
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         build_model("tiny_cnn")(torch.zeros(config["train"]["batch_size"], 3, 32, 32))
     assert kd["steps"] == fedmpq["steps"] == 2

@@ -270,3 +270,33 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
             assert {value(r, axis) for r in points} == expected, (axis, method)
             assert all(sum(value(r, axis) == v for r in points) == 3 for v in expected)  # 3 seeds each
             assert all(r["axis"] == axis or value(r, axis) == value(setting, axis) for r in points)
+
+
+def test_finished_runs_survive_a_package_upgrade(tmp_path: Path) -> None:
+    """A finished run whose saved config lacks keys a newer package added (counted as their defaults),
+    or differs only in sections its method never reads, is still skipped; its labels follow the file."""
+    results = tmp_path / "out"
+    fake_finished_runs(tmp_path, results)
+    for run_id in ("a_seed0", "a_seed1", "b"):
+        path = results / run_id / "config.yaml"
+        saved = yaml.safe_load(path.read_text())
+        del saved["train"]["momentum"], saved["kd"]  # a defaulted key and a whole section, both added later
+        saved["quant"]["lambda_b"] = 0.5  # FedAvg never reads quant.*
+        path.write_text(yaml.safe_dump(saved))
+    before = (results / "b" / RESULTS_FILE).read_text()
+    relabelled = deep_merge(TINY, {})
+    relabelled["runs"][1] = {**TINY["runs"][1], "axis": "train.lr", "description": "second, now an axis run"}
+    proc = run_main("--config", str(write(tmp_path, relabelled)), "--results-dir", str(results))
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"event"')]
+    assert [e["event"] for e in events] == ["run_skipped"] * 3
+    assert (results / "b" / RESULTS_FILE).read_text() == before
+    saved_b = yaml.safe_load((results / "b" / "config.yaml").read_text())
+    assert (saved_b["axis"], saved_b["description"]) == ("train.lr", "second, now an axis run")
+    assert "momentum" not in saved_b["train"] and saved_b["quant"]["lambda_b"] == 0.5  # nothing else rewritten
+    # a real change is still an error naming the key, also for a key the saved config lacks
+    proc = run_main(
+        "--config", str(write(tmp_path, TINY)), "--results-dir", str(results), "--set", "train.momentum=0.5"
+    )
+    assert proc.returncode == 2
+    assert "run 'a_seed0'" in proc.stderr and "finished with train.momentum = 0.9, now 0.5" in proc.stderr

@@ -4,7 +4,9 @@ method and the best quantized baseline, and like-with-like partners on the exper
 Main-experiment variations have axis ""; an axis variation differs from the main experiment in
 one config key (its `axis`), and the main variation of a method is that method's point on every
 axis. When several main variations share a strategy (ablation folders), the one named like the
-strategy wins, then one with "main" in its name, then the first by name.
+strategy wins, then one with "main" in its name, then the first by name. What a method is (its
+family, whether it distils, the config sections it reads, its cost reference) comes from the
+method catalog (`fedmpq_flwr.methods.catalog`), never from its name.
 """
 
 from __future__ import annotations
@@ -12,10 +14,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-FULL_PRECISION = "fedavg"
-FEDMPQ = "fedmpq"
-PROPOSED = "fedmpq_kd"
-FULL_PRECISION_STRATEGIES = {FULL_PRECISION}
+from fedmpq_flwr.config.schema import section_of
+from fedmpq_flwr.methods.catalog import (
+    FULL_PRECISION_REFERENCE,
+    PROPOSED,
+    QUANTIZED,
+    QUANTIZED_REFERENCE,
+    reads_section,
+    spec_of,
+)
+
+FULL_PRECISION = FULL_PRECISION_REFERENCE
+FEDMPQ = QUANTIZED_REFERENCE
 CHOICE_RULE = (
     'main variation (axis "") of the strategy; among several, the one named like the '
     "strategy, then one with 'main' in its name, then the first by name"
@@ -23,22 +33,22 @@ CHOICE_RULE = (
 
 
 def is_kd(strategy: str | None) -> bool:
-    """Whether a strategy reads the kd.* keys (distillation methods)."""
-    return bool(strategy) and "kd" in strategy
+    """Whether the catalog declares that a method distils."""
+    spec = spec_of(strategy)
+    return spec is not None and spec.distils
 
 
 def is_quantized(strategy: str | None) -> bool:
-    return bool(strategy) and strategy not in FULL_PRECISION_STRATEGIES
+    """Whether the catalog puts a method in the quantized family (unknown methods are not)."""
+    spec = spec_of(strategy)
+    return spec is not None and spec.family == QUANTIZED
 
 
 def axis_matters(axis: str, strategy: str | None) -> bool:
-    """False for keys a strategy never reads (quant.* for full precision, kd.* without distillation),
-    so its main variation is its like-with-like point at every value of such an axis."""
-    if axis.startswith("quant."):
-        return is_quantized(strategy)
-    if axis.startswith("kd."):
-        return is_kd(strategy)
-    return True
+    """False for keys of a config section a method never reads (quant.* for full precision, kd.*
+    without distillation: the catalog's `sections`), so its main variation is its like-with-like
+    point at every value of such an axis."""
+    return reads_section(strategy, section_of(axis))
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -60,7 +70,8 @@ def main_variation(variations: dict[str, dict[str, Any]], strategy: str) -> str 
 
 
 def best_quantized_baseline(variations: dict[str, dict[str, Any]]) -> str | None:
-    """The main variation of a quantized strategy without distillation with the highest mean final accuracy."""
+    """The main variation of a quantized method without distillation (catalog) with the highest mean
+    final accuracy."""
     candidates = sorted(
         n
         for n, v in variations.items()
@@ -112,10 +123,6 @@ def partner(
 
 
 def overhead_reference_strategy(strategy: str | None) -> str | None:
-    """The method a strategy's costs are compared with: KD and other quantized methods against FedMPQ,
-    FedMPQ against full precision, full precision against nothing."""
-    if strategy == FEDMPQ:
-        return FULL_PRECISION
-    if is_quantized(strategy):
-        return FEDMPQ
-    return None
+    """The method a strategy's costs are compared with: the catalog's `cost_reference`."""
+    spec = spec_of(strategy)
+    return spec.cost_reference if spec is not None else None

@@ -21,6 +21,7 @@ from fedmpq_flwr.analysis.reference import (
     partner,
 )
 from fedmpq_flwr.analysis.runs import config_value, json_number
+from fedmpq_flwr.methods.catalog import spec_of
 
 DEFAULT_TARGET_SHARE = 0.9
 TESTED_METRICS = ("final_accuracy", "auc_accuracy", "final_quant_accuracy_mean")
@@ -140,7 +141,10 @@ def derive_methods(
         gap_closed = (final - fm_final) / (fp_final - fm_final) if closes_gap else None
         ref_strategy = overhead_reference_strategy(var["strategy"])
         ref = partner(name, ref_strategy, variations, axis_vals) if ref_strategy else None
+        spec = spec_of(var["strategy"])
         methods[name] = {
+            "family": spec.family if spec else None,  # declared in the method catalog
+            "distils": spec.distils if spec else None,
             "rounds_to_target": rounds_to_target(var["rounds"], var["accuracy_per_round_mean"], target),
             "full_precision": fp,
             "gap_to_full_precision_points": points(fp_final, final),

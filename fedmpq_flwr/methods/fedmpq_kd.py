@@ -20,40 +20,22 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from flwr.common import ArrayRecord, ConfigRecord
 from torch import nn
-from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedmpq_flwr.fedmpq import FedMPQClient, ObjectiveExtension
+from fedmpq_flwr.distillation import distillation_loss, inference_teacher
+from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy, ObjectiveExtension
 from fedmpq_flwr.quant import dequantized_state
 from fedmpq_flwr.weights import communicated_keys, get_weights, set_weights
 
-
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`, averaged over the batch (Hinton et al., 2015):
-    the T^2 keeps its gradient on the scale of the cross-entropy's as T changes."""
-    log_student = F.log_softmax(student_logits / temperature, dim=1)
-    teacher = F.softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_student, teacher, reduction="batchmean") * temperature**2
+__all__ = ["FedMPQKDClient", "FedMPQStrategy"]  # the server is FedMPQ's: the teacher stays on the client
 
 
 def teacher_round(server_round: int, refresh_every: int) -> int:
     """The global round whose model teaches in `server_round`: the latest multiple of k not after
     the round of the model just received (`server_round - 1`; round 0 is the initial model)."""
     return (server_round - 1) // refresh_every * refresh_every
-
-
-def inference_teacher(model: nn.Module, fold_batchnorm: bool = True) -> nn.Module:
-    """A copy of the float model for inference only: eval mode, no gradients, channels-last memory
-    and (unless its weights will change) BatchNorm folded into the preceding layer with torch.fx.
-    The same logits up to float rounding at about 80 % of the cost of a plain `no_grad` forward on
-    CPU (experiments/bench_kd_step.py: 0.106 s against 0.131 s, ResNet-20, batch 64, one thread)."""
-    teacher = copy.deepcopy(model).eval()
-    if fold_batchnorm:
-        teacher = fuse(teacher, inplace=True)
-    return teacher.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 def ema_update(teacher: nn.Module, student: nn.Module, keys: list[str], decay: float) -> Callable[[], None]:

@@ -1,9 +1,10 @@
 """FedMPQ (Chen & Vikalo, CVPR 2024): bit-level mixed-precision clients and a bit-allocating server.
 
-The client turns the received float global model into bit planes at its per-layer assignment,
-trains them with `CE + lambda_b * group_lasso / total_params`, prunes sparse planes and uploads
-integer codes. The server decodes and averages the uploads, then re-allocates every client's
-per-layer bits to its budget (`fedmpq_flwr.quant.allocation`).
+Client: turn the received float global model into bit planes at the per-layer bits the server
+assigned (`bits` in the fit instructions), train them with `CE + lambda_b * group_lasso /
+total_params`, prune sparse planes, upload integer codes and report the pruned assignment
+(`bits`) and the bits removed per layer (`reductions`). Server: decode and average the uploads,
+then re-allocate every client's per-layer bits to its budget (`fedmpq_flwr.quant.allocation`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flwr.common import FitRes, NDArrays, Scalar
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.client import FedAvgClient
+from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, Update
 from fedmpq_flwr.quant import (
     bit_regularizer,
     decode_update,
@@ -35,8 +36,7 @@ from fedmpq_flwr.quant import (
 )
 from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
 from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE, RunRecorder
-from fedmpq_flwr.strategy import FedAvgStrategy
-from fedmpq_flwr.train import evaluate, train_epochs
+from fedmpq_flwr.train import train_epochs
 from fedmpq_flwr.weights import communicated_keys
 
 
@@ -137,7 +137,7 @@ class FedMPQStrategy(FedAvgStrategy):
     def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
         return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
 
-    def aggregate(self, updates: list[tuple[int, NDArrays, FitRes]]) -> NDArrays:
+    def aggregate(self, updates: list[Update]) -> NDArrays:
         """Decode every upload to floats, average them, then re-allocate all clients' bits."""
         decoded = [
             (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
@@ -165,21 +165,9 @@ class FedMPQStrategy(FedAvgStrategy):
             "reductions": _reported_reductions(fit_res),
         }
 
-    def quantized_accuracies(self) -> dict[int, float]:
-        """Test accuracy of the global model quantized to each client's next-round assignment
-        (one evaluation per distinct assignment: clients with equal budgets usually share one)."""
-        accuracy_of: dict[str, float] = {}
-        accuracies = {}
-        for pid, bits in sorted(self.bits.items()):
-            key = json.dumps(bits, sort_keys=True)
-            if key not in accuracy_of:
-                quantized = quantize_model(self.model, bits, self.config["quant"]["act_bits"])
-                accuracy_of[key] = evaluate(quantized, self.test_loader, self.device)[1]
-            accuracies[pid] = accuracy_of[key]
-        return accuracies
-
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
-        accuracies = self.quantized_accuracies()
+        """Test accuracy of the global model quantized to each client's next-round assignment."""
+        accuracies = self.evaluator.quantized_accuracies(self.model, self.bits, self.config["quant"]["act_bits"])
         values = list(accuracies.values())
         return {
             "quant_test_accuracy_mean": float(np.mean(values)),

@@ -1,0 +1,89 @@
+"""The schema: the sections every run has, declared here, plus the sections methods own (the catalog).
+
+Keys are dotted (`train.lr`); run-level keys have no section. Pure Python: importing it does not
+pull in torch (model names are looked up only when a value is checked).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from fedmpq_flwr.config.fields import Field, Section, choice, flag, number, text
+
+
+def _method_names() -> tuple[str, ...]:
+    from fedmpq_flwr.methods.catalog import method_names  # the catalog imports config.fields: import late
+
+    return method_names()
+
+
+def _model_names() -> tuple[str, ...]:
+    from fedmpq_flwr.models import MODELS  # imported when a value is checked: the registry pulls in torch
+
+    return tuple(MODELS)
+
+
+RUN: Section = {
+    "run_id": text("flwr-run"),
+    "variation": text(),  # the name shared by the seeds of one setting ("" = run_id)
+    "axis": text(),  # the config key this run varies against the main experiment ("" = none)
+    "description": text(),
+    "seed": number(int, 0, 0),
+    "results_dir": text("results"),
+}
+STRATEGY: Section = {
+    "name": Field(str, "fedavg", choices=_method_names),
+    "fraction_fit": number(float, 1.0, 0, 1, low_open=True),
+    "weighting": choice("samples", "samples", "uniform"),
+}
+MODEL: Section = {"name": Field(str, "resnet20", choices=_model_names)}
+DATASET: Section = {
+    "name": choice("cifar10", "cifar10", "synthetic"),
+    "source": choice("hub", "hub", "npz", "torchvision"),
+    "path": text(),
+    "train_subset": number(int, 0, 0),
+    "val_fraction": number(float, 0.0, 0, 1, high_open=True),
+    "augment": flag(True),
+    "alpha": number(float, 0.5, 0, low_open=True),
+    "seed": number(int, 42, 0),
+    "synthetic_train_size": number(int, 2000, 20),
+    "synthetic_test_size": number(int, 500, 10),
+}
+TRAIN: Section = {
+    "num_rounds": number(int, 50, 1),
+    "local_epochs": number(int, 1, 1),
+    "batch_size": number(int, 64, 1),
+    "lr": number(float, 0.1, 0, low_open=True),
+    "momentum": number(float, 0.9, 0, 1, high_open=True),
+    "weight_decay": number(float, 0.0, 0),
+    "eval_batch_size": number(int, 128, 1),  # faster per image than 256 on CPU
+}
+FEDERATION: Section = {
+    "num_clients": number(int, 10, 1),
+    "client_cpus": number(int, 1, 1),
+    "client_gpus": Field(float, -1.0, lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]"),
+    "device": choice("auto", "auto", "cpu", "cuda"),
+}
+COMMON: dict[str, Section] = {
+    "strategy": STRATEGY,
+    "model": MODEL,
+    "dataset": DATASET,
+    "train": TRAIN,
+    "federation": FEDERATION,
+}
+
+
+@cache
+def schema() -> dict[str, Field]:
+    """Every key of a run config: the run keys, the common sections, then the methods' sections."""
+    from fedmpq_flwr.methods.catalog import METHOD_SECTIONS
+
+    flat = dict(RUN)
+    for name, section in {**COMMON, **METHOD_SECTIONS}.items():
+        flat.update({f"{name}.{key}": field for key, field in section.items()})
+    return flat
+
+
+def section_of(key: str) -> str:
+    """`train.lr` -> `train`; run-level keys -> ''."""
+    return key.rsplit(".", 1)[0] if "." in key else ""

@@ -1,0 +1,129 @@
+"""The method catalog: what each federated method IS, declared, so nothing is guessed from its name.
+
+Pure Python (no torch, no Flower): the config schema, the runner and the analyzer read it. Each
+entry names the module holding the method's client and strategy; `fedmpq_flwr.methods.registry`
+imports it only when a run needs it. Adding a method is one module in `methods/` plus one entry
+here (with the config section it owns, if any).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fedmpq_flwr.config.fields import ConfigError, Field, Section, choice, number
+
+FULL_PRECISION = "full_precision"
+QUANTIZED = "quantized"
+# Config sections every method reads; a method's own sections are listed in its entry.
+COMMON_SECTIONS = ("strategy", "model", "dataset", "train", "federation")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method's declared facts."""
+
+    module: str  # fedmpq_flwr.methods.<module> holds the method's classes:
+    client: str  # its NumPyClient subclass
+    strategy: str  # its legacy Strategy subclass
+    family: str  # FULL_PRECISION (float models on the devices) or QUANTIZED
+    distils: bool  # its clients add a distillation term
+    compresses_upload: bool  # clients send fewer than 32 bits per float
+    cost_reference: str | None  # the method its bits, time and FLOPs are compared with (None: none)
+    sections: tuple[str, ...]  # config sections it reads besides COMMON_SECTIONS
+    summary: str  # one line for reports and the README
+
+
+def _parse_budgets(key: str, value: Any) -> list[float]:
+    """Per-client bit budgets: a YAML list or a comma-separated string ("2,2,3"); "" means none."""
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"key '{key}': value {value!r} must be a list of numbers in [1, 8] or a string like '2,2,3'")
+    budgets = []
+    for item in items:
+        try:
+            budget = float(item)
+        except (TypeError, ValueError):
+            budget = math.nan
+        if isinstance(item, bool) or not 1 <= budget <= 8:
+            raise ConfigError(
+                f"key '{key}': value {value!r} has entry {item!r}; each budget must be a number in [1, 8]"
+            )
+        budgets.append(int(budget) if budget.is_integer() else budget)
+    return budgets
+
+
+# Sections owned by methods: the schema assembles them with the common ones (config/schema.py).
+QUANT: Section = {
+    "budgets": Field(list, [], parse=_parse_budgets),  # one per client; [] = avg_bits for all
+    "avg_bits": number(float, 4.0, 1, 8),
+    "lambda_b": number(float, 0.01, 0),
+    "thre": number(float, 2.0, 0, 100),
+    "act_bits": number(int, 4, 1, 8),
+    "rounding": choice("stochastic", "stochastic", "nearest"),
+}
+KD: Section = {
+    "alpha": number(float, 0.5, 0),
+    "temperature": number(float, 2.0, 0, low_open=True),
+    "teacher": choice("frozen", "frozen", "updating"),
+    "ema_decay": number(float, 0.99, 0, 1),
+    "refresh_every": number(int, 1, 1),
+}
+METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD}
+
+CATALOG: dict[str, MethodSpec] = {
+    "fedavg": MethodSpec(
+        module="fedavg",
+        client="FedAvgClient",
+        strategy="FedAvgStrategy",
+        family=FULL_PRECISION,
+        distils=False,
+        compresses_upload=False,
+        cost_reference=None,
+        sections=(),
+        summary="FedAvg (McMahan et al., 2017): full-precision clients, weighted averaging",
+    ),
+    "fedmpq": MethodSpec(
+        module="fedmpq",
+        client="FedMPQClient",
+        strategy="FedMPQStrategy",
+        family=QUANTIZED,
+        distils=False,
+        compresses_upload=True,
+        cost_reference="fedavg",
+        sections=("quant",),
+        summary="FedMPQ (Chen & Vikalo, CVPR 2024): bit-plane clients, pruning, server bit re-allocation",
+    ),
+    "fedmpq_kd": MethodSpec(
+        module="fedmpq_kd",
+        client="FedMPQKDClient",
+        strategy="FedMPQStrategy",  # FedMPQ's server: the teacher stays on the client
+        family=QUANTIZED,
+        distils=True,
+        compresses_upload=True,
+        cost_reference="fedmpq",
+        sections=("quant", "kd"),
+        summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model",
+    ),
+}
+
+# The named comparison points of the design (the analyzer's references and success criteria).
+FULL_PRECISION_REFERENCE = "fedavg"
+QUANTIZED_REFERENCE = "fedmpq"
+PROPOSED = "fedmpq_kd"
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(CATALOG)
+
+
+def spec_of(name: str | None) -> MethodSpec | None:
+    """The catalog entry of a method, or None for a name the catalog does not know."""
+    return CATALOG.get(name) if name else None
+
+
+def reads_section(name: str | None, section: str) -> bool:
+    """Whether a method reads a config section (unknown methods are assumed to read everything)."""
+    spec = spec_of(name)
+    return spec is None or section in COMMON_SECTIONS or section in spec.sections

@@ -1,0 +1,271 @@
+"""FedAvg (McMahan et al., 2017): full-precision clients, sample-weighted averaging. The base of every method.
+
+Client: train the received global model with SGD (momentum) for `train.local_epochs` epochs on its
+partition and send the float32 weights back. Server: average them (by sample count, or unweighted
+with `strategy.weighting: uniform`).
+
+Hooks for other methods. Client: `train` (what is trained and sent). Strategy: `fit_config`
+(instructions sent with the weights), `download_bits`, `upload_bits`, `aggregate`, `client_record`
+(method fields of a participant's entry), `evaluate_extra` (more evaluation of the new global
+model), `progress_fields`, `feature_models`, `save_outputs`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+from flwr.common import (
+    FitIns,
+    FitRes,
+    NDArrays,
+    Parameters,
+    RecordDict,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+from flwr.server.strategy.aggregate import aggregate
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
+from fedmpq_flwr.dataset import FederatedData, client_loader, load_data
+from fedmpq_flwr.models import build_model, save_final_model
+from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, ROUND_FROM_CLIENTS, RunRecorder, round_from_clients
+from fedmpq_flwr.server.evaluation import ServerEvaluator
+from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
+from fedmpq_flwr.server.sampling import ClientSampler
+from fedmpq_flwr.train import resolve_device, train_epochs
+from fedmpq_flwr.weights import get_weights, set_weights
+
+FLOAT_BITS = 32
+Update = tuple[int, NDArrays, FitRes]  # (partition id, uploaded arrays, the client's reply)
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Seed of one client's local training in one round: reproducible, distinct per (round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+class FedAvgClient(NumPyClient):
+    """Full-precision client: SGD with momentum for `train.local_epochs` epochs."""
+
+    def __init__(
+        self, config: dict[str, Any], partition_id: int, num_partitions: int, state: RecordDict | None = None
+    ) -> None:
+        self.config = config
+        self.partition_id = partition_id
+        self.num_partitions = num_partitions
+        # What the node keeps between rounds (Flower's `context.state`: client objects are rebuilt every round).
+        self.state = state if state is not None else RecordDict()
+        self.device = resolve_device(config["federation"]["device"])
+
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Tell the server which data partition this node holds (it samples by partition id)."""
+        return {"partition_id": self.partition_id}
+
+    def optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        train_cfg = self.config["train"]
+        return torch.optim.SGD(
+            parameters, lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"]
+        )
+
+    def train(
+        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Train the received global model; return what to upload and the metrics to report."""
+        epochs = self.config["train"]["local_epochs"]
+        stats = train_epochs(model, loader, self.optimizer(model.parameters()), epochs, self.device)
+        return get_weights(model), stats
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        started = time.perf_counter()
+        reset_peak_gpu(self.device)
+        seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
+        torch.manual_seed(seed)
+        dataset_cfg = self.config["dataset"]
+        data = load_data(dataset_cfg)
+        batch_size = self.config["train"]["batch_size"]
+        loader = client_loader(data, self.partition_id, self.num_partitions, dataset_cfg, batch_size, seed)
+        model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
+        set_weights(model, parameters)
+        weights, metrics = self.train(model, loader, config, seed)
+        metrics.update(
+            partition_id=self.partition_id,
+            client_time_s=time.perf_counter() - started,
+            peak_rss_mb=peak_rss_mb(),
+            **peak_gpu_mb(self.device),
+        )
+        return weights, len(loader.dataset), metrics
+
+
+class FedAvgStrategy(Strategy):
+    """Sample-weighted FedAvg over clients sampled by partition id with a seeded RNG; the server
+    evaluates the global model after every round and logs the round."""
+
+    def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
+        super().__init__()
+        self.config = config
+        self.recorder = recorder
+        self.device = resolve_device(config["federation"]["device"])
+        self.data: FederatedData = load_data(config["dataset"])
+        self.evaluator = ServerEvaluator(self.data, config["train"]["eval_batch_size"], self.device)
+        torch.manual_seed(config["seed"])
+        self.model = build_model(config["model"]["name"], self.data.num_classes).to(self.device)
+        self.sampler = ClientSampler(config["seed"], config["strategy"]["fraction_fit"])
+        self.round_log = RoundLog(recorder, config["train"]["num_rounds"])
+        self.latest_parameters: NDArrays = get_weights(self.model)
+        self.current: RoundInProgress | None = None
+
+    # ---- hooks for subclasses ---------------------------------------------------------
+
+    def fit_config(self, server_round: int, partition_id: int) -> dict[str, Scalar]:
+        """Per-client instructions sent with the global weights."""
+        return {"server_round": server_round}
+
+    def download_bits(self, parameters: NDArrays, partition_id: int) -> int:
+        """Bits the server sends one client: the full-precision global model."""
+        return FLOAT_BITS * sum(int(array.size) for array in parameters)
+
+    def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
+        """Bits one client sends back: its float32 weights."""
+        return FLOAT_BITS * sum(int(array.size) for array in weights)
+
+    def aggregate(self, updates: list[Update]) -> NDArrays:
+        """Average of the clients' weights: by sample count (FedAvg, default) or unweighted
+        (`strategy.weighting: uniform`, as the official FedMPQ code)."""
+        uniform = self.config["strategy"]["weighting"] == "uniform"
+        return aggregate([(weights, 1 if uniform else fit_res.num_examples) for _, weights, fit_res in updates])
+
+    def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
+        """Method-specific fields of one participant's entry in the round's `clients` list."""
+        return {}
+
+    def evaluate_extra(self, server_round: int) -> dict[str, Any]:
+        """More evaluation fields for the round, with `self.model` holding the new global model."""
+        return {}
+
+    def progress_fields(self, record: dict[str, Any]) -> str:
+        """Extra text for the per-round progress line."""
+        return ""
+
+    def feature_models(self) -> tuple[dict[str, nn.Module], dict[str, int]]:
+        """Models whose penultimate features are saved at the end (name -> model), and numbers to
+        store with them: here the final global model."""
+        return {"float": self.model}, {}
+
+    def save_outputs(self) -> None:
+        """Files written after the last round: the final global model and its features."""
+        set_weights(self.model, self.latest_parameters)
+        model_name, num_classes = self.config["model"]["name"], self.data.num_classes
+        save_final_model(self.recorder.run_dir / MODEL_FILE, self.model, model_name, num_classes)
+        models, numbers = self.feature_models()
+        self.evaluator.save_features(
+            self.recorder.run_dir / FEATURES_FILE, models, numbers, seed=self.config["dataset"]["seed"]
+        )
+
+    # ---- the round's record -----------------------------------------------------------
+
+    def round_fields(self, updates: list[Update], bits_up: dict[int, int]) -> dict[str, Any]:
+        """Per-round fields for metrics.jsonl (computed before `aggregate`): one entry per participant
+        with every number it reported, the sample-weighted training loss and the fields of
+        `ROUND_FROM_CLIENTS`."""
+        clients = [
+            {
+                "partition_id": pid,
+                "num_examples": res.num_examples,
+                "bits_up": bits_up[pid],
+                **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k != "partition_id"},
+                **self.client_record(pid, res),
+            }
+            for pid, _, res in updates
+        ]
+        total = sum(c["num_examples"] for c in clients)
+        loss = sum(c["train_loss"] * c["num_examples"] for c in clients)
+        fields: dict[str, Any] = {"train_loss": loss / total if total else None, "clients": clients}
+        for round_key in ROUND_FROM_CLIENTS:
+            value = round_from_clients(round_key, clients)
+            if value is not None:
+                fields[round_key] = value
+        return fields
+
+    def start_round(self, server_round: int, sampled: list[int], parameters: NDArrays) -> RoundInProgress:
+        """Open the record of a round whose participants are `sampled` and which sends `parameters`."""
+        reset_peak_gpu(self.device)
+        bits_down = sum(self.download_bits(parameters, pid) for pid in sampled)
+        self.current = RoundInProgress(server_round=server_round, sampled=sampled, bits_down=bits_down)
+        return self.current
+
+    # ---- Strategy interface -------------------------------------------------------------
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """Every client starts from the same seeded global model."""
+        return ndarrays_to_parameters(self.latest_parameters)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        clients = self.sampler.connected(client_manager)
+        sampled = self.sampler.sample(list(clients))
+        self.start_round(server_round, sampled, parameters_to_ndarrays(parameters))
+        return [(clients[pid], FitIns(parameters, self.fit_config(server_round, pid))) for pid in sampled]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        # Sorting by partition makes the float summation order, hence the result, reproducible.
+        updates = sorted(
+            ((int(res.metrics["partition_id"]), parameters_to_ndarrays(res.parameters), res) for _, res in results),
+            key=lambda update: update[0],
+        )
+        bits_up = {pid: self.upload_bits(weights, res) for pid, weights, res in updates}
+        self.current.fit = FitSummary(
+            num_failures=len(failures),
+            bits_up=sum(bits_up.values()),
+            client_time_s=max((float(res.metrics["client_time_s"]) for _, _, res in updates), default=0.0),
+        )
+        if not updates:
+            return None, {}
+        self.current.fit.fields = self.round_fields(updates, bits_up)
+        self.latest_parameters = self.aggregate(updates)
+        return ndarrays_to_parameters(self.latest_parameters), {}
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list:
+        return []  # evaluation happens on the server, in `evaluate`
+
+    def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[float | None, dict]:
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """Test (and validation) accuracy of the global model after each round; logs the round."""
+        if server_round == 0:
+            return None
+        set_weights(self.model, parameters_to_ndarrays(parameters))
+        record: dict[str, Any] = {"round": server_round, **self.evaluator.float_metrics(self.model)}
+        record.update(self.evaluate_extra(server_round))
+        current, fit = self.current, self.current.fit
+        record.update(
+            bits_up=fit.bits_up if fit else 0,
+            bits_down=current.bits_down,
+            round_time_s=time.perf_counter() - current.started,
+            server_peak_rss_mb=peak_rss_mb(),
+            **{f"server_{key}": value for key, value in peak_gpu_mb(self.device).items()},
+            num_sampled=len(current.sampled),
+            num_failures=fit.num_failures if fit else 0,
+            sampled_partitions=current.sampled,
+        )
+        if fit is not None:
+            record.update(client_time_s=fit.client_time_s, **fit.fields)
+        self.round_log.write(record, self.progress_fields(record))
+        return record["test_loss"], {"test_accuracy": record["test_accuracy"]}

@@ -1,0 +1,1 @@
+"""The server's parts below the strategy: node discovery and sampling, evaluation, the round record."""

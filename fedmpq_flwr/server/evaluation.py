@@ -1,0 +1,64 @@
+"""Server-side evaluation: the float global model on the test set (and the validation pool), the
+global model quantized to clients' assignments, and the penultimate features saved at the end.
+
+Data go to the loaders once, at construction; every evaluation is exact, in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmpq_flwr.dataset import FederatedData, eval_loader
+from fedmpq_flwr.quant import quantize_model
+from fedmpq_flwr.train import evaluate, penultimate_features
+
+FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
+
+
+class ServerEvaluator:
+    """Test and validation loaders built once; evaluation of float and quantized global models."""
+
+    def __init__(self, data: FederatedData, batch_size: int, device: torch.device) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self.test_loader = eval_loader(data.x_test, data.y_test, batch_size)
+        self.val_loader = eval_loader(data.x_val, data.y_val, batch_size) if len(data.y_val) else None
+
+    def float_metrics(self, model: nn.Module) -> dict[str, float]:
+        """`test_accuracy`, `test_loss` (and `val_loss`, `val_accuracy` with a validation pool)."""
+        test_loss, test_accuracy = evaluate(model, self.test_loader, self.device)
+        metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss}
+        if self.val_loader is not None:
+            metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, self.val_loader, self.device)
+        return metrics
+
+    def quantized_accuracies(
+        self, model: nn.Module, assignments: dict[int, dict[str, int]], act_bits: int
+    ) -> dict[int, float]:
+        """Test accuracy of `model` quantized to each client's assignment (one evaluation per
+        distinct assignment: clients with equal budgets usually share one)."""
+        accuracy_of: dict[str, float] = {}
+        accuracies = {}
+        for pid, bits in sorted(assignments.items()):
+            key = json.dumps(bits, sort_keys=True)
+            if key not in accuracy_of:
+                accuracy_of[key] = evaluate(quantize_model(model, bits, act_bits), self.test_loader, self.device)[1]
+            accuracies[pid] = accuracy_of[key]
+        return accuracies
+
+    def save_features(self, path: Path, models: dict[str, nn.Module], numbers: dict[str, int], seed: int) -> None:
+        """`features.npz`: labels and the penultimate features of each model (saved as `<name>_features`)
+        on a fixed subset of the test set (the same images in every run with this `seed`)."""
+        size = len(self.data.y_test)
+        chosen = np.sort(np.random.default_rng(seed).choice(size, min(FEATURE_IMAGES, size), replace=False))
+        loader = eval_loader(self.data.x_test[chosen], self.data.y_test[chosen], self.batch_size)
+        arrays = {}
+        for name, model in models.items():
+            arrays[f"{name}_features"], labels = penultimate_features(model, loader, self.device)
+        np.savez_compressed(path, labels=labels, **arrays, **numbers)

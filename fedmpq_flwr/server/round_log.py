@@ -1,0 +1,67 @@
+"""The round record: what `configure_fit` hands to `aggregate_fit` and `evaluate`, and its logging.
+
+Flower calls the three strategy callbacks of a round one after another; `RoundInProgress` is the
+explicit hand-off between them. `RoundLog` writes the finished record to metrics.jsonl and prints
+the progress line with an ETA.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
+
+from flwr.common import log
+
+from fedmpq_flwr.results import RunRecorder
+
+
+def format_seconds(seconds: float) -> str:
+    """1h02m03s / 2m03s: for progress lines."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass
+class FitSummary:
+    """What `aggregate_fit` learnt from the clients' replies."""
+
+    num_failures: int
+    bits_up: int
+    client_time_s: float  # the slowest participant's seconds
+    fields: dict[str, Any] = field(default_factory=dict)  # train_loss, clients and per-round client fields
+
+
+@dataclass
+class RoundInProgress:
+    """One round from `configure_fit` to `evaluate`."""
+
+    server_round: int
+    sampled: list[int]
+    bits_down: int
+    started: float = field(default_factory=time.perf_counter)
+    fit: FitSummary | None = None  # None until aggregate_fit ran (or when no client replied)
+
+
+class RoundLog:
+    """Appends each round's record to metrics.jsonl and logs one progress line per round."""
+
+    def __init__(self, recorder: RunRecorder, num_rounds: int) -> None:
+        self.recorder = recorder
+        self.num_rounds = num_rounds
+        self.started = time.perf_counter()
+
+    def write(self, record: dict[str, Any], progress_extra: str = "") -> None:
+        """Record a finished round (`round`, `test_accuracy`, `round_time_s` ...) and print its progress."""
+        self.recorder.log_round(record)
+        server_round = record["round"]
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / server_round * (self.num_rounds - server_round)
+        log(
+            INFO,
+            "[%s] round %d/%d  test_acc=%.4f%s  %.1f s/round  elapsed %s  ETA %s",
+            self.recorder.run_id, server_round, self.num_rounds, record["test_accuracy"], progress_extra,
+            record["round_time_s"], format_seconds(elapsed), format_seconds(eta),
+        )  # fmt: skip

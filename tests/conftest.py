@@ -1,0 +1,127 @@
+"""Shared fixtures: small validated configs and the strategy/client round trip without Flower's runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
+
+from fedmpq_flwr.config import deep_merge, validate
+from fedmpq_flwr.methods.registry import load_method
+from fedmpq_flwr.results import RunRecorder
+
+# What may differ between two runs of the same computation: times, memory and the run id.
+VARYING_KEYS = {
+    "run_id",
+    "client_time_s",
+    "round_time_s",
+    "client_compute_s",
+    "peak_rss_mb",
+    "client_peak_rss_mb",
+    "server_peak_rss_mb",
+}
+
+
+@pytest.fixture
+def fedavg_config(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """A tiny synthetic FedAvg run (10 clients' worth of defaults, half sampled), nested overrides merged."""
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        base = {
+            "run_id": "unit",
+            "seed": 3,
+            "results_dir": str(tmp_path),
+            "model": {"name": "tiny_cnn"},
+            "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 100},
+            "train": {"num_rounds": 2, "batch_size": 32},
+            "strategy": {"fraction_fit": 0.5},
+            "federation": {"device": "cpu"},
+        }
+        return validate(deep_merge(base, overrides))
+
+    return make
+
+
+@pytest.fixture
+def fedmpq_config(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """A tiny synthetic FedMPQ-family run: 4 clients with budgets [2, 3, 4, 5], IID split."""
+
+    def make(method: str = "fedmpq", model: str = "tiny_cnn", run_id: str = "unit", **overrides: Any) -> dict:
+        base = {
+            "run_id": run_id,
+            "seed": 1,
+            "results_dir": str(tmp_path),
+            "model": {"name": model},
+            "strategy": {"name": method},
+            "dataset": {"name": "synthetic", "synthetic_train_size": 96, "synthetic_test_size": 40, "alpha": "inf"},
+            "train": {"num_rounds": 2, "batch_size": 16},
+            "quant": {"budgets": [2, 3, 4, 5]},
+            "federation": {"num_clients": 4, "device": "cpu"},
+        }
+        return validate(deep_merge(base, overrides))
+
+    return make
+
+
+class Rounds:
+    """Drive a method's real strategy and clients directly, as Flower would (minus the transport)."""
+
+    varying_keys = VARYING_KEYS
+
+    @staticmethod
+    def strategy(config: dict[str, Any]) -> Any:
+        """The configured method's strategy, recording into `<results_dir>/<run_id>`."""
+        run_dir = Path(config["results_dir"]) / config["run_id"]
+        return load_method(config["strategy"]["name"]).strategy(config, RunRecorder(run_dir, config["run_id"]))
+
+    @staticmethod
+    def fit_result(client: Any, strategy: Any, pid: int, server_round: int = 1) -> FitRes:
+        """One client's reply to the strategy's current global model and instructions."""
+        weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)
+
+    @staticmethod
+    def run(
+        config: dict[str, Any], rounds: int, participants: list[list[int]] | None = None
+    ) -> tuple[list[dict[str, Any]], list]:
+        """Rounds of the configured method's real strategy and clients, called as Flower would (minus the
+        transport); every node keeps its own state between rounds. Returns the metrics.jsonl records
+        and the final global weights."""
+        method = load_method(config["strategy"]["name"])
+        strategy = Rounds.strategy(config)
+        num_clients = config["federation"]["num_clients"]
+        states = {pid: RecordDict() for pid in range(num_clients)}
+        for server_round in range(1, rounds + 1):
+            sampled = participants[server_round - 1] if participants else sorted(states)
+            strategy.start_round(server_round, sampled, strategy.latest_parameters)
+            results = [
+                (
+                    None,
+                    Rounds.fit_result(
+                        method.client(config, pid, num_clients, states[pid]), strategy, pid, server_round
+                    ),
+                )
+                for pid in sampled
+            ]
+            strategy.aggregate_fit(server_round, results, [])
+            strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
+        lines = (strategy.recorder.run_dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines], strategy.latest_parameters
+
+    @staticmethod
+    def without(record: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+        """A metrics record minus some keys, also inside its `clients` entries."""
+        kept = {k: v for k, v in record.items() if k not in keys}
+        if "clients" in kept:
+            kept["clients"] = [{k: v for k, v in client.items() if k not in keys} for client in kept["clients"]]
+        return kept
+
+
+@pytest.fixture
+def fl() -> type[Rounds]:
+    """The `Rounds` helpers: `fl.strategy(config)`, `fl.fit_result(...)`, `fl.run(config, rounds)`, `fl.without`."""
+    return Rounds
