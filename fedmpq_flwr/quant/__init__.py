@@ -14,6 +14,7 @@ from fedmpq_flwr.quant.convert import (
     rebinarize_model,
 )
 from fedmpq_flwr.quant.payload import decode_update, encode_update, upload_bits
+from fedmpq_flwr.quant.svd import energy_threshold, svd_decode, svd_encode, svd_rank, svd_upload_bits
 
 __all__ = [
     "MAX_BITS",
@@ -26,6 +27,7 @@ __all__ = [
     "decode_update",
     "dequantized_state",
     "encode_update",
+    "energy_threshold",
     "layer_bits",
     "levels",
     "prune_model",
@@ -34,5 +36,9 @@ __all__ = [
     "quantize_model",
     "quantized_param_count",
     "rebinarize_model",
+    "svd_decode",
+    "svd_encode",
+    "svd_rank",
+    "svd_upload_bits",
     "upload_bits",
 ]
