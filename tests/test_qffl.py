@@ -131,3 +131,38 @@ def test_rejects_bad_input() -> None:
         qffl.aggregate(GLOBAL, [upload], [h], TRAINABLE, buffer_weights=[0.0])
     with pytest.raises(ValueError):
         qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 100.0, 200.0, LR)  # 100^200 overflows
+
+
+def test_one_round_on_a_torch_model() -> None:
+    """The pieces as the wiring will use them: F_k = evaluate() of the received model on the client's
+    partition (eval mode, no augmentation), local SGD, client_update over trainable_mask, aggregate,
+    set_weights. With q = 0 the result is the uniform mean of the local models, BatchNorm included."""
+    import torch
+
+    from fedmpq_flwr.dataset import eval_loader
+    from fedmpq_flwr.models import build_model
+    from fedmpq_flwr.train import evaluate, train_epochs
+    from fedmpq_flwr.weights import get_weights, set_weights, trainable_mask
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 10)
+    global_weights, mask = get_weights(model), trainable_mask(model)
+    device, lr = torch.device("cpu"), 0.05
+    locals_, losses = [], []
+    for _ in range(2):
+        x = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+        y = rng.integers(0, 10, size=16)
+        loader = eval_loader(x, y, 8)
+        set_weights(model, global_weights)
+        losses.append(evaluate(model, loader, device)[0])
+        train_epochs(model, loader, torch.optim.SGD(model.parameters(), lr=lr), 1, device)
+        locals_.append(get_weights(model))
+    for q in (0.0, 1.0):
+        updates = [qffl.client_update(global_weights, w_k, mask, f, q, lr) for w_k, f in zip(locals_, losses)]
+        new = qffl.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
+        set_weights(model, new)  # shapes and order fit the model
+        for i, is_trainable in enumerate(mask):
+            mean = (locals_[0][i].astype(np.float64) + locals_[1][i]) / 2
+            if not is_trainable or q == 0:
+                np.testing.assert_allclose(new[i], mean, rtol=1e-5, atol=1e-6)

@@ -253,3 +253,29 @@ def test_trainable_mask_excludes_batchnorm_buffers() -> None:
     for key, is_trainable in zip(keys, mask):
         assert is_trainable == (not key.endswith(("running_mean", "running_var")))
     assert sum(mask) == len(list(model.parameters()))
+
+
+def test_fedpaq_upload_of_a_torch_model() -> None:
+    """Encode a tiny_cnn update as a FedPAQ client would, decode it into the model: BatchNorm running
+    statistics arrive exactly, the bit count follows from the model's sizes."""
+    import torch
+
+    from fedmpq_flwr.models import build_model
+    from fedmpq_flwr.weights import get_weights, set_weights, trainable_mask
+
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 10)
+    reference, mask = get_weights(model), trainable_mask(model)
+    rng = np.random.default_rng(1)
+    local = [w + (0.01 * rng.standard_normal(w.shape)).astype(np.float32) for w in reference]
+    upload = encode_model_update(local, reference, mask, np.random.default_rng(2))
+    decoded = decode_model_update(upload, reference, mask)
+    set_weights(model, decoded)
+    for value, received, is_quantized in zip(local, decoded, mask):
+        if not is_quantized:
+            np.testing.assert_array_equal(received, value)
+    quantized_sizes = [w.size for w, q in zip(reference, mask) if q]
+    raw = sum(w.size for w, q in zip(reference, mask) if not q)
+    expected = sum(4 * n + 32 * num_buckets(n, 512) for n in quantized_sizes) + 32 * raw
+    assert model_update_bits(upload, mask) == expected
+    assert expected < 32 * sum(w.size for w in reference) / 7  # about 4.3 bits per coordinate
