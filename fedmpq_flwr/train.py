@@ -70,20 +70,59 @@ def train_epochs(
     return {"train_loss": 0.0, **means, "steps": float(steps), "train_flops": float(step_flops * steps)}
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Exact loss and top-1 accuracy over the whole loader, in eval mode (BatchNorm running stats)."""
+def _evaluation_pass(
+    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int | None
+) -> tuple[float, float, list[float | None]]:
+    """One pass in eval mode: mean loss, accuracy and (when `num_classes` is given) per-class accuracy."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
+    if num_classes is not None:
+        class_correct = torch.zeros(num_classes, dtype=torch.int64, device=device)
+        class_count = torch.zeros(num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
+        hits = logits.argmax(dim=1) == labels
+        if num_classes is not None:  # checked before the loss, which would fail less clearly (on CUDA: assert)
+            if logits.shape[1] != num_classes:
+                raise ValueError(f"the model has {logits.shape[1]} outputs but num_classes is {num_classes}")
+            # bincount grows past minlength for a label >= num_classes (and rejects negative ones)
+            batch_count = torch.bincount(labels, minlength=num_classes)
+            if batch_count.numel() != num_classes:
+                raise ValueError(f"a label is outside [0, {num_classes})")
+            class_count += batch_count
+            class_correct += torch.bincount(labels[hits], minlength=num_classes)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        correct += hits.sum().item()
         count += labels.numel()
     if count == 0:
         raise ValueError("evaluate() got an empty loader")
-    return loss_sum / count, correct / count
+    class_accuracy: list[float | None] = []
+    if num_classes is not None:
+        class_accuracy = [
+            hit / total if total else None for hit, total in zip(class_correct.tolist(), class_count.tolist())
+        ]
+    return loss_sum / count, correct / count, class_accuracy
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """Exact loss and top-1 accuracy over the whole loader, in eval mode (BatchNorm running stats).
+
+    Over a client's training partition without augmentation (`dataset.eval_loader` of its
+    examples) the loss of the received global model is q-FFL's F_k."""
+    loss, accuracy, _ = _evaluation_pass(model, loader, device, None)
+    return loss, accuracy
+
+
+@torch.inference_mode()
+def evaluate_classes(
+    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+) -> tuple[float, float, list[float | None]]:
+    """`evaluate`'s loss and accuracy plus the top-1 accuracy of every class 0..num_classes-1, from
+    the same pass. A class with no example in the loader gets None (JSON null: it has no accuracy,
+    and `fedmpq_flwr.fairness` leaves it out of the clients' expected accuracies)."""
+    return _evaluation_pass(model, loader, device, num_classes)
 
 
 @torch.inference_mode()

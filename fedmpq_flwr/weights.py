@@ -12,6 +12,14 @@ def communicated_keys(model: nn.Module) -> list[str]:
     return [key for key, value in model.state_dict().items() if value.is_floating_point()]
 
 
+def trainable_mask(model: nn.Module) -> list[bool]:
+    """Per `communicated_keys` entry: True for a trainable parameter (conv/linear weights and biases,
+    BatchNorm affine weights), False for buffers (BatchNorm running statistics). FedPAQ quantizes
+    the True entries; q-FFL applies its step to them and averages the others as FedAvg."""
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return [key in trainable for key in communicated_keys(model)]
+
+
 def get_weights(model: nn.Module) -> list[np.ndarray]:
     """The model's communicated state as float32 numpy arrays, in `communicated_keys` order."""
     state = model.state_dict()
