@@ -21,8 +21,8 @@ def test_resnet20_architecture() -> None:
     assert 260_000 <= num_params(model) <= 280_000
     x = torch.randn(3, 3, 32, 32)
     assert model(x).shape == (3, 10)
-    assert model.features(x).shape == (3, 64)
-    torch.testing.assert_close(model.fc(model.features(x)), model(x))
+    assert model.penultimate(x).shape == (3, 64)
+    torch.testing.assert_close(model.fc(model.penultimate(x)), model(x))
     assert isinstance(model.fc, nn.Linear)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 + 18 + 2  # stem, 9 blocks x 2, 2 shortcuts
@@ -36,7 +36,7 @@ def test_resnet20_downsample_shortcuts() -> None:
         convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
         assert len(convs) == 1
         assert convs[0].kernel_size == (1, 1) and convs[0].stride == (2, 2) and convs[0].bias is None
-    # Every other conv is 3x3: what the quantizer keeps after skipping names with "downsample".
+    # Every other conv is 3x3: the layers its quantization rules declare quantized.
     others = [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "downsample" not in n]
     assert all(m.kernel_size == (3, 3) for m in others)
 
@@ -46,7 +46,7 @@ def test_tiny_cnn_is_small_and_shapes_match() -> None:
     assert num_params(model) < 30_000
     x = torch.randn(5, 3, 32, 32)
     assert model(x).shape == (5, 7)
-    assert model.features(x).shape == (5, model.fc.in_features)
+    assert model.penultimate(x).shape == (5, model.fc.in_features)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
