@@ -3,8 +3,9 @@
 What it measures, in ONE process, on the same random CIFAR-shaped data (batch 64, 3x32x32,
 10 classes), with SGD (momentum 0.9, lr 0.1):
 
-* float step:     zero_grad, forward of full-precision ResNet-20, cross-entropy, backward, step;
-* quantized step: the same for `quantize_model(resnet20, {every layer: --bits}, act_bits)`, with
+* float step:     zero_grad, forward of a full-precision registry model (`--models`, default
+                  ResNet-20), cross-entropy, backward, step;
+* quantized step: the same for `quantize_model(model, {every layer: --bits}, act_bits)`, with
                   loss = CE + 0.01 * bit_regularizer / quantized_param_count (what a FedMPQ
                   client optimises), then `rebinarize_model` with a seeded generator (stochastic
                   rounding back to the N-bit grid, as after every client step).
@@ -16,32 +17,41 @@ Default `--threads 1`: what one Flower client actor gets in the simulation here.
 
 With `--profile` it also shows where the quantized step's extra time goes: median time of the
 phases (forward / backward / optimizer step / rebinarize) of both models, ablations (quantized
-weights with float ReLU; float weights with quantized ReLU) and torch.profiler's top operators
-by self CPU time for one quantized step.
+weights with float activations; float weights with the model's declared activation quantizers;
+both only for models that quantize activations) and torch.profiler's top operators by self CPU
+time for one quantized step.
+
+`--models` takes several registry names (comma-separated), measured one after the other;
+`--tiny` builds each at its small test size (`MODELS[name].tiny`) instead of the documented one.
 
 Run:
     .venv/bin/python experiments/bench_quant_step.py                    # CPU, 1 thread, 4 bits
     .venv/bin/python experiments/bench_quant_step.py --threads 2 --steps 30 --bits 8
     .venv/bin/python experiments/bench_quant_step.py --device cuda --profile
-The last line printed is JSON: {"fp_step_s", "quant_step_s", "ratio", "device", "threads", ...}.
+    .venv/bin/python experiments/bench_quant_step.py --models resnet20,mobilenet_v2,vit_small --tiny --steps 3
+The output ends with one JSON line per model: {"model", "fp_step_s", "quant_step_s", "ratio", "device",
+"threads", "quantized_activations" (false for a weight-only model such as vit_small), ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmpq_flwr.models import build_model
+from fedmpq_flwr.models import MODELS, build_model
 from fedmpq_flwr.quant import (
-    QuantReLU,
+    ACTIVATION_QUANTIZERS,
     bit_regularizer,
+    quant_rules,
     quantizable_layers,
     quantize_model,
     quantized_param_count,
@@ -55,6 +65,8 @@ LAMBDA_BIT = 0.01
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet20", help=f"comma-separated, of: {', '.join(MODELS)}")
+    parser.add_argument("--tiny", action="store_true", help="build each model at its small test size")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each model (default 20)")
@@ -160,24 +172,26 @@ def phase_times(stepper: Stepper, batches, steps: int, warmup: int, device: torc
     return {key: statistics.median(values) for key, values in phases.items()}
 
 
-def relu_to(model: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
-    """Replace every nn.ReLU / QuantReLU of `model` (in place) by `make()`."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, (nn.ReLU, QuantReLU)):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, make())
+def swap_activations(model: nn.Module, declared: nn.Module, make: Callable[[str, str], nn.Module]) -> nn.Module:
+    """Replace (in place) each activation that `declared`'s quantization rules name by
+    `make(name, kind)`; `model` is `declared` or its quantized copy (same module names)."""
+    for name, kind in quant_rules(declared).activations.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, make(name, kind))
     return model
 
 
-def profile(args: argparse.Namespace, device: torch.device, batches) -> None:
+def profile(
+    args: argparse.Namespace, device: torch.device, batches, name: str, size: dict[str, Any], label: str
+) -> None:
     torch.manual_seed(args.seed)
-    float_model = build_model("resnet20", NUM_CLASSES)
-    bits = {name: args.bits for name in quantizable_layers(float_model)}
-    fp = Stepper(build_model("resnet20", NUM_CLASSES), device, quantized=False, seed=args.seed)
+    float_model = build_model(name, NUM_CLASSES, **size)
+    bits = {layer: args.bits for layer in quantizable_layers(float_model)}
+    fp = Stepper(build_model(name, NUM_CLASSES, **size), device, quantized=False, seed=args.seed)
     fp.model.load_state_dict(float_model.state_dict())
     quant = Stepper(quantize_model(float_model, bits, args.act_bits), device, quantized=True, seed=args.seed)
 
-    print("\n== phases (median seconds) ==")
+    print(f"\n== {label}: phases (median seconds) ==")
     fp_phases = phase_times(fp, batches, args.steps, args.warmup, device)
     q_phases = phase_times(quant, batches, args.steps, args.warmup, device)
     print(f"{'phase':<12}{'float':>10}{'quant':>10}{'extra':>10}")
@@ -188,30 +202,34 @@ def profile(args: argparse.Namespace, device: torch.device, batches) -> None:
         f"{sum(q_phases.values()) - sum(fp_phases.values()):>+10.4f}"
     )
 
-    print("\n== ablations (interleaved, median step seconds) ==")
-    variants = {
-        "float": fp,
-        "quant (weights + acts)": quant,
-        "quant weights, float ReLU": Stepper(
-            relu_to(quantize_model(float_model, bits, args.act_bits), lambda: nn.ReLU(inplace=True)),
+    variants = {"float": fp, "quant (weights + acts)": quant}
+    if quant_rules(float_model).activations:  # weight-only models have no activation ablation
+        variants["quant weights, float acts"] = Stepper(
+            swap_activations(
+                quantize_model(float_model, bits, args.act_bits),
+                float_model,
+                lambda layer, kind: copy.deepcopy(float_model.get_submodule(layer)),
+            ),
             device,
             quantized=True,
             seed=args.seed,
-        ),
-        "float weights, QuantReLU": Stepper(
-            relu_to(build_model("resnet20", NUM_CLASSES), lambda: QuantReLU(args.act_bits)),
+        )
+        variants["float weights, quant acts"] = Stepper(
+            swap_activations(
+                copy.deepcopy(float_model), float_model, lambda layer, kind: ACTIVATION_QUANTIZERS[kind](args.act_bits)
+            ),
             device,
             quantized=False,
             seed=args.seed,
-        ),
-    }
+        )
+    print(f"\n== {label}: ablations (interleaved, median step seconds) ==")
     times = interleaved(variants, batches, args.steps, args.warmup, device)
     base = statistics.median(times["float"])
-    for name, values in times.items():
+    for variant, values in times.items():
         med = statistics.median(values)
-        print(f"{name:<28}{med:>10.4f}  x{med / base:.3f}")
+        print(f"{variant:<28}{med:>10.4f}  x{med / base:.3f}")
 
-    print("\n== torch.profiler: one quantized step, top ops by self CPU time ==")
+    print(f"\n== {label}: torch.profiler, one quantized step, top ops by self CPU time ==")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -225,20 +243,13 @@ def profile(args: argparse.Namespace, device: torch.device, batches) -> None:
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
 
 
-def main() -> None:
-    args = parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but CUDA is not available")
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-
+def bench_model(args: argparse.Namespace, device: torch.device, name: str) -> dict[str, Any]:
+    """Interleaved float and quantized steps of one registry model; prints a table, returns the numbers."""
+    size = dict(MODELS[name].tiny) if args.tiny else {}
+    label = f"{name}{' (tiny)' if args.tiny else ''}"
     torch.manual_seed(args.seed)
-    float_model = build_model("resnet20", NUM_CLASSES)
-    bits = {name: args.bits for name in quantizable_layers(float_model)}
+    float_model = build_model(name, NUM_CLASSES, **size)
+    bits = {layer: args.bits for layer in quantizable_layers(float_model)}
     qmodel = quantize_model(float_model, bits, args.act_bits)
     steppers = {
         "float": Stepper(float_model, device, quantized=False, seed=args.seed),
@@ -250,33 +261,55 @@ def main() -> None:
     for stepper in steppers.values():
         assert stepper.loss is not None and torch.isfinite(stepper.loss), "training diverged: timings not meaningful"
 
+    acts = f"{args.act_bits}-bit activations" if quant_rules(float_model).activations else "float activations"
     print(
-        f"ResNet-20, batch {args.batch}, {args.bits}-bit weights / {args.act_bits}-bit activations, "
+        f"{label}, batch {args.batch}, {args.bits}-bit weights / {acts}, "
         f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
     )
     print(f"{'model':<8}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for name, values in times.items():
-        print(f"{name:<8}{statistics.median(values):>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
+    for variant, values in times.items():
+        print(f"{variant:<8}{statistics.median(values):>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
     print(f"ratio quant/float: {q_s / fp_s:.3f}")
 
     if args.profile:
-        profile(args, device, batches)
+        profile(args, device, batches, name, size, label)
+    return {
+        "model": name,
+        "tiny": args.tiny,
+        "fp_step_s": round(fp_s, 6),
+        "quant_step_s": round(q_s, 6),
+        "ratio": round(q_s / fp_s, 4),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "bits": args.bits,
+        "act_bits": args.act_bits,
+        "quantized_activations": bool(quant_rules(float_model).activations),
+        "batch": args.batch,
+        "steps": args.steps,
+    }
 
-    print(
-        json.dumps(
-            {
-                "fp_step_s": round(fp_s, 6),
-                "quant_step_s": round(q_s, 6),
-                "ratio": round(q_s / fp_s, 4),
-                "device": args.device,
-                "threads": torch.get_num_threads(),
-                "bits": args.bits,
-                "act_bits": args.act_bits,
-                "batch": args.batch,
-                "steps": args.steps,
-            }
-        )
-    )
+
+def main() -> None:
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise SystemExit(f"--models {args.models!r}: unknown {unknown} (options: {', '.join(MODELS)})")
+    results = []
+    for name in names:
+        results.append(bench_model(args, device, name))
+        print()
+    for result in results:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -127,11 +127,11 @@ def evaluate_classes(
 
 @torch.inference_mode()
 def penultimate_features(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """The classifier's inputs (`model.features(x)`, which every registry model has) and the
+    """The classifier's inputs (`model.penultimate(x)`, which every registry model has) and the
     labels, over the whole loader in eval mode: what the analyzer's t-SNE draws."""
     model.eval()
     features, labels = [], []
     for images, batch_labels in loader:
-        features.append(model.features(images.to(device)).float().cpu().numpy())
+        features.append(model.penultimate(images.to(device)).float().cpu().numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(features), np.concatenate(labels)

@@ -153,5 +153,5 @@ def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Pat
     assert not np.allclose(features["float_features"], features["quant_features"])
     images, _ = next(iter(strategy.evaluator.test_loader))  # the same images in the same order
     with torch.inference_mode():
-        expected = strategy.model.eval().features(images).numpy()
+        expected = strategy.model.eval().penultimate(images).numpy()
     np.testing.assert_allclose(features["float_features"][: len(images)], expected, rtol=1e-5, atol=1e-6)

@@ -1,13 +1,20 @@
-"""ResNet-20 for 32x32 inputs (He et al., 2016, Sec. 4.2), written in torchvision's style.
+"""ResNet-20 and ResNet-32 for 32x32 inputs (He et al., 2016, Sec. 4.2), written in torchvision's style.
 
-Shape-changing shortcuts are a 1x1 convolution + BatchNorm held in `downsample`, so that
-quantization code can recognise (and skip) them by name.
+Shape-changing shortcuts are a 1x1 convolution + BatchNorm held in `downsample`.
+
+Quantization rules (`CifarResNet.quant_rules`): every 3x3 convolution (the stem and both of each
+block) and `fc` are quantized; the 1x1 `downsample` shortcut convolutions stay float (FedMPQ's
+choice: they are few parameters on the identity path); BatchNorm stays float; every ReLU becomes the
+ReLU6-style unsigned activation quantizer ("relu6").
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from fedmpq_flwr.models.common import rules_by_module
+from fedmpq_flwr.quant import QuantRules
 
 
 class BasicBlock(nn.Module):
@@ -64,16 +71,35 @@ class CifarResNet(nn.Module):
         layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features [B, 64] (for distillation analyses and t-SNE)."""
+    def blocks(self) -> list[BasicBlock]:
+        return [block for stage in (self.layer1, self.layer2, self.layer3) for block in stage]
+
+    def quant_rules(self) -> QuantRules:
+        """Stem, block convolutions and `fc` quantized; `downsample` shortcuts float; ReLUs "relu6"."""
+        blocks = self.blocks()
+        return rules_by_module(
+            self,
+            layers=[self.conv1, *(conv for b in blocks for conv in (b.conv1, b.conv2)), self.fc],
+            float_layers=[b.downsample[0] for b in blocks if b.downsample is not None],
+            activations=[(relu, "relu6") for relu in (self.relu, *(r for b in blocks for r in (b.relu1, b.relu2)))],
+        )
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, 64]: the input of `fc` (for distillation analyses and t-SNE)."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return torch.flatten(self.avgpool(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.fc(self.penultimate(x))
 
 
 def resnet20(num_classes: int = 10) -> CifarResNet:
-    """ResNet-20: 3 stages x 3 BasicBlocks, about 0.27 M parameters."""
+    """ResNet-20: 3 stages x 3 BasicBlocks, 272,474 parameters (10 classes)."""
     return CifarResNet(blocks_per_stage=3, num_classes=num_classes)
+
+
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    """ResNet-32: 3 stages x 5 BasicBlocks, 466,906 parameters (10 classes); the same stage widths
+    as ResNet-20 (16/32/64), so its penultimate features match ResNet-20's (FedKD's mentor)."""
+    return CifarResNet(blocks_per_stage=5, num_classes=num_classes)

@@ -6,6 +6,8 @@ do not depend on which other samples share its batch (training and evaluation ag
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +30,9 @@ class _RoundToSampleMax(torch.autograd.Function):
 
 
 class QuantReLU(nn.Module):
-    """Drop-in replacement of `nn.ReLU` that outputs `bits`-bit activations. The gradient passes
-    where the input lies inside (0, 6), as ReLU6's (hardtanh's backward)."""
+    """Drop-in replacement of `nn.ReLU6` (and of `nn.ReLU`, which it clips at 6) that outputs
+    `bits`-bit unsigned activations. The gradient passes where the input lies inside (0, 6), as
+    ReLU6's (hardtanh's backward)."""
 
     def __init__(self, bits: int = 4) -> None:
         super().__init__()
@@ -40,3 +43,7 @@ class QuantReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
+
+
+# The activation quantizers a model's `QuantRules.activations` may ask for: kind -> factory(bits).
+ACTIVATION_QUANTIZERS: dict[str, Callable[[int], nn.Module]] = {"relu6": QuantReLU}

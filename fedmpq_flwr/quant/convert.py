@@ -1,33 +1,97 @@
 """Model-level quantization: which layers are quantized, conversion, regularizer, pruning.
 
-Works for any model built from Conv2d/Linear layers: every such layer is quantized except those
-on a shortcut path (a module named `downsample` or `shortcut`, as the 1x1 shortcuts of ResNet-20);
-BatchNorm stays float; every `nn.ReLU` becomes a 4-bit `QuantReLU`.
+What is quantized is the model's own declaration: a model with a `quant_rules()` method returns a
+`QuantRules` (plain data: module names), which says which Conv2d/Linear layers go to bit planes,
+which stay float (shortcuts, a patch embedding...) and which activation modules are replaced by
+which activation quantizer. Everything that is not a Conv2d/Linear layer (BatchNorm, LayerNorm,
+embeddings, class tokens) always stays float. Every model of the registry declares its rules.
+
+A model that declares nothing (an ad-hoc `nn.Sequential`, a test module) gets `inferred_rules`:
+every Conv2d/Linear quantized except those inside a module named `downsample` or `shortcut`,
+every `nn.ReLU` replaced by the ReLU6-style quantizer.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from fedmpq_flwr.quant.activations import QuantReLU
+from fedmpq_flwr.quant.activations import ACTIVATION_QUANTIZERS
 from fedmpq_flwr.quant.bitplanes import BitTensor, QuantConv2d, QuantLayer, QuantLinear, bit_tensors
 
 SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
+
+
+@dataclass(frozen=True)
+class QuantRules:
+    """A model's quantization rules, by module name (as in `model.named_modules()`).
+
+    layers:       Conv2d/Linear modules whose weight and bias are stored as bit planes.
+    float_layers: Conv2d/Linear modules that deliberately stay float (e.g. 1x1 shortcuts).
+                  Together the two lists must name every Conv2d/Linear of the model exactly once,
+                  so a layer added to a model without a rule is an error, not a silent choice.
+    activations:  activation module -> kind of activation quantizer that replaces it (a key of
+                  `ACTIVATION_QUANTIZERS`: "relu6" = clip to [0, 6], unsigned N-bit per-sample
+                  max scaling). Activations not named here stay float.
+    """
+
+    layers: tuple[str, ...]
+    float_layers: tuple[str, ...] = ()
+    activations: dict[str, str] = field(default_factory=dict)
 
 
 def _on_shortcut(name: str) -> bool:
     return any(part in SHORTCUT_NAMES for part in name.split("."))
 
 
+def inferred_rules(model: nn.Module) -> QuantRules:
+    """The rules of a model that declares none (see the module docstring)."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return QuantRules(
+        layers=tuple(n for n in layers if not _on_shortcut(n)),
+        float_layers=tuple(n for n in layers if _on_shortcut(n)),
+        activations={n: "relu6" for n, m in model.named_modules() if isinstance(m, nn.ReLU)},
+    )
+
+
+def quant_rules(model: nn.Module) -> QuantRules:
+    """The model's declared rules (`model.quant_rules()`), checked against the model; for a model
+    that declares none, `inferred_rules(model)`."""
+    declare = getattr(model, "quant_rules", None)
+    rules = declare() if callable(declare) else inferred_rules(model)
+    modules = dict(model.named_modules())
+    weighted = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    declared = list(rules.layers) + list(rules.float_layers)
+    twice = sorted({n for n in declared if declared.count(n) > 1})
+    not_layers = sorted(set(declared) - set(weighted))
+    undeclared = [n for n in weighted if n not in declared]
+    if twice or not_layers or undeclared:
+        raise ValueError(
+            f"{type(model).__name__}'s quantization rules do not match its layers "
+            f"(named twice {twice}, not Conv2d/Linear layers {not_layers}, without a rule {undeclared})"
+        )
+    for name, kind in rules.activations.items():
+        if name not in modules or not name:
+            raise ValueError(f"{type(model).__name__}'s quantization rules name a missing activation {name!r}")
+        if kind not in ACTIVATION_QUANTIZERS:
+            raise ValueError(
+                f"activation {name!r} asks for an unknown quantizer {kind!r} "
+                f"(known: {', '.join(ACTIVATION_QUANTIZERS)})"
+            )
+    return rules
+
+
 def quantizable_layers(model: nn.Module) -> dict[str, int]:
-    """Name -> parameter count (weight + bias) of every layer FedMPQ quantizes, in model order."""
+    """Name -> parameter count (weight + bias) of every layer FedMPQ quantizes (the model's
+    `QuantRules.layers`), in model order."""
+    quantized = set(quant_rules(model).layers)
     return {
         name: sum(p.numel() for p in module.parameters(recurse=False))
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and not _on_shortcut(name)
+        if name in quantized
     }
 
 
@@ -37,19 +101,21 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def quantize_model(model: nn.Module, bits: dict[str, int], act_bits: int = 4) -> nn.Module:
-    """A quantized copy of `model`: each layer of `quantizable_layers` converted to `bits[name]`
-    bit planes, each ReLU replaced by an `act_bits` activation quantizer. `model` is untouched."""
-    expected = quantizable_layers(model)
-    if set(bits) != set(expected):
-        missing, extra = sorted(set(expected) - set(bits)), sorted(set(bits) - set(expected))
+    """A quantized copy of `model` following its `quant_rules`: each quantized layer converted to
+    `bits[name]` bit planes, each declared activation replaced by its `act_bits` activation
+    quantizer. `model` is untouched."""
+    rules = quant_rules(model)
+    expected = set(rules.layers)
+    if set(bits) != expected:
+        missing, extra = sorted(expected - set(bits)), sorted(set(bits) - expected)
         raise ValueError(f"bit assignment does not match the model's layers (missing {missing}, unknown {extra})")
     quantized = copy.deepcopy(model)
     for name, module in list(quantized.named_modules()):
         if name in bits:
             layer_cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
             _replace(quantized, name, layer_cls(module, bits[name]))
-        elif isinstance(module, nn.ReLU):
-            _replace(quantized, name, QuantReLU(act_bits))
+        elif name in rules.activations:
+            _replace(quantized, name, ACTIVATION_QUANTIZERS[rules.activations[name]](act_bits))
     return quantized
 
 
