@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmpq_flwr.fedmpq_kd import inference_teacher
+from fedmpq_flwr.distillation import inference_teacher
 from fedmpq_flwr.models import MODELS, build_model, load_final_model, save_final_model
 from fedmpq_flwr.models.mobilenet import InvertedResidual
 from fedmpq_flwr.quant import (
