@@ -240,7 +240,7 @@ def test_synthetic_is_learnable() -> None:
     data = load_data(cfg)
     model = build_model("tiny_cnn")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    train_epochs(model, client_loader(data, 0, 1, cfg, 64, seed=0), optimizer, 2, torch.device("cpu"))
+    train_epochs(model, client_loader(data, 0, 1, cfg, 64, seed=0, label_noise=0.0), optimizer, 2, torch.device("cpu"))
     _, accuracy = evaluate(
         model, eval_loader(data.x_test, data.y_test, 256, mean=data.mean, std=data.std), torch.device("cpu")
     )
@@ -254,7 +254,7 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     cfg = make_cfg(alpha=0.5)
     data = load_data(cfg)
     idx = partition_indices(data.y_train, 4, 0.5, seed=0)[1]
-    loader = client_loader(data, 1, 4, cfg, batch_size=16, seed=3)
+    loader = client_loader(data, 1, 4, cfg, batch_size=16, seed=3, label_noise=0.0)
     batches = list(loader)
     images, labels = batches[0]
     assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
@@ -262,7 +262,7 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     np.testing.assert_array_equal(np.sort(torch.cat([b[1] for b in batches]).numpy()), np.sort(data.y_train[idx]))
 
     def order(seed: int) -> torch.Tensor:
-        return torch.cat([x for x, _ in client_loader(data, 1, 4, cfg, batch_size=16, seed=seed)])
+        return torch.cat([x for x, _ in client_loader(data, 1, 4, cfg, batch_size=16, seed=seed, label_noise=0.0)])
 
     assert torch.equal(order(3), torch.cat([x for x, _ in batches]))
     assert not torch.equal(order(4), order(3))
@@ -281,8 +281,8 @@ def test_client_loader_batches_order_and_normalisation() -> None:
 def test_client_loader_augments_when_asked() -> None:
     cfg = make_cfg(augment=True)
     data = load_data(cfg)
-    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0).dataset
-    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0).dataset
+    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0, label_noise=0.0).dataset
+    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0, label_noise=0.0).dataset
     torch.manual_seed(0)
     changed = [not torch.equal(augmented[i][0], plain[i][0]) for i in range(20)]
     assert augmented[0][0].shape == (3, 32, 32) and sum(changed) >= 10

@@ -298,7 +298,7 @@ def test_validation_carve_stratified_over_100_classes() -> None:
 def test_training_on_100_classes_and_dataset_statistics() -> None:
     cfg = make_cfg(alpha=0.5)
     data = load_data(cfg)
-    loader = client_loader(data, 3, 10, cfg, batch_size=32, seed=0)
+    loader = client_loader(data, 3, 10, cfg, batch_size=32, seed=0, label_noise=0.0)
     idx = partition_indices(data.y_train, 10, 0.5, seed=0)[3]
     mean, std = torch.tensor(CIFAR100_MEAN).view(3, 1, 1), torch.tensor(CIFAR100_STD).view(3, 1, 1)
     expected = (torch.from_numpy(data.x_train[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -326,8 +326,8 @@ def test_other_image_shape_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     cfg = make_cfg(name="gray28", path=str(tmp_path), augment=True)
     data = load_data(cfg)
     assert data.image_shape == (28, 28, 1) and data.num_classes == 5 and data.x_train.shape == (60, 28, 28, 1)
-    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0).dataset
-    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0).dataset
+    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0, label_noise=0.0).dataset
+    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0, label_noise=0.0).dataset
     assert plain[0][0].shape == augmented[0][0].shape == (1, 28, 28)
     idx = partition_indices(data.y_train, 2, math.inf, seed=0)[0]
     expected = (torch.from_numpy(data.x_train[idx[:1]]).permute(0, 3, 1, 2).float() / 255 - 0.3) / 0.2
@@ -348,4 +348,8 @@ def test_generated_data_follows_the_declaration(monkeypatch: pytest.MonkeyPatch)
     data = load_data(make_cfg(name=spec.name, synthetic_train_size=70, synthetic_test_size=14))
     assert data.x_train.shape == (70, 20, 24, 1) and data.x_test.shape == (14, 20, 24, 1)
     np.testing.assert_array_equal(np.bincount(data.y_train), [10] * 7)
-    assert client_loader(data, 0, 1, make_cfg(augment=True), 4, seed=0).dataset[0][0].shape == (1, 20, 24)
+    assert client_loader(data, 0, 1, make_cfg(augment=True), 4, seed=0, label_noise=0.0).dataset[0][0].shape == (
+        1,
+        20,
+        24,
+    )

@@ -3,7 +3,8 @@
 - `registry`: dataset declarations (`DATASETS`, `dataset_names`, `get_spec`); torch-free
 - `sources`, `synthetic`: readers of npz / torchvision / hub sources, the generated stand-ins
 - `load`: `load_data` -> `FederatedData` (subset, validation carve, per-process cache)
-- `partition`: `partition_indices` (flwr-datasets)
+- `partition`: `partition_indices` (flwr-datasets), `client_partition`, `flipped_label_counts`
+- `noise`: `flip_labels` (symmetric label noise); numpy only
 - `loaders`: `client_loader`, `eval_loader`
 
 Importing this package imports only the registry (no torch): import the others by module.

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from fedmpq_flwr.data.load import FederatedData
-from fedmpq_flwr.data.partition import partition_indices
+from fedmpq_flwr.data.partition import client_partition
 
 
 def to_float(mean: Sequence[float], std: Sequence[float]) -> v2.Transform:
@@ -25,10 +25,13 @@ def augmentation(image_shape: tuple[int, int, int], padding: int) -> v2.Transfor
 
 
 class _TransformedImages(Dataset):
-    """uint8 CHW images transformed per sample (random augmentation must differ per draw)."""
+    """uint8 CHW images transformed per sample (random augmentation must differ per draw).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
+    `num_flipped`: how many of `labels` label noise changed."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform, num_flipped: int) -> None:
         self.images, self.labels, self.transform = images, labels, transform
+        self.num_flipped = num_flipped
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,17 +52,24 @@ def client_loader(
     dataset_cfg: dict[str, Any],
     batch_size: int,
     seed: int,
+    *,
+    label_noise: float,
 ) -> DataLoader:
     """Shuffled (torch.Generator seeded by `seed`) training batches of one client's partition
-    (dataset_cfg: alpha, seed, augment), normalised with the dataset's mean and std.
+    (dataset_cfg: alpha, seed, augment), normalised with the dataset's mean and std; each label is
+    flipped to another class with probability `label_noise` (`loader.dataset.num_flipped` counts them).
 
     Augmentation draws from torch's global RNG (num_workers=0), so seed that for repeatable crops.
     """
-    idx = partition_indices(data.y_train, num_partitions, dataset_cfg["alpha"], dataset_cfg["seed"])[partition_id]
+    part = client_partition(
+        data, partition_id, num_partitions, dataset_cfg["alpha"], dataset_cfg["seed"], float(label_noise)
+    )
     transform = to_float(data.mean, data.std)
     if dataset_cfg["augment"]:
         transform = v2.Compose([augmentation(data.image_shape, data.spec.crop_padding), transform])
-    dataset = _TransformedImages(_chw(data.x_train[idx]), torch.from_numpy(data.y_train[idx]), transform)
+    dataset = _TransformedImages(
+        _chw(data.x_train[part.idx]), torch.from_numpy(part.labels), transform, part.num_flipped
+    )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size, shuffle=True, generator=generator, num_workers=0, drop_last=False)
 

@@ -1,13 +1,17 @@
-"""Split the training set over clients with flwr-datasets partitioners."""
+"""Split the training set over clients with flwr-datasets partitioners; each client's (noisy) labels."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import datasets
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+from fedmpq_flwr.data.load import FederatedData
+from fedmpq_flwr.data.noise import noisy_partition_labels
 
 
 @lru_cache(maxsize=8)
@@ -55,3 +59,37 @@ def partition_indices(labels: np.ndarray, num_partitions: int, alpha: float, see
     """
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     return list(_partition_cached(labels.tobytes(), int(num_partitions), float(alpha), int(seed)))
+
+
+@dataclass(frozen=True)
+class ClientPartition:
+    """One client's training data: `idx` into the training arrays, its labels after label noise
+    (in the order of `idx`), and which of them were flipped."""
+
+    idx: np.ndarray
+    labels: np.ndarray
+    flipped: np.ndarray
+
+    @property
+    def num_flipped(self) -> int:
+        return int(self.flipped.sum())
+
+
+def client_partition(
+    data: FederatedData, partition_id: int, num_partitions: int, alpha: float, seed: int, label_noise: float
+) -> ClientPartition:
+    """The partition of one client (`partition_indices` with `alpha` and dataset `seed`) and its
+    labels, each flipped with probability `label_noise` (seeded by `seed` and `partition_id`)."""
+    idx = partition_indices(data.y_train, num_partitions, alpha, seed)[partition_id]
+    labels, flipped = noisy_partition_labels(data.y_train[idx], label_noise, data.num_classes, seed, partition_id)
+    return ClientPartition(idx, labels, flipped)
+
+
+def flipped_label_counts(
+    data: FederatedData, num_partitions: int, alpha: float, seed: int, label_noise: float
+) -> list[int]:
+    """How many training labels label noise flipped in each partition (index = partition id): the
+    same flips the clients train on, computed without them (for the server's record)."""
+    return [
+        client_partition(data, i, num_partitions, alpha, seed, label_noise).num_flipped for i in range(num_partitions)
+    ]
