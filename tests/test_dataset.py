@@ -15,20 +15,20 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from fedmpq_flwr import dataset as ds_mod
-from fedmpq_flwr.dataset import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    DataSourceError,
-    client_loader,
-    eval_loader,
-    load_data,
-    partition_indices,
-)
+from fedmpq_flwr.data import load as load_mod
+from fedmpq_flwr.data import sources as sources_mod
+from fedmpq_flwr.data.load import load_data
+from fedmpq_flwr.data.loaders import client_loader, eval_loader
+from fedmpq_flwr.data.partition import partition_indices
+from fedmpq_flwr.data.registry import CIFAR10_MEAN, CIFAR10_STD, DataSourceError
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.train import evaluate, train_epochs
 
-REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
+# ../shared/data/cifar10 next to the checkout (or next to a folder holding it, for git worktrees)
+REAL_CIFAR10 = next(
+    (p / "shared/data/cifar10" for p in Path(__file__).resolve().parents[1:] if (p / "shared/data/cifar10").is_dir()),
+    Path(__file__).resolve().parents[2] / "shared/data/cifar10",
+)
 
 
 def make_cfg(**overrides) -> dict:
@@ -196,7 +196,7 @@ def test_hub_split_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
             x, y = splits[split]
             return datasets.Dataset.from_dict({"img": [Image.fromarray(i) for i in x], "label": y}, features=features)
 
-    monkeypatch.setattr(ds_mod, "FederatedDataset", LocalFederatedDataset)
+    monkeypatch.setattr(sources_mod, "FederatedDataset", LocalFederatedDataset)
     data = load_data(make_cfg(name="cifar10", source="hub", path="", train_subset=4))
     np.testing.assert_array_equal(data.x_train, splits["train"][0][:4])
     np.testing.assert_array_equal(data.y_train, splits["train"][1][:4])
@@ -223,7 +223,7 @@ def test_train_subset_and_validation_carve() -> None:
 def test_synthetic_is_deterministic_and_cached() -> None:
     first = load_data(make_cfg())
     assert load_data(make_cfg(alpha=0.5, augment=True)) is first  # keys that do not change the arrays
-    ds_mod._load_data_cached.cache_clear()
+    load_mod._load_data_cached.cache_clear()
     second = load_data(make_cfg())
     assert second is not first
     for a, b in zip((first.x_train, first.y_train, first.x_test), (second.x_train, second.y_train, second.x_test)):
@@ -240,8 +240,10 @@ def test_synthetic_is_learnable() -> None:
     data = load_data(cfg)
     model = build_model("tiny_cnn")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    train_epochs(model, client_loader(data, 0, 1, cfg, 64, seed=0), optimizer, 2, torch.device("cpu"))
-    _, accuracy = evaluate(model, eval_loader(data.x_test, data.y_test, 256), torch.device("cpu"))
+    train_epochs(model, client_loader(data, 0, 1, cfg, 64, seed=0, label_noise=0.0), optimizer, 2, torch.device("cpu"))
+    _, accuracy = evaluate(
+        model, eval_loader(data.x_test, data.y_test, 256, mean=data.mean, std=data.std), torch.device("cpu")
+    )
     assert accuracy > 0.5
 
 
@@ -252,7 +254,7 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     cfg = make_cfg(alpha=0.5)
     data = load_data(cfg)
     idx = partition_indices(data.y_train, 4, 0.5, seed=0)[1]
-    loader = client_loader(data, 1, 4, cfg, batch_size=16, seed=3)
+    loader = client_loader(data, 1, 4, cfg, batch_size=16, seed=3, label_noise=0.0)
     batches = list(loader)
     images, labels = batches[0]
     assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
@@ -260,7 +262,7 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     np.testing.assert_array_equal(np.sort(torch.cat([b[1] for b in batches]).numpy()), np.sort(data.y_train[idx]))
 
     def order(seed: int) -> torch.Tensor:
-        return torch.cat([x for x, _ in client_loader(data, 1, 4, cfg, batch_size=16, seed=seed)])
+        return torch.cat([x for x, _ in client_loader(data, 1, 4, cfg, batch_size=16, seed=seed, label_noise=0.0)])
 
     assert torch.equal(order(3), torch.cat([x for x, _ in batches]))
     assert not torch.equal(order(4), order(3))
@@ -270,15 +272,17 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     expected = (torch.from_numpy(data.x_train[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
     samples = torch.stack([loader.dataset[i][0] for i in range(len(idx))])
     torch.testing.assert_close(samples, expected)
-    eval_images = torch.cat([x for x, _ in eval_loader(data.x_train[idx], data.y_train[idx], 32)])
+    eval_images = torch.cat(
+        [x for x, _ in eval_loader(data.x_train[idx], data.y_train[idx], 32, mean=CIFAR10_MEAN, std=CIFAR10_STD)]
+    )
     torch.testing.assert_close(eval_images, expected)
 
 
 def test_client_loader_augments_when_asked() -> None:
     cfg = make_cfg(augment=True)
     data = load_data(cfg)
-    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0).dataset
-    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0).dataset
+    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0, label_noise=0.0).dataset
+    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0, label_noise=0.0).dataset
     torch.manual_seed(0)
     changed = [not torch.equal(augmented[i][0], plain[i][0]) for i in range(20)]
     assert augmented[0][0].shape == (3, 32, 32) and sum(changed) >= 10
@@ -286,7 +290,7 @@ def test_client_loader_augments_when_asked() -> None:
 
 def test_eval_loader_keeps_order() -> None:
     data = load_data(make_cfg())
-    labels = torch.cat([y for _, y in eval_loader(data.x_test, data.y_test, 32)])
+    labels = torch.cat([y for _, y in eval_loader(data.x_test, data.y_test, 32, mean=data.mean, std=data.std)])
     np.testing.assert_array_equal(labels.numpy(), data.y_test)
 
 

@@ -73,7 +73,8 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
     # the saved model is the final global model: it reproduces the last round's accuracy
     model = load_final_model(run_dir)
     data = load_data(config["dataset"])
-    _, accuracy = evaluate(model, eval_loader(data.x_test, data.y_test, config["train"]["eval_batch_size"]), "cpu")
+    loader = eval_loader(data.x_test, data.y_test, config["train"]["eval_batch_size"], mean=data.mean, std=data.std)
+    _, accuracy = evaluate(model, loader, "cpu")
     assert accuracy == pytest.approx(results["final_accuracy"], abs=1e-9)
     return results
 
