@@ -25,6 +25,7 @@ import yaml
 
 from fedmpq_flwr.config import ConfigError, deep_merge, defaults, dump_yaml, flatten, load_yaml, unflatten, validate
 from fedmpq_flwr.config.schema import section_of
+from fedmpq_flwr.data.registry import DATASETS
 from fedmpq_flwr.methods.catalog import reads_section
 from fedmpq_flwr.results import CONFIG_FILE, is_complete
 
@@ -221,7 +222,7 @@ def describe(run: dict[str, Any], position: str) -> str:
     return (
         f"=== [{position}] {run['run_id']} ===\n{run['description'].strip()}\n"
         f"strategy={run['strategy']['name']} model={run['model']['name']} dataset={dataset['name']}"
-        f" (source={dataset['source'] if dataset['name'] == 'cifar10' else 'generated'},"
+        f" (source={'generated' if DATASETS[dataset['name']].synthetic else dataset['source']},"
         f" train_subset={dataset['train_subset'] or 'all'}, alpha={dataset['alpha']})"
         f" clients={run['federation']['num_clients']} rounds={train['num_rounds']}"
         f" local_epochs={train['local_epochs']} batch={train['batch_size']} lr={train['lr']} seed={run['seed']}"

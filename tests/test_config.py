@@ -36,7 +36,8 @@ def test_defaults_are_the_main_experiment() -> None:
         ({"train": {"num_rounds": True}}, "key 'train.num_rounds': value True has type bool"),
         (
             {"dataset": {"name": "mnist"}},
-            "key 'dataset.name': value 'mnist' is not allowed; choose one of cifar10, synthetic",
+            "key 'dataset.name': value 'mnist' is not allowed; "
+            "choose one of cifar10, cifar100, synthetic, synthetic100",
         ),
         (
             {"strategy": {"name": "fedprox"}},
@@ -101,14 +102,16 @@ def test_config_file_replaces_flat_keys(tmp_path: Path) -> None:
 
 def test_sections_come_from_their_owners() -> None:
     """The common sections are the schema's; each method's own section is declared in the catalog."""
-    from fedmpq_flwr.config.schema import COMMON, RUN
+    from fedmpq_flwr.config.schema import COMMON, RUN, sections
+    from fedmpq_flwr.data.options import DATASET
     from fedmpq_flwr.methods.catalog import CATALOG, METHOD_SECTIONS
 
     keys = set(schema())
     assert set(RUN) <= keys
-    for name, section in {**COMMON, **METHOD_SECTIONS}.items():
+    assert sections() == {**COMMON, "dataset": DATASET, **METHOD_SECTIONS}
+    for name, section in sections().items():
         assert {f"{name}.{key}" for key in section} <= keys
-    assert len(keys) == len(RUN) + sum(len(s) for s in {**COMMON, **METHOD_SECTIONS}.values())
+    assert len(keys) == len(RUN) + sum(len(s) for s in sections().values())
     for spec in CATALOG.values():  # every section a method reads exists
         assert set(spec.sections) <= set(METHOD_SECTIONS)
 

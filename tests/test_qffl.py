@@ -139,7 +139,7 @@ def test_one_round_on_a_torch_model() -> None:
     set_weights. With q = 0 the result is the uniform mean of the local models, BatchNorm included."""
     import torch
 
-    from fedmpq_flwr.dataset import eval_loader
+    from fedmpq_flwr.dataset import CIFAR10_MEAN, CIFAR10_STD, eval_loader
     from fedmpq_flwr.models import build_model
     from fedmpq_flwr.train import evaluate, train_epochs
     from fedmpq_flwr.weights import get_weights, set_weights, trainable_mask
@@ -153,7 +153,7 @@ def test_one_round_on_a_torch_model() -> None:
     for _ in range(2):
         x = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, size=16)
-        loader = eval_loader(x, y, 8)
+        loader = eval_loader(x, y, 8, mean=CIFAR10_MEAN, std=CIFAR10_STD)
         set_weights(model, global_weights)
         losses.append(evaluate(model, loader, device)[0])
         train_epochs(model, loader, torch.optim.SGD(model.parameters(), lr=lr), 1, device)

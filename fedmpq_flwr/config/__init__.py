@@ -18,6 +18,7 @@ import yaml
 
 from fedmpq_flwr.config.fields import ConfigError, Field, coerce
 from fedmpq_flwr.config.schema import schema, section_of
+from fedmpq_flwr.data.registry import DATASETS
 
 __all__ = [
     "ConfigError",
@@ -89,7 +90,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if not RUN_ID_PATTERN.match(checked["run_id"]):
         raise ConfigError(f"key 'run_id': value {checked['run_id']!r} must be letters, digits, '_', '.' or '-'")
     if (
-        checked["dataset.name"] == "cifar10"
+        not DATASETS[checked["dataset.name"]].synthetic
         and checked["dataset.source"] in ("npz", "torchvision")
         and not checked["dataset.path"]
     ):

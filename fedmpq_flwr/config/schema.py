@@ -1,4 +1,5 @@
-"""The schema: the sections every run has, declared here, plus the sections methods own (the catalog).
+"""The schema: the sections every run has (declared here and, for `dataset`, in data/options.py) plus
+the sections methods own (the catalog).
 
 Keys are dotted (`train.lr`); run-level keys have no section. Pure Python: importing it does not
 pull in torch (model names are looked up only when a value is checked).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from fedmpq_flwr.config.fields import Field, Section, choice, flag, number, text
+from fedmpq_flwr.config.fields import Field, Section, choice, number, text
 
 
 def _method_names() -> tuple[str, ...]:
@@ -37,18 +38,6 @@ STRATEGY: Section = {
     "weighting": choice("samples", "samples", "uniform"),
 }
 MODEL: Section = {"name": Field(str, "resnet20", choices=_model_names)}
-DATASET: Section = {
-    "name": choice("cifar10", "cifar10", "synthetic"),
-    "source": choice("hub", "hub", "npz", "torchvision"),
-    "path": text(),
-    "train_subset": number(int, 0, 0),
-    "val_fraction": number(float, 0.0, 0, 1, high_open=True),
-    "augment": flag(True),
-    "alpha": number(float, 0.5, 0, low_open=True),
-    "seed": number(int, 42, 0),
-    "synthetic_train_size": number(int, 2000, 20),
-    "synthetic_test_size": number(int, 500, 10),
-}
 TRAIN: Section = {
     "num_rounds": number(int, 50, 1),
     "local_epochs": number(int, 1, 1),
@@ -64,22 +53,22 @@ FEDERATION: Section = {
     "client_gpus": Field(float, -1.0, lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]"),
     "device": choice("auto", "auto", "cpu", "cuda"),
 }
-COMMON: dict[str, Section] = {
-    "strategy": STRATEGY,
-    "model": MODEL,
-    "dataset": DATASET,
-    "train": TRAIN,
-    "federation": FEDERATION,
-}
+COMMON: dict[str, Section] = {"strategy": STRATEGY, "model": MODEL, "train": TRAIN, "federation": FEDERATION}
+
+
+def sections() -> dict[str, Section]:
+    """Every section by name: the common ones, the data's (data/options.py), the methods' (catalog)."""
+    from fedmpq_flwr.data.options import DATASET  # both import config.fields: import late
+    from fedmpq_flwr.methods.catalog import METHOD_SECTIONS
+
+    return {**COMMON, "dataset": DATASET, **METHOD_SECTIONS}
 
 
 @cache
 def schema() -> dict[str, Field]:
-    """Every key of a run config: the run keys, the common sections, then the methods' sections."""
-    from fedmpq_flwr.methods.catalog import METHOD_SECTIONS
-
+    """Every key of a run config: the run keys, then every section's."""
     flat = dict(RUN)
-    for name, section in {**COMMON, **METHOD_SECTIONS}.items():
+    for name, section in sections().items():
         flat.update({f"{name}.{key}": field for key, field in section.items()})
     return flat
 

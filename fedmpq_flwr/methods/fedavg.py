@@ -94,7 +94,10 @@ class FedAvgClient(NumPyClient):
         dataset_cfg = self.config["dataset"]
         data = load_data(dataset_cfg)
         batch_size = self.config["train"]["batch_size"]
-        loader = client_loader(data, self.partition_id, self.num_partitions, dataset_cfg, batch_size, seed)
+        loader = client_loader(
+            data, self.partition_id, self.num_partitions, dataset_cfg, batch_size, seed,
+            label_noise=dataset_cfg["label_noise"],
+        )  # fmt: skip
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
         weights, metrics = self.train(model, loader, config, seed)

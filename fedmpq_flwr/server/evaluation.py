@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fedmpq_flwr.dataset import FederatedData, eval_loader
 from fedmpq_flwr.quant import quantize_model
@@ -27,8 +28,12 @@ class ServerEvaluator:
         self.data = data
         self.batch_size = batch_size
         self.device = device
-        self.test_loader = eval_loader(data.x_test, data.y_test, batch_size)
-        self.val_loader = eval_loader(data.x_val, data.y_val, batch_size) if len(data.y_val) else None
+        self.test_loader = self.loader(data.x_test, data.y_test)
+        self.val_loader = self.loader(data.x_val, data.y_val) if len(data.y_val) else None
+
+    def loader(self, x: np.ndarray, y: np.ndarray) -> DataLoader:
+        """Fixed-order batches normalised with the dataset's own statistics."""
+        return eval_loader(x, y, self.batch_size, mean=self.data.mean, std=self.data.std)
 
     def float_metrics(self, model: nn.Module) -> dict[str, float]:
         """`test_accuracy`, `test_loss` (and `val_loss`, `val_accuracy` with a validation pool)."""
@@ -57,7 +62,7 @@ class ServerEvaluator:
         on a fixed subset of the test set (the same images in every run with this `seed`)."""
         size = len(self.data.y_test)
         chosen = np.sort(np.random.default_rng(seed).choice(size, min(FEATURE_IMAGES, size), replace=False))
-        loader = eval_loader(self.data.x_test[chosen], self.data.y_test[chosen], self.batch_size)
+        loader = self.loader(self.data.x_test[chosen], self.data.y_test[chosen])
         arrays = {}
         for name, model in models.items():
             arrays[f"{name}_features"], labels = penultimate_features(model, loader, self.device)
