@@ -65,6 +65,7 @@ def setting(args: argparse.Namespace, method: str, run_id: str, results_dir: Pat
 
 def run_through_flower(configs: list[dict[str, Any]], results_dir: Path) -> float:
     """Run configs through the experiment runner (one after the other); return the wall seconds."""
+    results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "bench_runs.yaml"
     runs = [{k: v for k, v in c.items() if k not in ("results_dir", "variation")} for c in configs]
     path.write_text(yaml.safe_dump({"runs": runs}))
