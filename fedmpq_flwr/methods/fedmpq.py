@@ -53,7 +53,8 @@ class ObjectiveExtension:
 class FedMPQClient(FedAvgClient):
     """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`).
 
-    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation).
+    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation) and change
+    what happens after local training through `prune` (FedPQ keeps every plane).
     """
 
     def extension(self, model: nn.Module, student: nn.Module, config: dict[str, Any]) -> ObjectiveExtension | None:
@@ -126,7 +127,8 @@ def _reported_reductions(fit_res: FitRes) -> dict[str, int]:
 
 
 class FedMPQStrategy(FedAvgStrategy):
-    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id."""
+    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id
+    (`next_bits`: FedPQ keeps the assignment fixed)."""
 
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__(config, recorder)
