@@ -9,6 +9,10 @@ Layout of one run, `<results_dir>/<run_id>/`:
   bit_assignments.json  quantized methods: final per-client per-layer bits and layer sizes
   features.npz    penultimate features of the final model(s) on a fixed test subset (`labels`,
                   `float_features`; quantized methods also `quant_features`, `quant_partition`)
+  partitions.json each client's training label counts, written once when the server starts:
+                  {"num_classes": C, "label_counts": {"<partition id>": [count of class 0, ...]}}
+                  (with metrics.jsonl's per-class `class_accuracy` and, for quantized methods,
+                  `quant_class_accuracy`, the analyzer's per-client expected accuracy)
   stdout.log, stderr.log  written by the experiment runner
 """
 
@@ -29,6 +33,7 @@ RESULTS_FILE = "results.json"
 MODEL_FILE = "final_model.pt"
 BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 FEATURES_FILE = "features.npz"
+PARTITIONS_FILE = "partitions.json"
 STATUS_COMPLETED = "completed"
 # Round fields of metrics.jsonl derived from the participants' entries in `clients`:
 # round key -> (client key, reduction over participants). The strategy writes them; the analyzer
@@ -40,6 +45,7 @@ ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], float]]] = {
     },
     "train_flops": ("train_flops", sum),
     "teacher_flops": ("teacher_flops", sum),
+    "eval_flops": ("eval_flops", sum),
     "client_compute_s": ("client_time_s", sum),
     "client_peak_rss_mb": ("peak_rss_mb", max),
     "client_peak_gpu_mb": ("peak_gpu_mb", max),
@@ -106,6 +112,24 @@ def read_results(run_dir: str | Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def write_partitions(run_dir: str | Path, label_counts: dict[int, list[int]]) -> None:
+    """partitions.json: every client's per-class count of training examples."""
+    num_classes = len(next(iter(label_counts.values()))) if label_counts else 0
+    data = {"num_classes": num_classes, "label_counts": {str(pid): list(c) for pid, c in sorted(label_counts.items())}}
+    write_atomic(Path(run_dir) / PARTITIONS_FILE, json.dumps(data, indent=1))
+
+
+def read_partitions(run_dir: str | Path) -> dict[str, list[int]] | None:
+    """Partition id (a string, as in metrics.jsonl) -> per-class training label counts; None when the
+    run has no readable partitions.json."""
+    try:
+        data = json.loads((Path(run_dir) / PARTITIONS_FILE).read_text())
+        counts = data["label_counts"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return counts if isinstance(counts, dict) else None
 
 
 def has_completed_status(results: dict[str, Any] | None) -> bool:

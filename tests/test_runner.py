@@ -232,12 +232,16 @@ def test_ablation_files_vary_one_kd_setting_of_the_main_experiment(name: str, tm
 
 
 def test_full_experiment_is_the_design(tmp_path: Path) -> None:
-    """configs/full_experiment.yaml: the main experiment for three methods and axes A, B, C for two."""
+    """configs/full_experiment.yaml: the main experiment for six methods and axes A, B, C for two."""
     runs = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
     main = [r for r in runs if not r["axis"]]
+    methods = ("fedavg", "fedmpq", "fedmpq_kd", "fedpaq", "fedpq", "qffl")
     assert sorted((r["strategy"]["name"], r["seed"]) for r in main) == [
-        (method, seed) for method in ("fedavg", "fedmpq", "fedmpq_kd") for seed in (0, 1, 2)
+        (method, seed) for method in methods for seed in (0, 1, 2)
     ]
+    by_method = {r["strategy"]["name"]: r for r in main}
+    assert by_method["fedpq"]["quant"] == by_method["fedmpq"]["quant"]  # the same budgets
+    assert by_method["fedpaq"]["paq"] == {"bits": 4, "bucket": 512} and by_method["qffl"]["qffl"] == {"q": 1.0}
     setting = main[0]
     assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == (
         "resnet20",

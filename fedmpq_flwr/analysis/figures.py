@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmpq_flwr.analysis import bit_figures, tsne
+from fedmpq_flwr.analysis import bit_figures, fairness, tsne
 from fedmpq_flwr.analysis.plotting import (
     LABEL_BOX,
     BarSeries,
+    Distribution,
     Figure,
     Series,
     bar_figure,
+    distribution_figure,
     figure_height,
     legend,
     line_figure,
@@ -319,9 +321,13 @@ def bar_figures(ctx: Context) -> list[Figure]:
         ),
         _bars(
             "flops_per_round",
-            "training FLOPs per round of the students and of the teacher forward passes",
+            "FLOPs per round of the clients' training, the teacher forward passes and client-side evaluation",
             variations,
-            [("mean_train_flops_per_round", "student training"), ("mean_teacher_flops_per_round", "teacher forward")],
+            [
+                ("mean_train_flops_per_round", "student training"),
+                ("mean_teacher_flops_per_round", "teacher forward"),
+                ("mean_eval_flops_per_round", "client evaluation (q-FFL's F_k)"),
+            ],
             "FLOPs per round, all clients (GFLOP)",
             1e-9,
             "{:.4g}",
@@ -362,7 +368,28 @@ def per_variation_figures(ctx: Context) -> list[Figure]:
     return figures
 
 
-TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures]
+def client_accuracy_figures(ctx: Context) -> list[Figure]:
+    """The distribution of per-client accuracy at the final round, one box per method and model."""
+    name = "client_accuracy"
+    caption = (
+        "accuracy of every client (all seeds) on its own label mix at the final round: the global float "
+        "model and, for quantized methods, the client's own quantized model; mean and worst client above each box"
+    )
+    shown = _main_or_all(ctx.variations)
+    models = [m for m in fairness.MODELS if any(fairness.pooled(ctx.groups[n], m) for n in shown)]
+    names = [n for n in shown if any(fairness.pooled(ctx.groups[n], m) for m in models)]
+    if not names:
+        return [Figure(name, caption, why="no variation records per-class accuracy and its clients' label counts")]
+    series = [
+        Distribution(fairness.MODEL_LABELS[m], [[100 * v for v in fairness.pooled(ctx.groups[n], m)] for n in names])
+        for m in models
+    ]
+    counts = [ctx.variations[n]["n"] for n in names]
+    ylabel = "Accuracy on the client's own label mix (%)"
+    return [Figure(name, caption, lambda path: distribution_figure(names, series, path, ylabel, counts=counts))]
+
+
+TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures, client_accuracy_figures]
 
 
 def make_figures(ctx: Context) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.analysis.criteria import verdict
 
 REPORT_FILE = "report.md"
@@ -87,6 +88,7 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
                 _pct(m["client_compute_overhead"]),
                 _mean_std(var["mean_train_flops_per_round"], 1e-9, ".4g"),
                 _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".4g"),
+                _mean_std(var["mean_eval_flops_per_round"], 1e-9, ".4g"),
                 _mean_std(var["peak_client_rss_mb"], 1.0, ".0f"),
                 _mean_std(var["peak_server_rss_mb"], 1.0, ".0f"),
                 _mean_std(var["peak_client_gpu_mb"], 1.0, ".0f"),
@@ -105,6 +107,7 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
             "client-compute overhead",
             "train GFLOP / round",
             "teacher GFLOP / round",
+            "client eval GFLOP / round",
             "client peak RSS (MB)",
             "server peak RSS (MB)",
             "client peak GPU (MB)",
@@ -112,6 +115,23 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+
+
+def _client_accuracy_table(comparison: dict[str, Any]) -> list[str]:
+    """Per variation and model: the clients' accuracy on their own label mix at the final round."""
+    rows = []
+    for name, var in comparison["variations"].items():
+        device = comparison["methods"][name]["client_accuracy"]["model"]
+        for model, prefix in fairness.MODELS.items():
+            if var[f"{prefix}_mean"]["mean"] is None:
+                continue
+            label = fairness.MODEL_LABELS[model] + (" (the devices')" if model == device else "")
+            stats = [_mean_std(var[f"{prefix}_{stat}"]) for stat in fairness.STATS]
+            rows.append([name, var["strategy"] or "–", label, str(var["n"]), *stats])
+    if not rows:
+        return ["No run records per-class accuracy and its clients' label counts."]
+    header = ["variation", "strategy", "model", "n", "mean (%)", "std over clients (points)", "worst (%)", "p10 (%)"]
+    return _table(header, rows)
 
 
 def _tests_table(tests: list[dict[str, Any]]) -> list[str]:
@@ -186,6 +206,14 @@ def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]
         "## Accuracy",
         "",
         *_accuracy_table(comparison),
+        "",
+        "## Per-client accuracy (final round)",
+        "",
+        "Client k's accuracy is sum over classes of k's training label share times the model's per-class "
+        "test accuracy; over the clients of a run: mean, std (population), worst client and 10th "
+        "percentile; then mean ± std over seeds.",
+        "",
+        *_client_accuracy_table(comparison),
         "",
         "## Costs per round",
         "",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.config import flatten
 from fedmpq_flwr.results import (
     CONFIG_FILE,
@@ -45,6 +46,7 @@ ROUND_MEANS = {
     "mean_bits_total_per_round": "bits_total",
     "mean_train_flops_per_round": "train_flops",
     "mean_teacher_flops_per_round": "teacher_flops",
+    "mean_eval_flops_per_round": "eval_flops",
 }
 # Peaks over rounds: summary name -> round key.
 ROUND_PEAKS = {
@@ -55,7 +57,12 @@ ROUND_PEAKS = {
 }
 # Per-run scalars aggregated across seeds in each variation (add a key here to aggregate it).
 VARIATION_SCALARS = (
-    ACCURACY_KEYS + tuple(ROUND_MEANS) + ("total_bits_up", "total_bits_down") + tuple(ROUND_PEAKS) + tuple(FINAL_VALUES)
+    ACCURACY_KEYS
+    + tuple(ROUND_MEANS)
+    + ("total_bits_up", "total_bits_down")
+    + tuple(ROUND_PEAKS)
+    + tuple(FINAL_VALUES)
+    + fairness.SCALARS  # per-client accuracy at the final round: mean, std, worst, p10 over clients
 )
 # Per-round curves averaged across seeds: name prefix -> round key (None when a run lacks it).
 CURVES = {
@@ -157,6 +164,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         **{f"total_{key}": _over_rounds(history, key, np.sum) for key in ("bits_up", "bits_down")},
         **{name: _over_rounds(history, key, np.max) for name, key in ROUND_PEAKS.items()},
         **{name: (history[-1].get(key) if history else None) for name, key in FINAL_VALUES.items()},
+        **fairness.run_fields(run_dir, history),
         "torn_metrics_lines": torn_lines,
         "run_dir": str(run_dir),
         "history": history,

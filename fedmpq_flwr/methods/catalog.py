@@ -9,6 +9,7 @@ here (with the config section it owns, if any).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class MethodSpec:
     cost_reference: str | None  # the method its bits, time and FLOPs are compared with (None: none)
     sections: tuple[str, ...]  # config sections it reads besides COMMON_SECTIONS
     summary: str  # one line for reports and the README
+    # checks that need the method, on the validated flat config (`train.lr` keys); raises ConfigError
+    check: Callable[[dict[str, Any]], None] | None = None
 
 
 def _parse_budgets(key: str, value: Any) -> list[float]:
@@ -70,7 +73,30 @@ KD: Section = {
     "ema_decay": number(float, 0.99, 0, 1),
     "refresh_every": number(int, 1, 1),
 }
-METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD}
+PAQ: Section = {  # FedPAQ's QSGD quantizer of the upload (fedmpq_flwr.quant.qsgd)
+    "bits": number(int, 4, 2, 8),  # per coordinate, sign included: s = 2^(bits-1) - 1 levels
+    "bucket": number(int, 512, 1),  # coordinates per bucket; one float32 norm each
+}
+QFFL: Section = {"q": number(float, 1.0, 0)}  # q-FFL's fairness exponent; q = 0 is uniform FedAvg
+METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD, "paq": PAQ, "qffl": QFFL}
+
+
+def _whole_budgets(flat: dict[str, Any]) -> None:
+    """FedPQ runs every layer of a client at its budget: each budget must be a whole number of bits."""
+    budgets = flat["quant.budgets"]
+    if budgets:
+        odd = next((b for b in budgets if not float(b).is_integer()), None)
+        if odd is not None:
+            raise ConfigError(
+                f"key 'quant.budgets': value {budgets} has entry {odd!r}; fedpq runs every layer of a client "
+                "at its budget, so each budget must be a whole number of bits"
+            )
+    elif not float(flat["quant.avg_bits"]).is_integer():
+        raise ConfigError(
+            f"key 'quant.avg_bits': value {flat['quant.avg_bits']:g} is not a whole number; fedpq runs every "
+            "layer at the budget: set whole-number quant.budgets or an integer quant.avg_bits"
+        )
+
 
 CATALOG: dict[str, MethodSpec] = {
     "fedavg": MethodSpec(
@@ -105,6 +131,43 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference="fedmpq",
         sections=("quant", "kd"),
         summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model",
+    ),
+    "fedpq": MethodSpec(
+        module="fedpq",
+        client="FedPQClient",
+        strategy="FedPQStrategy",
+        family=QUANTIZED,
+        distils=False,
+        compresses_upload=True,
+        cost_reference="fedavg",
+        sections=("quant",),
+        summary="FedPQ (AQFL arm of the FedMPQ code): bit-plane clients, every layer at the client's "
+        "integer budget, no pruning, no re-allocation",
+        check=_whole_budgets,
+    ),
+    "fedpaq": MethodSpec(
+        module="fedpaq",
+        client="FedPAQClient",
+        strategy="FedPAQStrategy",
+        family=FULL_PRECISION,
+        distils=False,
+        compresses_upload=True,
+        cost_reference="fedavg",
+        sections=("paq",),
+        summary="FedPAQ (Reisizadeh et al., AISTATS 2020): full-precision clients upload the QSGD "
+        "quantization of their model update",
+    ),
+    "qffl": MethodSpec(
+        module="qffl",
+        client="QFFLClient",
+        strategy="QFFLStrategy",
+        family=FULL_PRECISION,
+        distils=False,
+        compresses_upload=False,
+        cost_reference="fedavg",
+        sections=("qffl",),
+        summary="q-FFL / q-FedAvg (Li et al., ICLR 2020): full-precision clients, steps reweighted by "
+        "the clients' losses to the power q",
     ),
 }
 

@@ -39,8 +39,15 @@ from torch.utils.data import DataLoader
 from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 from fedmpq_flwr.dataset import FederatedData, client_loader, load_data
 from fedmpq_flwr.models import build_model, save_final_model
-from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, ROUND_FROM_CLIENTS, RunRecorder, round_from_clients
-from fedmpq_flwr.server.evaluation import ServerEvaluator
+from fedmpq_flwr.results import (
+    FEATURES_FILE,
+    MODEL_FILE,
+    ROUND_FROM_CLIENTS,
+    RunRecorder,
+    round_from_clients,
+    write_partitions,
+)
+from fedmpq_flwr.server.evaluation import ServerEvaluator, client_label_counts
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
 from fedmpq_flwr.train import resolve_device, train_epochs
@@ -121,6 +128,8 @@ class FedAvgStrategy(Strategy):
         self.device = resolve_device(config["federation"]["device"])
         self.data: FederatedData = load_data(config["dataset"])
         self.evaluator = ServerEvaluator(self.data, config["train"]["eval_batch_size"], self.device)
+        num_clients = config["federation"]["num_clients"]
+        write_partitions(recorder.run_dir, client_label_counts(self.data, config["dataset"], num_clients))
         torch.manual_seed(config["seed"])
         self.model = build_model(config["model"]["name"], self.data.num_classes).to(self.device)
         self.sampler = ClientSampler(config["seed"], config["strategy"]["fraction_fit"])

@@ -53,12 +53,17 @@ class ObjectiveExtension:
 class FedMPQClient(FedAvgClient):
     """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`).
 
-    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation).
+    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation) and change
+    what happens after local training through `prune` (FedPQ keeps every plane).
     """
 
     def extension(self, model: nn.Module, student: nn.Module, config: dict[str, Any]) -> ObjectiveExtension | None:
         """Extra loss terms, per-step action and metrics on top of FedMPQ's (none for FedMPQ)."""
         return None
+
+    def prune(self, student: nn.Module) -> dict[str, int]:
+        """Drop sparse bit planes after local training (`quant.thre`); the bits removed per layer."""
+        return prune_model(student, self.config["quant"]["thre"])
 
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
@@ -98,7 +103,7 @@ class FedMPQClient(FedAvgClient):
             loss_fn=loss_fn,
             after_step=after_step,
         )
-        reductions = prune_model(student, quant_cfg["thre"])
+        reductions = self.prune(student)
         metrics.update(bits=json.dumps(layer_bits(student)), reductions=json.dumps(reductions))
         if extension is not None and extension.report is not None:
             extension.report(metrics)
@@ -122,7 +127,8 @@ def _reported_reductions(fit_res: FitRes) -> dict[str, int]:
 
 
 class FedMPQStrategy(FedAvgStrategy):
-    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id."""
+    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id
+    (`next_bits`: FedPQ keeps the assignment fixed)."""
 
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__(config, recorder)
@@ -137,11 +143,8 @@ class FedMPQStrategy(FedAvgStrategy):
     def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
         return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
 
-    def aggregate(self, updates: list[Update]) -> NDArrays:
-        """Decode every upload to floats, average them, then re-allocate all clients' bits."""
-        decoded = [
-            (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
-        ]
+    def next_bits(self, updates: list[Update]) -> dict[int, dict[str, int]]:
+        """Every client's per-layer bits for the next round: re-allocated from this round's reports."""
         reports = [
             ClientBits(
                 num_examples=res.num_examples,
@@ -151,7 +154,14 @@ class FedMPQStrategy(FedAvgStrategy):
             )
             for pid, _, res in updates
         ]
-        self.bits = allocate(self.layer_sizes, reports, self.budgets)
+        return allocate(self.layer_sizes, reports, self.budgets)
+
+    def aggregate(self, updates: list[Update]) -> NDArrays:
+        """Decode every upload to floats, average them, then set all clients' next bits (`next_bits`)."""
+        decoded = [
+            (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
+        ]
+        self.bits = self.next_bits(updates)
         return super().aggregate(decoded)
 
     def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
@@ -166,13 +176,15 @@ class FedMPQStrategy(FedAvgStrategy):
         }
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
-        """Test accuracy of the global model quantized to each client's next-round assignment."""
-        accuracies = self.evaluator.quantized_accuracies(self.model, self.bits, self.config["quant"]["act_bits"])
-        values = list(accuracies.values())
+        """Test accuracy (and per-class test accuracy) of the global model quantized to each client's
+        next-round assignment."""
+        metrics = self.evaluator.quantized_metrics(self.model, self.bits, self.config["quant"]["act_bits"])
+        values = [accuracy for accuracy, _ in metrics.values()]
         return {
             "quant_test_accuracy_mean": float(np.mean(values)),
             "quant_test_accuracy_min": float(np.min(values)),
-            "quant_test_accuracy": {str(pid): acc for pid, acc in accuracies.items()},
+            "quant_test_accuracy": {str(pid): accuracy for pid, (accuracy, _) in metrics.items()},
+            "quant_class_accuracy": {str(pid): classes for pid, (_, classes) in metrics.items()},
             "next_avg_bits": {str(pid): average_bitwidth(bits, self.layer_sizes) for pid, bits in self.bits.items()},
         }
 
