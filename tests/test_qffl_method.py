@@ -51,7 +51,9 @@ def test_client_reports_f_k_of_the_received_model_and_h_k(fedavg_config, fl) -> 
     idx = partition_indices(data.y_train, 10, config["dataset"]["alpha"], config["dataset"]["seed"])[pid]
     model = build_model("tiny_cnn")
     set_weights(model, strategy.latest_parameters)
-    loss = evaluate(model, eval_loader(data.x_train[idx], data.y_train[idx], 128), torch.device("cpu"))[0]
+    loss = evaluate(
+        model, eval_loader(data.x_train[idx], data.y_train[idx], 128, mean=data.mean, std=data.std), torch.device("cpu")
+    )[0]
     assert res.metrics["qffl_loss"] == pytest.approx(loss, rel=1e-6)
     assert res.num_examples == len(idx)
     # h_k from the uploaded Delta_k = F^q L (w - w_k): q F^(q-1) ||Delta / F^q||^2 + L F^q

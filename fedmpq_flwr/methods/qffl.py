@@ -1,8 +1,8 @@
 """q-FFL / q-FedAvg (Li, Sanjabi, Beirami, Smith, ICLR 2020), as the authors' `qffedavg` trainer.
 
 Client k: first F_k, the mean cross-entropy of the RECEIVED global model w on k's whole training
-partition (eval mode, no augmentation, `train.eval_batch_size`); then local training exactly as
-FedAvg; then (`fedmpq_flwr.qffl.client_update`, L = 1/`train.lr`) it uploads
+partition with the labels it trains on (eval mode, no augmentation, `train.eval_batch_size`); then
+local training exactly as FedAvg; then (`fedmpq_flwr.qffl.client_update`, L = 1/`train.lr`) it uploads
 Delta_k = F_k^q L (w - w_k) for trainable tensors and its local BatchNorm statistics, and reports
 h_k = q F_k^(q-1) ||L (w - w_k)||^2 + L F_k^q and F_k as fit metrics (`qffl_h`, `qffl_loss`).
 
@@ -32,7 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedmpq_flwr.dataset import eval_loader, load_data, partition_indices
+from fedmpq_flwr.data.partition import client_partition
+from fedmpq_flwr.dataset import eval_loader, load_data
 from fedmpq_flwr.methods.fedavg import FLOAT_BITS, FedAvgClient, FedAvgStrategy, Update
 from fedmpq_flwr.qffl import aggregate as qffl_aggregate
 from fedmpq_flwr.qffl import client_update
@@ -51,10 +52,12 @@ class QFFLClient(FedAvgClient):
         training that follows draws the same batches and crops as a FedAvg client's."""
         dataset_cfg = self.config["dataset"]
         data = load_data(dataset_cfg)
-        idx = partition_indices(data.y_train, self.num_partitions, dataset_cfg["alpha"], dataset_cfg["seed"])[
-            self.partition_id
-        ]
-        loader = eval_loader(data.x_train[idx], data.y_train[idx], self.config["train"]["eval_batch_size"])
+        part = client_partition(
+            data, self.partition_id, self.num_partitions, dataset_cfg["alpha"], dataset_cfg["seed"],
+            dataset_cfg["label_noise"],
+        )  # fmt: skip
+        batch = self.config["train"]["eval_batch_size"]
+        loader = eval_loader(data.x_train[part.idx], part.labels, batch, mean=data.mean, std=data.std)
         with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
             loss, _ = evaluate(model, loader, self.device)
         return loss, float(counter.get_total_flops())

@@ -77,7 +77,8 @@ class ServerEvaluator:
 
 def client_label_counts(data: FederatedData, dataset_cfg: dict[str, Any], num_clients: int) -> dict[int, list[int]]:
     """Partition id -> how many training examples of each class the client holds (its partition of
-    `data.y_train`, as the clients build it)."""
+    `data.y_train`, as the clients build it; true classes, before any label noise: the mix of data
+    the device will see)."""
     parts = partition_indices(data.y_train, num_clients, dataset_cfg["alpha"], dataset_cfg["seed"])
     return {
         pid: np.bincount(data.y_train[idx], minlength=data.num_classes).astype(int).tolist()
