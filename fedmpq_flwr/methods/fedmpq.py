@@ -106,11 +106,14 @@ class FedMPQClient(FedAvgClient):
 
 
 def client_budgets(config: dict[str, Any]) -> dict[int, float]:
-    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all
-    (`config.validate` has checked there is one budget per client)."""
+    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all.
+
+    A list shorter than the federation is tiled as a whole: partition k gets `budgets[k % len(budgets)]`,
+    so [2,2,3,3,4,4,5,5,6,6] gives partitions 0-9, 10-19, ... the budgets of the 10-client experiment
+    (`config.validate` has checked that the length divides `federation.num_clients`)."""
     quant_cfg = config["quant"]
-    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]] * config["federation"]["num_clients"]
-    return {pid: float(budget) for pid, budget in enumerate(budgets)}
+    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]]
+    return {pid: float(budgets[pid % len(budgets)]) for pid in range(config["federation"]["num_clients"])}
 
 
 def _reported_bits(fit_res: FitRes) -> dict[str, int]:
