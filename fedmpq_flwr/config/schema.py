@@ -46,6 +46,9 @@ TRAIN: Section = {
     "momentum": number(float, 0.9, 0, 1, high_open=True),
     "weight_decay": number(float, 0.0, 0),
     "eval_batch_size": number(int, 128, 1),  # faster per image than 256 on CPU
+    "optimizer": choice("sgd", "sgd", "adamw"),  # adamw: betas (momentum, 0.999), decoupled weight decay
+    "warmup_rounds": number(int, 0, 0),  # linear learning-rate warm-up over the first rounds (0 = none)
+    "lr_schedule": choice("constant", "constant", "cosine"),  # after the warm-up, per round
 }
 FEDERATION: Section = {
     "num_clients": number(int, 10, 1),

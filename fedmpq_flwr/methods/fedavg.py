@@ -43,7 +43,7 @@ from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, ROUND_FROM_CLIENTS, R
 from fedmpq_flwr.server.evaluation import ServerEvaluator
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
-from fedmpq_flwr.train import resolve_device, train_epochs
+from fedmpq_flwr.train import build_optimizer, resolve_device, round_lr, train_epochs
 from fedmpq_flwr.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
@@ -56,7 +56,9 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 class FedAvgClient(NumPyClient):
-    """Full-precision client: SGD with momentum for `train.local_epochs` epochs."""
+    """Full-precision client: SGD with momentum (or AdamW, `train.optimizer`) for `train.local_epochs` epochs."""
+
+    server_round = 0  # the round being trained (set by `fit`): the learning-rate schedule reads it
 
     def __init__(
         self, config: dict[str, Any], partition_id: int, num_partitions: int, state: RecordDict | None = None
@@ -73,10 +75,15 @@ class FedAvgClient(NumPyClient):
         return {"partition_id": self.partition_id}
 
     def optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """`train.optimizer` at this round's learning rate (`train.lr` after `train.warmup_rounds` and
+        `train.lr_schedule`; plain `train.lr` by default)."""
         train_cfg = self.config["train"]
-        return torch.optim.SGD(
-            parameters, lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"]
-        )
+        lr = train_cfg["lr"]
+        if self.server_round > 0:
+            lr = round_lr(
+                lr, self.server_round, train_cfg["num_rounds"], train_cfg["warmup_rounds"], train_cfg["lr_schedule"]
+            )
+        return build_optimizer(train_cfg["optimizer"], parameters, lr, train_cfg["momentum"], train_cfg["weight_decay"])
 
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
@@ -87,6 +94,7 @@ class FedAvgClient(NumPyClient):
         return get_weights(model), stats
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        self.server_round = int(config["server_round"])
         started = time.perf_counter()
         reset_peak_gpu(self.device)
         seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
