@@ -27,6 +27,7 @@ def test_defaults_are_the_main_experiment() -> None:
         "lr_schedule": "constant",
     }
     assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
+    assert config["federation"]["dropout"] == 0.0
     assert config["variation"] == config["run_id"]
 
 

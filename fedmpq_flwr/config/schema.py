@@ -55,6 +55,8 @@ FEDERATION: Section = {
     "client_cpus": number(int, 1, 1),
     "client_gpus": Field(float, -1.0, lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]"),
     "device": choice("auto", "auto", "cpu", "cuda"),
+    # share of sampled clients that drop after local training, before upload (seeded per round and client)
+    "dropout": number(float, 0.0, 0, 1, high_open=True),
 }
 COMMON: dict[str, Section] = {"strategy": STRATEGY, "model": MODEL, "train": TRAIN, "federation": FEDERATION}
 

@@ -141,7 +141,8 @@ class FedMPQStrategy(FedAvgStrategy):
         return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
 
     def aggregate(self, updates: list[Update]) -> NDArrays:
-        """Decode every upload to floats, average them, then re-allocate all clients' bits."""
+        """Decode every upload to floats, average them, then re-allocate all clients' bits; a sampled
+        client that sent no update (it dropped or failed) keeps its assignment."""
         decoded = [
             (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
         ]
@@ -154,7 +155,9 @@ class FedMPQStrategy(FedAvgStrategy):
             )
             for pid, _, res in updates
         ]
-        self.bits = allocate(self.layer_sizes, reports, self.budgets)
+        reported = {pid for pid, _, _ in updates}
+        failed = [pid for pid in (self.current.sampled if self.current else []) if pid not in reported]
+        self.bits = allocate(self.layer_sizes, reports, self.budgets, keep={pid: self.bits[pid] for pid in failed})
         return super().aggregate(decoded)
 
     def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
