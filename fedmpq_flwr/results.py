@@ -5,6 +5,7 @@ Layout of one run, `<results_dir>/<run_id>/`:
   config.yaml     the resolved config
   metrics.jsonl   one JSON object per round, flushed as the round ends
   results.json    history, final/best/auc accuracy and metadata; written last, with status
+                  (completed, or failed with its reason) and run facts such as `flipped_labels`
   final_model.pt  see `fedmpq_flwr.models.load_final_model`
   bit_assignments.json  quantized methods: final per-client per-layer bits and layer sizes
   features.npz    penultimate features of the final model(s) on a fixed test subset (`labels`,
@@ -35,6 +36,7 @@ BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 FEATURES_FILE = "features.npz"
 PARTITIONS_FILE = "partitions.json"
 STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"  # the run stopped early for a recorded `reason` (e.g. a round without any update)
 # Round fields of metrics.jsonl derived from the participants' entries in `clients`:
 # round key -> (client key, reduction over participants). The strategy writes them; the analyzer
 # derives them for runs recorded before a field existed.
@@ -156,6 +158,8 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.history: list[dict[str, Any]] = []
+        self.info: dict[str, Any] = {}  # run facts the strategy learns (e.g. flipped_labels), kept in results.json
+        self.failure: str | None = None  # why the run stopped early (set by server/outcome.py): finish() writes failed
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / METRICS_FILE).write_text("")
         (self.run_dir / RESULTS_FILE).unlink(missing_ok=True)
@@ -171,17 +175,40 @@ class RunRecorder:
         print(line, flush=True)
 
     def finish(self, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write results.json atomically (temp file + rename) and return it."""
+        """Write results.json atomically (temp file + rename) and return it; a run marked failed
+        (`self.failure`) is written by `fail` instead."""
+        if self.failure is not None:
+            return self.fail(self.failure, metadata, extra)
         results = {
             "run_id": self.run_id,
             "status": STATUS_COMPLETED,
             "num_rounds": len(self.history),
             **summarize_history(self.history),
             **(extra or {}),
+            **self.info,
             "history": self.history,
             "metadata": metadata,
         }
         write_atomic(self.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
         summary = {k: results[k] for k in ("run_id", "final_accuracy", "best_accuracy", "auc_accuracy")}
         print(json.dumps({"event": "run_finished", **summary}), file=sys.stdout, flush=True)
+        return results
+
+    def fail(self, reason: str, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write results.json with status `failed` and the one-line `reason` (the rounds recorded so far
+        stay in `history`; accuracies are those rounds' or null) and return it."""
+        accuracies = summarize_history(self.history) if self.history else dict.fromkeys(summarize_history([]))
+        results = {
+            "run_id": self.run_id,
+            "status": STATUS_FAILED,
+            "reason": reason,
+            "num_rounds": len(self.history),
+            **accuracies,
+            **(extra or {}),
+            **self.info,
+            "history": self.history,
+            "metadata": metadata,
+        }
+        write_atomic(self.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
+        print(json.dumps({"event": "run_failed", "run_id": self.run_id, "reason": reason}), file=sys.stdout, flush=True)
         return results

@@ -18,6 +18,7 @@ from flwr.server.compat import start_grid
 from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
 from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
+from fedmpq_flwr.server.outcome import run_rounds
 from fedmpq_flwr.train import resolve_device
 
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
@@ -72,7 +73,7 @@ def main(grid: Grid, context: Context) -> None:
     dump_yaml(config, str(run_dir / CONFIG_FILE))
     recorder = RunRecorder(run_dir, config["run_id"])
     strategy = load_method(config["strategy"]["name"]).strategy(config, recorder)
-    start_grid(grid=grid, strategy=strategy, config=ServerConfig(num_rounds=config["train"]["num_rounds"]))
+    run_rounds(start_grid, grid=grid, strategy=strategy, config=ServerConfig(num_rounds=config["train"]["num_rounds"]))
     strategy.save_outputs()
     recorder.finish(
         run_metadata(config, started_at),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -20,6 +21,36 @@ def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     """The task loss of full-precision training."""
     task_loss = F.cross_entropy(model(images), labels)
     return {"loss": task_loss, "task_loss": task_loss}
+
+
+def round_lr(
+    lr: float, server_round: int, num_rounds: int, warmup_rounds: int = 0, schedule: str = "constant"
+) -> float:
+    """The learning rate of every client in `server_round` (1-based): a linear warm-up over the first
+    `warmup_rounds` rounds (lr * r / warmup_rounds), then `lr` (schedule `constant`) or a cosine decay
+    from `lr` towards 0 over the remaining rounds (`cosine`: lr * (1 + cos(pi * t)) / 2, with t going
+    from 0 in the first round after the warm-up to (n - 1) / n in the last, so no round trains at 0)."""
+    if server_round <= warmup_rounds:
+        return lr * server_round / warmup_rounds
+    if schedule == "constant":
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (options: constant, cosine)")
+    decay_rounds = max(1, num_rounds - warmup_rounds)
+    progress = min(server_round - warmup_rounds - 1, decay_rounds - 1) / decay_rounds
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    name: str, parameters: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """`sgd`: SGD with momentum and L2 weight decay; `adamw`: AdamW (decoupled weight decay) with
+    betas (momentum, 0.999), so `train.momentum` is its first-moment decay."""
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (options for train.optimizer: sgd, adamw)")
 
 
 def resolve_device(preference: str) -> torch.device:

@@ -89,8 +89,8 @@ class Rounds:
         config: dict[str, Any], rounds: int, participants: list[list[int]] | None = None
     ) -> tuple[list[dict[str, Any]], list]:
         """Rounds of the configured method's real strategy and clients, called as Flower would (minus the
-        transport); every node keeps its own state between rounds. Returns the metrics.jsonl records
-        and the final global weights."""
+        transport): a client's exception is that client's failure. Every node keeps its own state between
+        rounds. Returns the metrics.jsonl records and the final global weights."""
         method = load_method(config["strategy"]["name"])
         strategy = Rounds.strategy(config)
         num_clients = config["federation"]["num_clients"]
@@ -98,16 +98,14 @@ class Rounds:
         for server_round in range(1, rounds + 1):
             sampled = participants[server_round - 1] if participants else sorted(states)
             strategy.start_round(server_round, sampled, strategy.latest_parameters)
-            results = [
-                (
-                    None,
-                    Rounds.fit_result(
-                        method.client(config, pid, num_clients, states[pid]), strategy, pid, server_round
-                    ),
-                )
-                for pid in sampled
-            ]
-            strategy.aggregate_fit(server_round, results, [])
+            results, failures = [], []
+            for pid in sampled:
+                client = method.client(config, pid, num_clients, states[pid])
+                try:
+                    results.append((None, Rounds.fit_result(client, strategy, pid, server_round)))
+                except Exception as err:  # Flower hands a client's exception to aggregate_fit as a failure
+                    failures.append(err)
+            strategy.aggregate_fit(server_round, results, failures)
             strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
         lines = (strategy.recorder.run_dir / "metrics.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines], strategy.latest_parameters

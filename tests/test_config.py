@@ -22,8 +22,12 @@ def test_defaults_are_the_main_experiment() -> None:
         "momentum": 0.9,
         "weight_decay": 0.0,
         "eval_batch_size": 128,
+        "optimizer": "sgd",
+        "warmup_rounds": 0,
+        "lr_schedule": "constant",
     }
     assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
+    assert config["federation"]["dropout"] == 0.0
     assert config["variation"] == config["run_id"]
 
 

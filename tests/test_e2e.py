@@ -5,6 +5,7 @@ Flower or Ray process is left behind.
 """
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -14,10 +15,13 @@ import psutil
 import pytest
 import yaml
 
-from fedmpq_flwr.config import validate
+from fedmpq_flwr.config import dump_yaml, validate
+from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.dataset import eval_loader, load_data
+from fedmpq_flwr.failures import drops_out
 from fedmpq_flwr.launch import flower_env, free_port, stop_process_tree
 from fedmpq_flwr.models import build_model, load_final_model
+from fedmpq_flwr.server.sampling import ClientSampler
 from fedmpq_flwr.train import evaluate
 from fedmpq_flwr.weights import get_weights
 
@@ -232,4 +236,60 @@ def test_fedmpq_and_fedmpq_kd_runner_end_to_end_learn(tmp_path: Path) -> None:
     assert [[c["teacher_round"] for c in record["clients"]] for record in kd] == [[0] * 3, [0] * 3, [2] * 3, [2] * 3]
     assert all(0 <= record["agreement"] <= 1 and record["kd_loss"] > 0 for record in kd)
     assert [r["bits_down"] for r in kd] == [r["bits_down"] for r in history["fedmpq_e2e"]]
+    assert flower_processes_since(started) == []
+
+
+def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
+    """20 clients, a quarter sampled, half of them dropping after training and 10 % noisy labels, one
+    run through the launcher (its own SuperLink, no analyzer): the dropouts travel Flower's failure
+    path as exceptions and come back named; the run finishes and records them and the flipped labels."""
+    started = time.time()
+    config = validate(
+        {
+            "run_id": "axes_e2e",
+            "seed": 3,
+            "results_dir": str(tmp_path / "results"),
+            "strategy": {"name": "fedmpq", "fraction_fit": 0.25},
+            "model": {"name": "tiny_cnn"},
+            "dataset": {
+                "name": "synthetic",
+                "synthetic_train_size": 400,
+                "synthetic_test_size": 100,
+                "alpha": ".inf",
+                "label_noise": 0.1,
+            },
+            "train": {"num_rounds": 2, "batch_size": 32, "lr": 0.05},
+            "quant": {"budgets": [2, 3, 4, 5]},  # tiled over the 20 clients
+            "federation": {"num_clients": 20, "device": "cpu", "dropout": 0.5},
+        }
+    )
+    sampler = ClientSampler(config["seed"], 0.25)
+    sampled = [sampler.sample(list(range(20))) for _ in range(2)]
+    dropped = [[p for p in s if drops_out(config["seed"], r, p, 0.5)] for r, s in enumerate(sampled, start=1)]
+    assert all(0 < len(d) < len(s) for d, s in zip(dropped, sampled))  # this seed: some drop, never all
+    run_dir = tmp_path / "results" / "axes_e2e"
+    run_dir.mkdir(parents=True)
+    dump_yaml(config, str(run_dir / "config.yaml"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(run_dir / "config.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sampled_partitions"] for r in records] == sampled
+    assert [r["dropped_partitions"] for r in records] == dropped
+    assert [r["num_failures"] for r in records] == [len(d) for d in dropped]
+    for record, drops in zip(records, dropped):
+        assert record["client_errors"] == []
+        clients = record["clients"]
+        assert [c["partition_id"] for c in clients] == [p for p in record["sampled_partitions"] if p not in drops]
+        assert all(c["budget"] == [2, 3, 4, 5][c["partition_id"] % 4] for c in clients)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["num_rounds"] == 2
+    data = load_data(config["dataset"])
+    assert results["flipped_labels"] == flipped_label_counts(data, 20, math.inf, 42, 0.1)
+    assert sum(results["flipped_labels"]) > 0
     assert flower_processes_since(started) == []

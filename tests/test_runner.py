@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml
+from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, flatten
 from fedmpq_flwr.main import expand_runs, parse_overrides
 from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
 
@@ -232,7 +232,7 @@ def test_ablation_files_vary_one_kd_setting_of_the_main_experiment(name: str, tm
 
 
 def test_full_experiment_is_the_design(tmp_path: Path) -> None:
-    """configs/full_experiment.yaml: the main experiment for six methods and axes A, B, C for two."""
+    """configs/full_experiment.yaml: the main experiment for every method and axes A to G for two."""
     runs = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
     main = [r for r in runs if not r["axis"]]
     methods = ("fedavg", "fedmpq", "fedmpq_kd", "fedpaq", "fedpq", "qffl")
@@ -264,16 +264,44 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
         section, key = axis.split(".")
         return run[section][key]
 
-    for axis, expected in (
-        ("train.local_epochs", {1, 2, 5}),
-        ("quant.avg_bits", {2, 4, 8}),
-        ("dataset.alpha", {0.1, 0.5, math.inf}),
-    ):
+    axes = {
+        "train.local_epochs": {1, 2, 5},
+        "quant.avg_bits": {2, 4, 8},
+        "dataset.alpha": {0.1, 0.5, math.inf},
+        "model.name": {"resnet20", "mobilenet_v2", "vit_small"},
+        "federation.num_clients": {10, 50, 100},
+        "federation.dropout": {0.0, 0.2},
+        "dataset.label_noise": {0.0, 0.1},
+    }
+    for axis, expected in axes.items():
         for method in ("fedmpq", "fedmpq_kd"):
             points = [r for r in runs if r["strategy"]["name"] == method and r["axis"] in ("", axis)]
             assert {value(r, axis) for r in points} == expected, (axis, method)
             assert all(sum(value(r, axis) == v for r in points) == 3 for v in expected)  # 3 seeds each
             assert all(r["axis"] == axis or value(r, axis) == value(setting, axis) for r in points)
+    assert {r["axis"] for r in runs} == {"", *axes}
+    assert {r["strategy"]["name"] for r in runs if r["axis"]} == {"fedmpq", "fedmpq_kd"}
+
+    # an axis run differs from its method's main run (same seed) in its axis key, and in what goes with it
+    goes_with = {
+        "quant.avg_bits": {"quant.budgets"},
+        "federation.num_clients": {"strategy.fraction_fit"},
+        "model.name": {"train.optimizer", "train.lr", "train.weight_decay", "train.warmup_rounds", "train.lr_schedule"},
+    }
+    main_of = {(r["strategy"]["name"], r["seed"]): flatten(r) for r in main}
+    for run in (r for r in runs if r["axis"]):
+        flat = flatten(run)
+        differing = {k for k, v in flat.items() if v != main_of[run["strategy"]["name"], run["seed"]][k]}
+        allowed = {"run_id", "variation", "description", "axis", run["axis"], *goes_with.get(run["axis"], ())}
+        assert differing <= allowed, (run["run_id"], differing - allowed)
+    clients = [r for r in runs if r["axis"] == "federation.num_clients"]
+    assert {r["strategy"]["fraction_fit"] for r in clients} == {0.1}
+    assert all(r["quant"]["budgets"] == setting["quant"]["budgets"] for r in clients)  # tiled to 50 and 100
+    vit = [r for r in runs if r["model"]["name"] == "vit_small"]
+    keys = ("optimizer", "lr", "weight_decay", "warmup_rounds", "lr_schedule")
+    vit_settings = {tuple(r["train"][k] for k in keys) for r in vit}
+    assert vit_settings == {("adamw", 0.001, 0.05, 5, "cosine")}
+    assert all(r["train"]["optimizer"] == "sgd" for r in runs if r["model"]["name"] != "vit_small")
 
 
 def test_finished_runs_survive_a_package_upgrade(tmp_path: Path) -> None:

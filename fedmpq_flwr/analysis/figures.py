@@ -31,12 +31,17 @@ from fedmpq_flwr.analysis.plotting import (
     style,
 )
 from fedmpq_flwr.analysis.reference import is_quantized
+from fedmpq_flwr.analysis.runs import axis_order, axis_point
 
 IMAGES_DIR = "images"
 AXIS_LABELS = {
     "train.local_epochs": "Local epochs per round",
     "quant.avg_bits": "Average bit budget (bits)",
     "dataset.alpha": "Dirichlet alpha (label skew; inf = IID)",
+    "model.name": "Model",
+    "federation.num_clients": "Number of clients",
+    "federation.dropout": "Share of sampled clients dropping per round",
+    "dataset.label_noise": "Share of training labels flipped (label noise)",
 }
 
 
@@ -59,8 +64,9 @@ def _main_or_all(variations: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
 
 
 def axis_names(axes: list[str]) -> dict[str, str]:
-    """File-name part per axis key: its last component, or the whole key when two axes share it."""
-    last = [a.rsplit(".", 1)[-1] for a in axes]
+    """File-name part per axis key: its last component (its section for a `name`: model.name -> model),
+    or the whole key when two axes share it."""
+    last = [a.rsplit(".", 2)[-2] if a.endswith(".name") else a.rsplit(".", 1)[-1] for a in axes]
     return {a: slug(a if last.count(short) > 1 else short) for a, short in zip(axes, last)}
 
 
@@ -182,24 +188,25 @@ def axis_figures(ctx: Context) -> list[Figure]:
 
 
 def _value_label(value: Any) -> str:
-    return "inf" if value == "inf" else f"{float(value):g}"
+    point = axis_point(value)
+    return f"{point:g}" if isinstance(point, float) else str(point)
 
 
 def _robustness_plot(axis: str, rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Final accuracy (%) per method at each axis value (categorical x: values may be infinite)."""
     plt = pyplot()
-    values = sorted({float(r["value"]) for points in rows.values() for r in points})
+    values = sorted({axis_point(r["value"]) for points in rows.values() for r in points}, key=axis_order)
     position = {v: i for i, v in enumerate(values)}
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(values) + 3), figure_height(len(rows))))
-    labels_at: dict[float, list[tuple[float, str, str]]] = {}
+    labels_at: dict[float | str, list[tuple[float, str, str]]] = {}
     for i, (strategy, points) in enumerate(rows.items()):
         shown = [r for r in points if r["final_accuracy_mean"] is not None]
-        x = [position[float(r["value"])] for r in shown]
+        x = [position[axis_point(r["value"])] for r in shown]
         y = [100 * r["final_accuracy_mean"] for r in shown]
         err = [0.0 if r["final_accuracy_std"] is None else 100 * r["final_accuracy_std"] for r in shown]
         line = ax.errorbar(x, y, yerr=err, capsize=3, label=strategy, markersize=5, **style(i))
         for r, yi in zip(shown, y):
-            labels_at.setdefault(float(r["value"]), []).append((yi, f"{yi:.1f}", line[0].get_color()))
+            labels_at.setdefault(axis_point(r["value"]), []).append((yi, f"{yi:.1f}", line[0].get_color()))
     ax.margins(y=0.2)
     low, high = ax.get_ylim()
     for value, labels in labels_at.items():

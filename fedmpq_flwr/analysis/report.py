@@ -6,6 +6,7 @@ from typing import Any
 
 from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.analysis.criteria import verdict
+from fedmpq_flwr.analysis.runs import axis_order
 
 REPORT_FILE = "report.md"
 
@@ -167,12 +168,12 @@ def _robustness_tables(robustness: dict[str, Any]) -> list[str]:
     lines = []
     for axis, entry in robustness.items():
         methods = entry["methods"]
-        values = sorted({float(r["value"]): r["value"] for rows in methods.values() for r in rows}.items())
+        values = sorted({r["value"] for rows in methods.values() for r in rows}, key=axis_order)
         diffs = {d["value"]: d["points"] for d in entry["proposed_minus_fedmpq_points"]}
         header = ["value"] + [h for s in methods for h in (f"{s} final (%)", f"{s} degradation (points)")]
         header.append("fedmpq_kd − fedmpq (points)")
         rows = []
-        for _, value in values:
+        for value in values:
             row = [_num(value, "g")]
             for rows_of_method in methods.values():
                 hit = next((r for r in rows_of_method if r["value"] == value), None)

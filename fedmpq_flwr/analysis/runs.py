@@ -22,6 +22,7 @@ from fedmpq_flwr.results import (
     METRICS_FILE,
     ROUND_FROM_CLIENTS,
     STATUS_COMPLETED,
+    STATUS_FAILED,
     has_completed_status,
     read_metrics,
     read_results,
@@ -83,6 +84,7 @@ RUN_LABELS = ("variation", "description", "strategy", "model", "dataset", "axis"
 INCOMPLETE_REASONS = {
     "failed-no-metrics": "no complete results.json and no metrics recorded (crashed before round 1)",
     "incomplete": "no complete results.json (crashed, killed or still running)",
+    STATUS_FAILED: "the run failed",  # results.json says why: the reason follows
     STATUS_COMPLETED: "completed but no rounds recorded",
 }
 PRIVATE_KEYS = ("history", "config")  # kept in memory for the statistics, never written to JSON
@@ -105,6 +107,23 @@ def config_value(config: dict[str, Any], key: str) -> Any:
         if isinstance(budgets, list) and budgets:
             return float(np.mean([float(b) for b in budgets]))
     return flatten(config).get(key)
+
+
+def axis_point(value: Any) -> float | str | None:
+    """An axis value as one comparable point: a number (inf for IID alpha, also when written "inf"),
+    or the text of a categorical value such as a model name; None when missing."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def axis_order(value: Any) -> tuple[int, float, str]:
+    """Sort key of axis values: numbers in increasing order, then categorical values by name."""
+    point = axis_point(value)
+    return (0, point, "") if isinstance(point, float) else (1, 0.0, str(point))
 
 
 def json_number(value: Any) -> Any:
@@ -142,7 +161,12 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         if isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("test_accuracy"), (int, float))
     ]
     history.sort(key=lambda r: r["round"])
-    status = STATUS_COMPLETED if has_completed_status(results) else ("incomplete" if history else "failed-no-metrics")
+    failed = (results or {}).get("status") == STATUS_FAILED
+    status = (
+        STATUS_COMPLETED
+        if has_completed_status(results)
+        else (STATUS_FAILED if failed else "incomplete" if history else "failed-no-metrics")
+    )
     run_id = str(config.get("run_id") or run_dir.name)
     seed = config.get("seed", ((results or {}).get("metadata") or {}).get("seed"))
     axis = str(config.get("axis") or "")
@@ -156,6 +180,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "dataset_alpha": json_number(config_value(config, "dataset.alpha")),
         "seed": seed,
         "status": status,
+        "failure_reason": str((results or {}).get("reason", "")) if failed else None,
         "rounds_completed": len(history),
         "num_rounds_planned": (config.get("train") or {}).get("num_rounds"),
         "has_config": bool(config),
@@ -176,7 +201,8 @@ def incomplete_reason(run: dict[str, Any]) -> str | None:
     """Why a run is excluded from the variation statistics (None when it is not)."""
     reasons = []
     if not (run["status"] == STATUS_COMPLETED and run["rounds_completed"]):
-        reasons.append(INCOMPLETE_REASONS[run["status"]])
+        reason = INCOMPLETE_REASONS[run["status"]]
+        reasons.append(f"{reason}: {run['failure_reason']}" if run.get("failure_reason") else reason)
     planned = run["num_rounds_planned"]
     if isinstance(planned, int) and 0 < run["rounds_completed"] < planned:
         reasons.append(f"{run['rounds_completed']} of {planned} planned rounds recorded")

@@ -21,7 +21,7 @@ from fedmpq_flwr.analysis.reference import (
     overhead_reference_strategy,
     partner,
 )
-from fedmpq_flwr.analysis.runs import config_value, json_number
+from fedmpq_flwr.analysis.runs import axis_order, axis_point, config_value, json_number
 from fedmpq_flwr.methods.catalog import spec_of
 
 DEFAULT_TARGET_SHARE = 0.9
@@ -188,11 +188,11 @@ def robustness(variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[
         for strategy in strategies:
             members = sorted(n for n, v in variations.items() if v["axis"] == axis and v["strategy"] == strategy)
             members += [m for m in [main_variation(variations, strategy)] if m]
-            at_value: dict[float, str] = {}
+            at_value: dict[float | str, str] = {}  # numbers, or names for a categorical axis (model.name)
             for name in members:
-                value = axis_vals[name].get(axis)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    at_value.setdefault(float(value), name)
+                value = axis_point(axis_vals[name].get(axis))
+                if value is not None:
+                    at_value.setdefault(value, name)
             finals = {value: variations[n]["final_accuracy"] for value, n in at_value.items()}
             best = max((f["mean"] for f in finals.values() if f["mean"] is not None), default=None)
             per_method[strategy] = [
@@ -204,11 +204,11 @@ def robustness(variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[
                     "final_accuracy_std": finals[value]["std"],
                     "degradation_points": points(best, finals[value]["mean"]),
                 }
-                for value in sorted(at_value)
+                for value in sorted(at_value, key=axis_order)
             ]
         diffs = []
         by_value = {s: {row["value"]: row["final_accuracy_mean"] for row in rows} for s, rows in per_method.items()}
-        for value in sorted({float(v) for rows in by_value.values() for v in rows}):
+        for value in sorted({axis_point(v) for rows in by_value.values() for v in rows}, key=axis_order):
             key = json_number(value)
             if key in by_value.get(PROPOSED, {}) and key in by_value.get(FEDMPQ, {}):
                 diffs.append({"value": key, "points": points(by_value[PROPOSED][key], by_value[FEDMPQ][key])})

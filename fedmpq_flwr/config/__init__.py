@@ -98,10 +98,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"key 'dataset.path': value '' is empty; dataset.source {checked['dataset.source']!r} needs a directory"
         )
     budgets = checked["quant.budgets"]
-    if budgets and len(budgets) != checked["federation.num_clients"]:
+    if budgets and checked["federation.num_clients"] % len(budgets):
         raise ConfigError(
-            f"key 'quant.budgets': value {budgets} has {len(budgets)} entries; "
-            f"expected one per client (federation.num_clients = {checked['federation.num_clients']})"
+            f"key 'quant.budgets': value {budgets} has {len(budgets)} entries; expected one per client or a list "
+            f"whose length divides federation.num_clients = {checked['federation.num_clients']} (it is repeated)"
         )
     default_avg = fields["quant.avg_bits"].default
     if budgets and checked["quant.avg_bits"] not in (default_avg, sum(budgets) / len(budgets)):

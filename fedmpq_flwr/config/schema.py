@@ -46,12 +46,17 @@ TRAIN: Section = {
     "momentum": number(float, 0.9, 0, 1, high_open=True),
     "weight_decay": number(float, 0.0, 0),
     "eval_batch_size": number(int, 128, 1),  # faster per image than 256 on CPU
+    "optimizer": choice("sgd", "sgd", "adamw"),  # adamw: betas (momentum, 0.999), decoupled weight decay
+    "warmup_rounds": number(int, 0, 0),  # linear learning-rate warm-up over the first rounds (0 = none)
+    "lr_schedule": choice("constant", "constant", "cosine"),  # after the warm-up, per round
 }
 FEDERATION: Section = {
     "num_clients": number(int, 10, 1),
     "client_cpus": number(int, 1, 1),
     "client_gpus": Field(float, -1.0, lambda v: v == -1 or 0 <= v <= 1, "-1 (auto) or a number in [0, 1]"),
     "device": choice("auto", "auto", "cpu", "cuda"),
+    # share of sampled clients that drop after local training, before upload (seeded per round and client)
+    "dropout": number(float, 0.0, 0, 1, high_open=True),
 }
 COMMON: dict[str, Section] = {"strategy": STRATEGY, "model": MODEL, "train": TRAIN, "federation": FEDERATION}
 

@@ -59,7 +59,7 @@ def _parse_budgets(key: str, value: Any) -> list[float]:
 
 # Sections owned by methods: the schema assembles them with the common ones (config/schema.py).
 QUANT: Section = {
-    "budgets": Field(list, [], parse=_parse_budgets),  # one per client; [] = avg_bits for all
+    "budgets": Field(list, [], parse=_parse_budgets),  # per client (tiled when shorter); [] = avg_bits for all
     "avg_bits": number(float, 4.0, 1, 8),
     "lambda_b": number(float, 0.01, 0),
     "thre": number(float, 2.0, 0, 100),

@@ -4,6 +4,11 @@ Client: train the received global model with SGD (momentum) for `train.local_epo
 partition and send the float32 weights back. Server: average them (by sample count, or unweighted
 with `strategy.weighting: uniform`).
 
+Failures (every method): a client whose training raises, whose loss or upload is not finite, or which
+drops (`federation.dropout`) raises a `fedmpq_flwr.failures.ClientFailure` from `fit`; the round
+aggregates the others and records `num_failures`, `dropped_partitions` and `client_errors`. A round
+without any update, or a non-finite global model, ends the run as `failed` (`server/outcome.py`).
+
 Hooks for other methods. Client: `train` (what is trained and sent). Strategy: `fit_config`
 (instructions sent with the weights), `download_bits`, `upload_bits`, `aggregate`, `client_record`
 (method fields of a participant's entry), `evaluate_extra` (more evaluation of the new global
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from logging import WARNING
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,7 @@ from flwr.common import (
     Parameters,
     RecordDict,
     Scalar,
+    log,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
@@ -37,7 +44,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
+from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.dataset import FederatedData, client_loader, load_data
+from fedmpq_flwr.failures import (
+    DROPOUT,
+    ClientDropout,
+    ClientFailure,
+    describe_failure,
+    drops_out,
+    error_line,
+    non_finite_count,
+    non_finite_problem,
+)
 from fedmpq_flwr.models import build_model, save_final_model
 from fedmpq_flwr.results import (
     FEATURES_FILE,
@@ -48,9 +66,10 @@ from fedmpq_flwr.results import (
     write_partitions,
 )
 from fedmpq_flwr.server.evaluation import ServerEvaluator, client_label_counts
+from fedmpq_flwr.server.outcome import RunFailed
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
-from fedmpq_flwr.train import resolve_device, train_epochs
+from fedmpq_flwr.train import build_optimizer, resolve_device, round_lr, train_epochs
 from fedmpq_flwr.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
@@ -63,7 +82,9 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 class FedAvgClient(NumPyClient):
-    """Full-precision client: SGD with momentum for `train.local_epochs` epochs."""
+    """Full-precision client: SGD with momentum (or AdamW, `train.optimizer`) for `train.local_epochs` epochs."""
+
+    server_round = 0  # the round being trained (set by `fit`): the learning-rate schedule reads it
 
     def __init__(
         self, config: dict[str, Any], partition_id: int, num_partitions: int, state: RecordDict | None = None
@@ -80,10 +101,15 @@ class FedAvgClient(NumPyClient):
         return {"partition_id": self.partition_id}
 
     def optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """`train.optimizer` at this round's learning rate (`train.lr` after `train.warmup_rounds` and
+        `train.lr_schedule`; plain `train.lr` by default)."""
         train_cfg = self.config["train"]
-        return torch.optim.SGD(
-            parameters, lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"]
-        )
+        lr = train_cfg["lr"]
+        if self.server_round > 0:
+            lr = round_lr(
+                lr, self.server_round, train_cfg["num_rounds"], train_cfg["warmup_rounds"], train_cfg["lr_schedule"]
+            )
+        return build_optimizer(train_cfg["optimizer"], parameters, lr, train_cfg["momentum"], train_cfg["weight_decay"])
 
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
@@ -94,6 +120,28 @@ class FedAvgClient(NumPyClient):
         return get_weights(model), stats
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """`local_round` with the failure checks around it: an exception, a NaN or infinite training
+        loss or upload, and a seeded dropout after training (`federation.dropout`, drawn from the run
+        seed, the round and the partition) raise a ClientFailure naming this partition, which Flower
+        hands to the strategy's `aggregate_fit` as this client's failure."""
+        self.server_round = int(config["server_round"])
+        try:
+            weights, num_examples, metrics = self.local_round(parameters, config)
+        except ClientFailure:
+            raise
+        except Exception as err:
+            raise ClientFailure(self.partition_id, error_line(err)) from err
+        problem = non_finite_problem(metrics.get("train_loss"), weights)
+        if problem is not None:
+            raise ClientFailure(self.partition_id, problem)
+        if drops_out(self.config["seed"], self.server_round, self.partition_id, self.config["federation"]["dropout"]):
+            raise ClientDropout(self.partition_id, self.server_round)
+        return weights, num_examples, metrics
+
+    def local_round(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """One round of local work: load the partition, train the received model, report."""
         started = time.perf_counter()
         reset_peak_gpu(self.device)
         seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
@@ -136,6 +184,17 @@ class FedAvgStrategy(Strategy):
         self.round_log = RoundLog(recorder, config["train"]["num_rounds"])
         self.latest_parameters: NDArrays = get_weights(self.model)
         self.current: RoundInProgress | None = None
+        recorder.info["flipped_labels"] = self.flipped_labels()
+
+    def flipped_labels(self) -> list[int]:
+        """Training labels that `dataset.label_noise` flipped, per partition id: the flips the clients
+        train on, computed once on the server (results.json `flipped_labels`)."""
+        dataset_cfg, num_clients = self.config["dataset"], self.config["federation"]["num_clients"]
+        if dataset_cfg["label_noise"] == 0:
+            return [0] * num_clients
+        return flipped_label_counts(
+            self.data, num_clients, dataset_cfg["alpha"], dataset_cfg["seed"], dataset_cfg["label_noise"]
+        )
 
     # ---- hooks for subclasses ---------------------------------------------------------
 
@@ -175,7 +234,10 @@ class FedAvgStrategy(Strategy):
         return {"float": self.model}, {}
 
     def save_outputs(self) -> None:
-        """Files written after the last round: the final global model and its features."""
+        """Files written after the last round: the final global model and its features (none when
+        the run failed: its model may not be finite)."""
+        if self.recorder.failure is not None:
+            return
         set_weights(self.model, self.latest_parameters)
         model_name, num_classes = self.config["model"]["name"], self.data.num_classes
         save_final_model(self.recorder.run_dir / MODEL_FILE, self.model, model_name, num_classes)
@@ -242,15 +304,34 @@ class FedAvgStrategy(Strategy):
             key=lambda update: update[0],
         )
         bits_up = {pid: self.upload_bits(weights, res) for pid, weights, res in updates}
+        reports = [describe_failure(failure) for failure in failures]
         self.current.fit = FitSummary(
             num_failures=len(failures),
             bits_up=sum(bits_up.values()),
             client_time_s=max((float(res.metrics["client_time_s"]) for _, _, res in updates), default=0.0),
+            dropped_partitions=sorted(r.partition_id for r in reports if r.kind == DROPOUT),
+            client_errors=sorted(
+                (r.record() for r in reports if r.kind != DROPOUT),
+                key=lambda e: (e["partition_id"] is None, e["partition_id"] or 0, e["error"]),
+            ),
         )
+        if failures:
+            log(
+                WARNING,
+                "round %d: %d of %d sampled clients failed; dropped %s; errors %s",
+                server_round, len(failures), len(self.current.sampled), self.current.fit.dropped_partitions,
+                self.current.fit.client_errors,
+            )  # fmt: skip
         if not updates:
-            return None, {}
+            raise RunFailed(
+                f"round {server_round}: no client update ({len(failures)} failures: "
+                f"dropped {self.current.fit.dropped_partitions}, errors {self.current.fit.client_errors})"
+            )
         self.current.fit.fields = self.round_fields(updates, bits_up)
         self.latest_parameters = self.aggregate(updates)
+        bad = non_finite_count(self.latest_parameters)
+        if bad:
+            raise RunFailed(f"round {server_round}: the aggregated global model has {bad} NaN or infinite values")
         return ndarrays_to_parameters(self.latest_parameters), {}
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list:
@@ -276,6 +357,8 @@ class FedAvgStrategy(Strategy):
             num_sampled=len(current.sampled),
             num_failures=fit.num_failures if fit else 0,
             sampled_partitions=current.sampled,
+            dropped_partitions=fit.dropped_partitions if fit else [],
+            client_errors=fit.client_errors if fit else [],
         )
         if fit is not None:
             record.update(client_time_s=fit.client_time_s, **fit.fields)

@@ -111,11 +111,14 @@ class FedMPQClient(FedAvgClient):
 
 
 def client_budgets(config: dict[str, Any]) -> dict[int, float]:
-    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all
-    (`config.validate` has checked there is one budget per client)."""
+    """Partition id -> average-bit budget, from `quant.budgets` or else `quant.avg_bits` for all.
+
+    A list shorter than the federation is tiled as a whole: partition k gets `budgets[k % len(budgets)]`,
+    so [2,2,3,3,4,4,5,5,6,6] gives partitions 0-9, 10-19, ... the budgets of the 10-client experiment
+    (`config.validate` has checked that the length divides `federation.num_clients`)."""
     quant_cfg = config["quant"]
-    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]] * config["federation"]["num_clients"]
-    return {pid: float(budget) for pid, budget in enumerate(budgets)}
+    budgets = quant_cfg["budgets"] or [quant_cfg["avg_bits"]]
+    return {pid: float(budgets[pid % len(budgets)]) for pid in range(config["federation"]["num_clients"])}
 
 
 def _reported_bits(fit_res: FitRes) -> dict[str, int]:
@@ -144,7 +147,8 @@ class FedMPQStrategy(FedAvgStrategy):
         return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
 
     def next_bits(self, updates: list[Update]) -> dict[int, dict[str, int]]:
-        """Every client's per-layer bits for the next round: re-allocated from this round's reports."""
+        """Every client's per-layer bits for the next round: re-allocated from this round's reports; a
+        sampled client that sent no update (it dropped or failed) keeps its assignment."""
         reports = [
             ClientBits(
                 num_examples=res.num_examples,
@@ -154,7 +158,9 @@ class FedMPQStrategy(FedAvgStrategy):
             )
             for pid, _, res in updates
         ]
-        return allocate(self.layer_sizes, reports, self.budgets)
+        reported = {pid for pid, _, _ in updates}
+        failed = [pid for pid in (self.current.sampled if self.current else []) if pid not in reported]
+        return allocate(self.layer_sizes, reports, self.budgets, keep={pid: self.bits[pid] for pid in failed})
 
     def aggregate(self, updates: list[Update]) -> NDArrays:
         """Decode every upload to floats, average them, then set all clients' next bits (`next_bits`)."""

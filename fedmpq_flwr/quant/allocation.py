@@ -92,12 +92,21 @@ def fit_to_budget(
 
 
 def allocate(
-    layer_sizes: dict[str, int], reports: list[ClientBits], budgets: dict[int, float]
+    layer_sizes: dict[str, int],
+    reports: list[ClientBits],
+    budgets: dict[int, float],
+    keep: dict[int, dict[str, int]] | None = None,
 ) -> dict[int, dict[str, int]]:
-    """New per-layer assignment for every client id in `budgets` (keys are partition ids), from this round's reports."""
+    """New per-layer assignment for every client id in `budgets` (keys are partition ids), from this
+    round's reports; the clients in `keep` keep the assignment given there (FedMPQ's server passes the
+    sampled clients that failed or dropped, with their previous assignment)."""
     avg, reductions = average_bits(reports)
     priorities = layer_priorities(layer_sizes, reductions)
-    return {cid: fit_to_budget(avg, priorities, layer_sizes, budgets[cid]) for cid in sorted(budgets)}
+    keep = keep or {}
+    return {
+        cid: dict(keep[cid]) if cid in keep else fit_to_budget(avg, priorities, layer_sizes, budgets[cid])
+        for cid in sorted(budgets)
+    }
 
 
 def initial_bits(layer_sizes: dict[str, int], budget: float) -> dict[str, int]:

@@ -32,6 +32,8 @@ class FitSummary:
     bits_up: int
     client_time_s: float  # the slowest participant's seconds
     fields: dict[str, Any] = field(default_factory=dict)  # train_loss, clients and per-round client fields
+    dropped_partitions: list[int] = field(default_factory=list)  # sampled clients that dropped before upload
+    client_errors: list[dict[str, Any]] = field(default_factory=list)  # [{partition_id, error}] of failed clients
 
 
 @dataclass
