@@ -156,6 +156,12 @@ def checkpoint_summary(run_dir: str | Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path}: unreadable checkpoint ({err}); use --overwrite to start again") from None
 
 
+def remove_partial_files(run_dir: str | Path) -> None:
+    """Delete temporary files a killed writer left in the checkpoint folder (never read)."""
+    for path in checkpoint_dir(run_dir).rglob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 def remove_checkpoint(run_dir: str | Path) -> None:
     """Delete the run's checkpoint folder (a finished run, or a run started afresh)."""
     shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)

@@ -15,8 +15,7 @@ each node writes the folder named by the server's path on its own disk (docs/res
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
+import copy
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -86,15 +85,35 @@ def arrays_to_state(arrays: dict[str, np.ndarray], meta: dict[str, Any], state: 
             state[entry["name"]] = ConfigRecord(values) if entry["kind"] == "config" else MetricRecord(values)
 
 
-def fingerprint(state: RecordDict) -> str:
-    """A digest of everything `state_to_arrays` saves: equal digests, nothing to write."""
-    arrays, meta = state_to_arrays(state)
-    digest = hashlib.blake2b(json.dumps(meta, sort_keys=True).encode(), digest_size=16)
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+def snapshot(state: RecordDict) -> list[tuple[str, type, Any]]:
+    """What `state` holds now, cheaply: array records by the identity of their `Array` objects and
+    bytes (immutable: a method that changes an array record puts new ones in), the other records
+    by value. Equal snapshots before and after a fit: nothing to write."""
+    taken: list[tuple[str, type, Any]] = []
+    for name, record in state.items():
+        if name == RESTORED_KEY:
+            continue
+        if isinstance(record, ArrayRecord):
+            taken.append((name, ArrayRecord, [(key, array, array.data) for key, array in record.items()]))
+        else:
+            taken.append((name, type(record), copy.deepcopy(dict(record))))
+    return taken
+
+
+def unchanged(before: list[tuple[str, type, Any]], state: RecordDict) -> bool:
+    """Whether `state` holds what `snapshot` took."""
+    now = snapshot(state)
+    if [(name, kind) for name, kind, _ in before] != [(name, kind) for name, kind, _ in now]:
+        return False
+    for (_, kind, old), (_, _, new) in zip(before, now):
+        if kind is ArrayRecord:
+            if len(old) != len(new) or any(
+                k1 != k2 or a1 is not a2 or d1 is not d2 for (k1, a1, d1), (k2, a2, d2) in zip(old, new)
+            ):
+                return False
+        elif old != new:
+            return False
+    return True
 
 
 class NodeStateCheckpoint:
@@ -105,7 +124,7 @@ class NodeStateCheckpoint:
         self.token = token
         self.partition_id = partition_id
         self.server_round = server_round
-        self.before = ""
+        self.before: list[tuple[str, type, Any]] = []
 
     @classmethod
     def from_fit_config(
@@ -123,11 +142,11 @@ class NodeStateCheckpoint:
             if saved is not None:
                 arrays_to_state(*saved, state)
             state[RESTORED_KEY] = ConfigRecord({"from_round": int(saved[1]["round"]) if saved else 0})
-        self.before = fingerprint(state)
+        self.before = snapshot(state)
 
     def end(self, state: RecordDict) -> None:
         """After the fit: save the state if it changed."""
-        if fingerprint(state) == self.before:
+        if unchanged(self.before, state):
             return
         arrays, meta = state_to_arrays(state)
         try:

@@ -29,7 +29,13 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedmpq_flwr.checkpoint import CLIENTS_DIR, ServerCheckpoint, checkpoint_dir, remove_checkpoint
+from fedmpq_flwr.checkpoint import (
+    CLIENTS_DIR,
+    ServerCheckpoint,
+    checkpoint_dir,
+    remove_checkpoint,
+    remove_partial_files,
+)
 from fedmpq_flwr.client_state import DIR_KEY, TOKEN_KEY
 from fedmpq_flwr.main import check_resumable  # the runner's rule: runner, launcher and server agree
 from fedmpq_flwr.weights import set_weights
@@ -60,6 +66,7 @@ def open_checkpoint(config: dict[str, Any], run_dir: Path) -> ServerCheckpoint |
     if not check_resumable(config, run_dir):
         remove_checkpoint(run_dir)
         return None
+    remove_partial_files(run_dir)  # no node writes before the first resumed round
     return ServerCheckpoint.load(run_dir)
 
 
