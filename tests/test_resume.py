@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -386,3 +387,53 @@ def test_stopped_note_names_the_command_that_resumes(tmp_path: Path) -> None:
         f"then run the rest with: {' '.join([sys.executable, '-m', 'fedmpq_flwr.main', *argv])}"
         " --overwrite --only later"
     )
+
+
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from fedmpq_flwr.signals import Stopped, stop_signals
+
+with stop_signals():
+    try:
+        Path(sys.argv[1]).write_text(str(os.getpid()))
+        time.sleep(60)
+    except Stopped as stop:
+        time.sleep(1.0)  # cleanup, during which the second signal arrives and is ignored
+        Path(sys.argv[1]).write_text(f"cleaned up after {stop.name}")
+        sys.exit(stop.exit_code)
+"""
+
+
+def test_ctrl_c_twice_reaches_the_launcher_which_finishes_its_cleanup(tmp_path: Path) -> None:
+    """The runner's `run_teed` under `stop_signals`: Ctrl-C (SIGINT to runner and child, as to a
+    process group) raises Stopped, the runner passes it on and waits for the child; a second
+    Ctrl-C cuts neither process's cleanup short."""
+    import os
+    import signal
+    import threading
+
+    from fedmpq_flwr.main import run_teed
+    from fedmpq_flwr.signals import Stopped, stop_signals
+
+    note = tmp_path / "child.txt"
+
+    def press_ctrl_c_twice() -> None:
+        deadline = time.monotonic() + 120
+        while not (note.exists() and note.read_text().isdigit()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(note.read_text())
+        for _ in range(2):
+            for pid in (os.getpid(), child):
+                os.kill(pid, signal.SIGINT)
+            time.sleep(0.3)
+
+    previous = signal.getsignal(signal.SIGINT)
+    presser = threading.Thread(target=press_ctrl_c_twice)
+    with stop_signals(), pytest.raises(Stopped) as stopped:
+        presser.start()
+        run_teed([sys.executable, "-c", CHILD, str(note)], tmp_path / "out.log", tmp_path / "err.log", "")
+    presser.join()
+    assert stopped.value.signum == signal.SIGINT and stopped.value.exit_code == 130
+    assert note.read_text() == "cleaned up after SIGINT"  # the child was waited for
+    assert signal.getsignal(signal.SIGINT) is previous  # handlers restored after the block
