@@ -4,6 +4,13 @@
 (simulation runtime, free port, private FLWR_HOME, no runtime dependency installation),
 submits the app with `flwr run --stream`, then stops the SuperLink and everything it started.
 Exit status 0 means the run wrote a complete results.json.
+
+Resuming: an unfinished run with a checkpoint (`RUN_DIR/checkpoint/`) continues after its last
+completed round when the same command is run again; `--overwrite` starts it from round 1.
+
+Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP stop the SuperLink, SuperExec, simulation and Ray
+(found by their private FLWR_HOME even when Ray's daemons were reparented), keep the checkpoint,
+print the command that resumes the run and exit with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ from typing import Any
 import httpx
 import psutil
 
+from fedmpq_flwr.checkpoint import checkpoint_dir, checkpoint_summary, remove_checkpoint
 from fedmpq_flwr.config import ConfigError, load_yaml, validate
+from fedmpq_flwr.main import check_results_dir, check_resumable
 from fedmpq_flwr.results import is_complete
+from fedmpq_flwr.signals import Stopped, stop_signals
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_GPU_SHARE = 0.25
@@ -82,6 +92,36 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5.0)
 
 
+def flower_processes(flwr_home: Path) -> list[psutil.Process]:
+    """This user's processes whose environment holds FLWR_HOME=`flwr_home`: everything the private
+    SuperLink started (SuperExec, simulation, Ray's daemons and workers inherit it), also those
+    reparented after their parent died."""
+    marker = str(flwr_home)
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "uids"]):
+        try:
+            if proc.pid == me or (proc.info["uids"] and proc.info["uids"].real != os.getuid()):
+                continue
+            if proc.environ().get("FLWR_HOME") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_flower(superlink_pid: int | None, flwr_home: Path, grace_s: float = 10.0) -> None:
+    """Stop the SuperLink's process tree, then anything left that carries its FLWR_HOME."""
+    if superlink_pid is not None:
+        stop_process_tree(superlink_pid, grace_s)
+    for _ in range(2):  # a process may start while the first wave is stopped
+        leftovers = flower_processes(flwr_home)
+        if not leftovers:
+            return
+        for proc in leftovers:
+            stop_process_tree(proc.pid, grace_s=5.0)
+
+
 def flower_env(flwr_home: Path, port: int) -> dict[str, str]:
     """Environment for a private SuperLink: own FLWR_HOME and port, offline-safe, venv on PATH."""
     bin_dir = Path(sys.executable).parent
@@ -112,12 +152,64 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60.0) 
     raise RuntimeError(f"flower-superlink did not answer on port {port} within {timeout_s:.0f} s")
 
 
-def launch(config_path: Path) -> int:
+def shut_down(superlink: subprocess.Popen | None, flwr_home: Path) -> int:
+    """Stop the SuperLink and everything it started, even if a stop signal arrives meanwhile (the
+    cleanup starts over, and the next signals are ignored); return that signal's number, or 0."""
+    signum = 0
+    while True:
+        try:
+            stop_flower(superlink.pid if superlink else None, flwr_home)
+            if superlink is not None:
+                superlink.wait()
+            return signum
+        except Stopped as stop:
+            signum = stop.signum
+
+
+def prepare_run_dir(config: dict[str, Any], overwrite: bool) -> tuple[Path, int]:
+    """The run's folder, created, and the round it resumes after (0: from the start). Raises
+    ConfigError for a results folder that is not one, or a checkpoint of another config."""
+    results_dir = Path(config["results_dir"]).expanduser().resolve()
+    check_results_dir(results_dir)
+    run_dir = results_dir / config["run_id"]
+    if overwrite:
+        remove_checkpoint(run_dir)
+    completed = check_resumable(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if completed:
+        print(
+            f"resuming run {config['run_id']} after round {completed}/{config['train']['num_rounds']}"
+            f" (checkpoint in {checkpoint_dir(run_dir)}; --overwrite starts it again)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return run_dir, completed
+
+
+def stopped_message(config: dict[str, Any], run_dir: Path, signum: int, config_path: Path) -> str:
+    """What a user reads after stopping a run: where it stopped and the command that resumes it."""
+    try:
+        summary = checkpoint_summary(run_dir)
+    except ValueError:
+        summary = None
+    where = (
+        f"after round {summary['round']}/{summary['num_rounds']}; its checkpoint is kept in {checkpoint_dir(run_dir)}"
+        if summary
+        else "before its first round finished (no checkpoint: it starts again from round 1)"
+    )
+    resume = shlex.join([sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)])
+    return (
+        f"stopped by {Stopped(signum).name}: run {config['run_id']} stopped {where}; "
+        f"the SuperLink and its processes were stopped. Resume with: {resume}"
+    )
+
+
+def launch(config_path: Path, overwrite: bool = False) -> int:
     """Run the experiment described by `config_path`; return 0 when its results are complete."""
     if not (APP_DIR / "pyproject.toml").is_file():
         raise RuntimeError(f"no pyproject.toml in {APP_DIR}: `flwr run` needs a source checkout (pip install -e .)")
     config = validate(load_yaml(str(config_path)) or {})
-    run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
+    run_dir, _ = prepare_run_dir(config, overwrite)
     bin_dir = Path(sys.executable).parent
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home:
@@ -136,10 +228,12 @@ def launch(config_path: Path) -> int:
             "--log-file",
             str(run_dir / "superlink.log"),
         ]
-        superlink = subprocess.Popen(
-            superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        superlink: subprocess.Popen | None = None
+        stopped_by = 0
         try:
+            superlink = subprocess.Popen(
+                superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
             wait_healthy(port, superlink)
             run_cmd = [
                 str(bin_dir / "flwr"),
@@ -154,9 +248,13 @@ def launch(config_path: Path) -> int:
             ]
             print("$ " + shlex.join(run_cmd), file=sys.stderr, flush=True)
             subprocess.run(run_cmd, env=env, cwd=APP_DIR, check=False)
+        except Stopped as stop:
+            stopped_by = stop.signum
         finally:
-            stop_process_tree(superlink.pid)
-            superlink.wait()
+            stopped_by = shut_down(superlink, Path(flwr_home)) or stopped_by
+    if stopped_by:
+        print(stopped_message(config, run_dir, stopped_by, config_path), file=sys.stderr, flush=True)
+        return Stopped(stopped_by).exit_code
     if not is_complete(run_dir):
         print(f"run {config['run_id']} did not complete: no complete results.json in {run_dir}", file=sys.stderr)
         return 1
@@ -173,12 +271,17 @@ def _toml_string(value: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="a resolved run config (config.yaml)")
+    parser.add_argument("--overwrite", action="store_true", help="start an unfinished run again from round 1")
     args = parser.parse_args(argv)
-    try:
-        return launch(args.config)
-    except (ConfigError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with stop_signals():
+        try:
+            return launch(args.config, args.overwrite)
+        except (ConfigError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Stopped as stop:  # outside the SuperLink's lifetime: nothing to stop
+            print(f"stopped by {stop.name}", file=sys.stderr)
+            return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ Layout of one run, `<results_dir>/<run_id>/`:
                   {"num_classes": C, "label_counts": {"<partition id>": [count of class 0, ...]}}
                   (with metrics.jsonl's per-class `class_accuracy` and, for quantized methods,
                   `quant_class_accuracy`, the analyzer's per-client expected accuracy)
-  stdout.log, stderr.log  written by the experiment runner
+  stdout.log, stderr.log  written by the experiment runner (a resumed run appends to them)
+  superlink.log   the private SuperLink's log (`fedmpq_flwr.launch`)
+  checkpoint/     only while the run is unfinished: `server.npz`, the server after its latest
+                  completed round, and `clients/partition_<id>.round_<r>.npz`, state nodes keep
+                  between rounds (see `fedmpq_flwr.checkpoint`). Rerunning the same command resumes
+                  from it; removed once results.json is written
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ MODEL_FILE = "final_model.pt"
 BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 FEATURES_FILE = "features.npz"
 PARTITIONS_FILE = "partitions.json"
+CHECKPOINT_DIR = "checkpoint"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"  # the run stopped early for a recorded `reason` (e.g. a round without any update)
 # Round fields of metrics.jsonl derived from the participants' entries in `clients`:
@@ -151,17 +157,46 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class RunRecorder:
-    """Writes metrics.jsonl round by round (and echoes each record as a JSON line on stdout)."""
+def kept_metrics(run_dir: str | Path, completed_rounds: int) -> list[str]:
+    """The metrics.jsonl lines of rounds 1..`completed_rounds` of a run being resumed, in order.
 
-    def __init__(self, run_dir: str | Path, run_id: str) -> None:
+    Records after that round are dropped (a run killed between writing a round's record and its
+    checkpoint); ValueError when a round up to it is missing, repeated or out of order.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    kept: list[str] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] <= completed_rounds:
+            kept.append(line)
+    rounds = [json.loads(line)["round"] for line in kept]
+    if rounds != list(range(1, completed_rounds + 1)):
+        raise ValueError(
+            f"{path} holds rounds {rounds} but the checkpoint is of round {completed_rounds}: "
+            "the run folder was changed; use --overwrite to start the run again"
+        )
+    return kept
+
+
+class RunRecorder:
+    """Writes metrics.jsonl round by round (and echoes each record as a JSON line on stdout).
+
+    `completed_rounds` > 0 resumes a run: metrics.jsonl keeps exactly the records of rounds
+    1..completed_rounds (see `kept_metrics`), which become the start of the history.
+    """
+
+    def __init__(self, run_dir: str | Path, run_id: str, completed_rounds: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
-        self.history: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}  # run facts the strategy learns (e.g. flipped_labels), kept in results.json
         self.failure: str | None = None  # why the run stopped early (set by server/outcome.py): finish() writes failed
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / METRICS_FILE).write_text("")
+        kept = kept_metrics(self.run_dir, completed_rounds) if completed_rounds else []
+        self.history: list[dict[str, Any]] = [json.loads(line) for line in kept]
+        write_atomic(self.run_dir / METRICS_FILE, "".join(line + "\n" for line in kept))
         (self.run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     def log_round(self, record: dict[str, Any]) -> None:

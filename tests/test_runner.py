@@ -332,3 +332,17 @@ def test_finished_runs_survive_a_package_upgrade(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "run 'a_seed0'" in proc.stderr and "finished with train.momentum = 0.9, now 0.5" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "below_a_file"])
+def test_results_dir_that_is_not_a_folder_is_a_one_line_error(tmp_path: Path, where: str) -> None:
+    """Checked with the rest of the input, before anything runs (it used to end in a FileExistsError)."""
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder\n")
+    results = blocker if where == "file" else blocker / "out"
+    proc = run_main("--config", str(write(tmp_path, TINY)), "--results-dir", str(results))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    expected = "exists and is not a folder" if where == "file" else f"{blocker} is not a folder"
+    assert len(lines) == 1 and lines[0] == f"config error: --results-dir {results}: {expected}"
+    assert blocker.read_text() == "not a folder\n"

@@ -12,7 +12,11 @@ without any update, or a non-finite global model, ends the run as `failed` (`ser
 Hooks for other methods. Client: `train` (what is trained and sent). Strategy: `fit_config`
 (instructions sent with the weights), `download_bits`, `upload_bits`, `aggregate`, `client_record`
 (method fields of a participant's entry), `evaluate_extra` (more evaluation of the new global
-model), `progress_fields`, `feature_models`, `save_outputs`.
+model), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a stopped run
+`server_state` / `load_server_state` (what the server keeps between rounds besides the global model
+and the sampler; see `fedmpq_flwr.server.resume`). State a client keeps between rounds goes in
+`self.state` (Flower's `context.state`): it is saved with the run's checkpoint and restored for
+free, see `fedmpq_flwr.client_state`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from flwr.server.strategy.aggregate import aggregate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmpq_flwr.client_state import NodeStateCheckpoint
 from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.dataset import FederatedData, client_loader, load_data
@@ -144,7 +149,11 @@ class FedAvgClient(NumPyClient):
         """One round of local work: load the partition, train the received model, report."""
         started = time.perf_counter()
         reset_peak_gpu(self.device)
-        seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
+        server_round = int(config["server_round"])
+        node_checkpoint = NodeStateCheckpoint.from_fit_config(config, self.partition_id, server_round)
+        if node_checkpoint is not None:
+            node_checkpoint.begin(self.state)  # a resumed run's fresh node gets back what it kept
+        seed = client_seed(self.config["seed"], server_round, self.partition_id)
         torch.manual_seed(seed)
         dataset_cfg = self.config["dataset"]
         data = load_data(dataset_cfg)
@@ -156,6 +165,8 @@ class FedAvgClient(NumPyClient):
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
         weights, metrics = self.train(model, loader, config, seed)
+        if node_checkpoint is not None:
+            node_checkpoint.end(self.state)
         metrics.update(
             partition_id=self.partition_id,
             client_time_s=time.perf_counter() - started,
@@ -232,6 +243,16 @@ class FedAvgStrategy(Strategy):
         """Models whose penultimate features are saved at the end (name -> model), and numbers to
         store with them: here the final global model."""
         return {"float": self.model}, {}
+
+    def server_state(self) -> tuple[NDArrays, dict[str, Any]]:
+        """What this method's server keeps from one round to the next besides the global model, the
+        sampler and torch's RNG (which the checkpoint holds anyway): arrays and a JSON-able dict,
+        saved after every round. FedAvg keeps nothing; FedMPQ its per-client bit assignments."""
+        return [], {}
+
+    def load_server_state(self, arrays: NDArrays, meta: dict[str, Any]) -> None:
+        """Take back what `server_state` returned, in a freshly built strategy of a resumed run
+        (called after the global model is restored, before the first resumed round)."""
 
     def save_outputs(self) -> None:
         """Files written after the last round: the final global model and its features (none when

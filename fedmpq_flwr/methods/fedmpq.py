@@ -170,6 +170,13 @@ class FedMPQStrategy(FedAvgStrategy):
         self.bits = self.next_bits(updates)
         return super().aggregate(decoded)
 
+    def server_state(self) -> tuple[NDArrays, dict[str, Any]]:
+        """Every client's per-layer bits for the next round."""
+        return [], {"bits": {str(pid): bits for pid, bits in self.bits.items()}}
+
+    def load_server_state(self, arrays: NDArrays, meta: dict[str, Any]) -> None:
+        self.bits = {int(pid): {layer: int(b) for layer, b in bits.items()} for pid, bits in meta["bits"].items()}
+
     def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
         """Budget, the bits the server assigned, the bits the client trained, pruned to and sent."""
         bits = _reported_bits(fit_res)
