@@ -98,3 +98,21 @@ def test_a_node_data_path_also_overrides_a_config_file(tmp_path: Path) -> None:
     raw = {"config_file": str(tmp_path / "c.yaml")}
     client_app._run_config.cache_clear()
     assert client_app.run_config(raw, 2, "/node/data")["dataset"]["path"] == "/node/data"
+
+
+def test_client_fn_builds_the_client_from_run_config_and_node_config() -> None:
+    """What a SuperNode's ClientApp process does: no config file, the node's own partition and data path."""
+    from flwr.common import Context, RecordDict
+
+    config = validate({"model": {"name": "tiny_cnn"}, "dataset": {"name": "synthetic", "path": "/server/data"}})
+    node_config = {"partition-id": 1, "num-partitions": 3, "data-path": "/node1/data"}
+    context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=raw_of(config))
+    client_app._run_config.cache_clear()
+    client = client_app.client_fn(context).numpy_client
+    assert client.partition_id == 1 and client.num_partitions == 3
+    assert client.config["dataset"]["path"] == "/node1/data" and client.config["federation"]["num_clients"] == 3
+
+
+def raw_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config a ClientApp receives: pyproject's declared keys fused with the flat overrides."""
+    return get_fused_config_from_dir(REPO, to_flower_run_config(config))
