@@ -131,7 +131,7 @@ else
 fi
 if ((AUTH)); then LINK_ARGS+=(--enable-supernode-auth); fi
 
-echo "deploy_local: SuperLink on $LINK (TLS $( ((TLS)) && echo on || echo off), SuperNode authentication $( ((AUTH)) && echo on || echo off)), $NODES SuperNodes, results in $RUN_DIR" >&2
+echo "deploy_local [${SECONDS}s]: SuperLink on $LINK (TLS $( ((TLS)) && echo on || echo off), SuperNode authentication $( ((AUTH)) && echo on || echo off)), $NODES SuperNodes, results in $RUN_DIR" >&2
 FLWR_HOME="$WORK/superlink" "$BIN/flower-superlink" "${LINK_ARGS[@]}" >"$RUN_DIR/superlink.log" 2>&1 &
 LINK_PID=$!
 waiting deploy wait-superlink --address "$LINK" "${CLIENT_TLS[@]}" --pid "$LINK_PID" --timeout 60
@@ -159,7 +159,7 @@ for pid in "${NODE_PIDS[@]}"; do WAIT_ARGS+=(--pid "$pid"); done
 FLWR_HOME="$WORK/cli" waiting deploy wait-nodes --federation "$FEDERATION" --count "$NODES" "${WAIT_ARGS[@]}" \
   --timeout 120
 
-echo "deploy_local: all $NODES SuperNodes online; submitting the run" >&2
+echo "deploy_local [${SECONDS}s]: all $NODES SuperNodes online; submitting the run" >&2
 FLWR_HOME="$WORK/cli" "$BIN/flwr" run "$REPO" "$FEDERATION" --stream --run-config "$WORK/run_config.toml" \
   > >(tee "$RUN_DIR/stdout.log") 2>&1 &
 RUN_PID=$!
@@ -167,8 +167,8 @@ PIDS+=("$RUN_PID")
 RUN_STATUS=0
 wait "$RUN_PID" || RUN_STATUS=$?
 if deploy check-results "$RUN_DIR"; then
-  echo "deploy_local: run complete, results in $RUN_DIR" >&2
+  echo "deploy_local [${SECONDS}s]: run complete, results in $RUN_DIR" >&2
   exit 0
 fi
-echo "deploy_local: the run did not complete (flwr run exited with $RUN_STATUS); logs in $RUN_DIR" >&2
+echo "deploy_local [${SECONDS}s]: the run did not complete (flwr run exited with $RUN_STATUS); logs in $RUN_DIR" >&2
 exit 1
