@@ -31,6 +31,7 @@ import psutil
 
 from fedmpq_flwr.checkpoint import checkpoint_dir, checkpoint_summary, remove_checkpoint
 from fedmpq_flwr.config import ConfigError, load_yaml, validate
+from fedmpq_flwr.config.flower import write_run_config_toml
 from fedmpq_flwr.main import check_results_dir, check_resumable
 from fedmpq_flwr.results import is_complete
 from fedmpq_flwr.signals import Stopped, stop_signals
@@ -241,8 +242,7 @@ def launch(config_path: Path, overwrite: bool = False) -> int:
                 str(APP_DIR),
                 "local",
                 "--stream",
-                "--run-config",
-                f"config_file={_toml_string(str(config_path.resolve()))}",
+                *run_config_args(config, Path(flwr_home)),
                 "--federation-config",
                 federation_config(config),
             ]
@@ -261,11 +261,13 @@ def launch(config_path: Path, overwrite: bool = False) -> int:
     return 0
 
 
-def _toml_string(value: str) -> str:
-    """Quote a path for Flower's `key=value` run-config parser (TOML literal string)."""
-    if "'" in value:
-        raise ConfigError(f"config path {value!r} contains a single quote, which Flower's --run-config cannot carry")
-    return f"'{value}'"
+def run_config_args(config: dict[str, Any], work_dir: Path) -> list[str]:
+    """`flwr run` arguments that carry the whole resolved config as flat run-config keys.
+
+    They go in a TOML file that the `flwr` CLI reads here and sends to the SuperLink, so neither the
+    ServerApp nor any ClientApp reads a file of this machine (no `config_file`).
+    """
+    return ["--run-config", str(write_run_config_toml(config, work_dir / "run_config.toml"))]
 
 
 def main(argv: list[str] | None = None) -> int:
