@@ -119,6 +119,8 @@ LINK="127.0.0.1:${PORTS[0]}"
 
 export PATH="$BIN:$PATH" # flower-superlink and flower-supernode start flower-superexec by name
 export FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
+# Flower's anonymous usage events: off unless asked for (offline, each exit waits seconds for them).
+export FLWR_TELEMETRY_ENABLED="${FLWR_TELEMETRY_ENABLED:-0}"
 LINK_ARGS=(--host 127.0.0.1 --port "${PORTS[0]}" --disable-runtime-dependency-installation)
 if ((TLS)); then
   deploy certs --out "$WORK/tls" --san 127.0.0.1 >/dev/null
