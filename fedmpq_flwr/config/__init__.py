@@ -116,7 +116,13 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not checked["variation"]:
         checked["variation"] = checked["run_id"]
-    return unflatten(checked)
+    config = unflatten(checked)
+    from fedmpq_flwr.methods.catalog import spec_of  # the catalog imports config.fields: import late
+
+    spec = spec_of(config["strategy"]["name"])
+    if spec is not None and spec.check is not None:
+        spec.check(config)  # the method's own checks across keys
+    return config
 
 
 def load_yaml(path: str) -> Any:
