@@ -7,6 +7,7 @@ figures); bar charts show every variation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,20 +66,18 @@ def axis_names(axes: list[str]) -> dict[str, str]:
 def _curve_series(
     variations: dict[str, dict[str, Any]], curve: str, scale: float = 1.0, labels: dict[str, str] | None = None
 ) -> list[Series]:
-    """One series per variation that has the curve."""
+    """One series per variation that has the curve (a round without a value, NaN or None, is a gap)."""
+
+    def scaled(values: list[float | None]) -> list[float]:
+        return [math.nan if v is None else scale * v for v in values]
+
     series = []
     for i, (name, var) in enumerate(variations.items()):
         mean, std = var[f"{curve}_per_round_mean"], var[f"{curve}_per_round_std"]
         if mean is not None:
             label = (labels or {}).get(name, name) + f" (n={var['n']})"
             series.append(
-                Series(
-                    label,
-                    var["rounds"],
-                    [scale * m for m in mean],
-                    None if std is None else [scale * s for s in std],
-                    style_index=i,
-                )
+                Series(label, var["rounds"], scaled(mean), None if std is None else scaled(std), style_index=i)
             )
     return series
 
@@ -155,6 +154,10 @@ def axis_figures(ctx: Context) -> list[Figure]:
     figures = []
     for axis, short in axis_names(sorted(ctx.robustness)).items():
         rows = ctx.robustness[axis]["methods"]
+        if not any(rows.values()):  # e.g. model.name: no numeric value to draw against
+            why = "no variation on this axis has a numeric value"
+            figures += [Figure(f"{name}_{short}", "", why=why) for name in ("accuracy_vs_rounds_axis", "robustness")]
+            continue
         members = {
             row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={_value_label(row['value'])}"
             for strategy, points in rows.items()
@@ -319,9 +322,13 @@ def bar_figures(ctx: Context) -> list[Figure]:
         ),
         _bars(
             "flops_per_round",
-            "training FLOPs per round of the students and of the teacher forward passes",
+            "training FLOPs per round of the students, of the teacher forward passes and of FedKD's private mentors",
             variations,
-            [("mean_train_flops_per_round", "student training"), ("mean_teacher_flops_per_round", "teacher forward")],
+            [
+                ("mean_train_flops_per_round", "student training"),
+                ("mean_teacher_flops_per_round", "teacher forward"),
+                ("mean_mentor_flops_per_round", "mentor training"),
+            ],
             "FLOPs per round, all clients (GFLOP)",
             1e-9,
             "{:.4g}",
