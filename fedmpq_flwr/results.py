@@ -54,6 +54,7 @@ ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], float]]] = {
     "train_flops": ("train_flops", sum),
     "teacher_flops": ("teacher_flops", sum),
     "eval_flops": ("eval_flops", sum),
+    "mentor_flops": ("mentor_flops", sum),  # FedKD: the private mentors' training
     "client_compute_s": ("client_time_s", sum),
     "client_peak_rss_mb": ("peak_rss_mb", max),
     "client_peak_gpu_mb": ("peak_gpu_mb", max),

@@ -209,7 +209,7 @@ ABLATIONS = {  # file -> the kd setting each of its variations differs in (kd_ma
     "no_kd.yaml": {"kd_alpha0": {"alpha": 0.0}},
     "alpha.yaml": {"kd_alpha0.1": {"alpha": 0.1}, "kd_alpha1.0": {"alpha": 1.0}},
     "temperature.yaml": {"kd_temp1": {"temperature": 1.0}, "kd_temp4": {"temperature": 4.0}},
-    "teacher.yaml": {"kd_updating": {"teacher": "updating"}},
+    "teacher.yaml": {"kd_updating": {"teacher": "updating"}, "kd_history": {"teacher": "history"}},
     "refresh.yaml": {"kd_refresh5": {"refresh_every": 5}},
 }
 
@@ -235,13 +235,19 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
     """configs/full_experiment.yaml: the main experiment for every method and axes A to G for two."""
     runs = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
     main = [r for r in runs if not r["axis"]]
-    methods = ("fedavg", "fedmpq", "fedmpq_kd", "fedpaq", "fedpq", "qffl")
+    methods = ("fedavg", "fedgkd", "fedkd", "fedmpq", "fedmpq_kd", "fedpaq", "fedpq", "qffl")
     assert sorted((r["strategy"]["name"], r["seed"]) for r in main) == [
         (method, seed) for method in methods for seed in (0, 1, 2)
     ]
     by_method = {r["strategy"]["name"]: r for r in main}
     assert by_method["fedpq"]["quant"] == by_method["fedmpq"]["quant"]  # the same budgets
     assert by_method["fedpaq"]["paq"] == {"bits": 4, "bucket": 512} and by_method["qffl"]["qffl"] == {"q": 1.0}
+    for run in main:  # one setting: the methods differ only in the sections they own
+        assert {k: run[k] for k in ("model", "dataset", "train", "federation")} == {
+            k: main[0][k] for k in ("model", "dataset", "train", "federation")
+        }
+    assert main[0]["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5}
+    assert main[0]["fedkd"] == {"mentor": "resnet32", "energy_start": 0.95, "energy_end": 0.98}
     setting = main[0]
     assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == (
         "resnet20",

@@ -7,6 +7,7 @@ figures); bar charts show every variation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,20 +74,18 @@ def axis_names(axes: list[str]) -> dict[str, str]:
 def _curve_series(
     variations: dict[str, dict[str, Any]], curve: str, scale: float = 1.0, labels: dict[str, str] | None = None
 ) -> list[Series]:
-    """One series per variation that has the curve."""
+    """One series per variation that has the curve (a round without a value, NaN or None, is a gap)."""
+
+    def scaled(values: list[float | None]) -> list[float]:
+        return [math.nan if v is None else scale * v for v in values]
+
     series = []
     for i, (name, var) in enumerate(variations.items()):
         mean, std = var[f"{curve}_per_round_mean"], var[f"{curve}_per_round_std"]
         if mean is not None:
             label = (labels or {}).get(name, name) + f" (n={var['n']})"
             series.append(
-                Series(
-                    label,
-                    var["rounds"],
-                    [scale * m for m in mean],
-                    None if std is None else [scale * s for s in std],
-                    style_index=i,
-                )
+                Series(label, var["rounds"], scaled(mean), None if std is None else scaled(std), style_index=i)
             )
     return series
 
@@ -163,6 +162,10 @@ def axis_figures(ctx: Context) -> list[Figure]:
     figures = []
     for axis, short in axis_names(sorted(ctx.robustness)).items():
         rows = ctx.robustness[axis]["methods"]
+        if not any(rows.values()):  # e.g. model.name: no numeric value to draw against
+            why = "no variation on this axis has a numeric value"
+            figures += [Figure(f"{name}_{short}", "", why=why) for name in ("accuracy_vs_rounds_axis", "robustness")]
+            continue
         members = {
             row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={_value_label(row['value'])}"
             for strategy, points in rows.items()
@@ -328,12 +331,14 @@ def bar_figures(ctx: Context) -> list[Figure]:
         ),
         _bars(
             "flops_per_round",
-            "FLOPs per round of the clients' training, the teacher forward passes and client-side evaluation",
+            "FLOPs per round of the clients' training, the teacher forward passes, FedKD's private mentors "
+            "and client-side evaluation",
             variations,
             [
                 ("mean_train_flops_per_round", "student training"),
                 ("mean_teacher_flops_per_round", "teacher forward"),
                 ("mean_eval_flops_per_round", "client evaluation (q-FFL's F_k)"),
+                ("mean_mentor_flops_per_round", "mentor training"),
             ],
             "FLOPs per round, all clients (GFLOP)",
             1e-9,

@@ -48,6 +48,7 @@ ROUND_MEANS = {
     "mean_train_flops_per_round": "train_flops",
     "mean_teacher_flops_per_round": "teacher_flops",
     "mean_eval_flops_per_round": "eval_flops",
+    "mean_mentor_flops_per_round": "mentor_flops",
 }
 # Peaks over rounds: summary name -> round key.
 ROUND_PEAKS = {
@@ -254,13 +255,17 @@ def shared_rounds(runs: list[dict[str, Any]]) -> list[int]:
 
 
 def curve_matrix(runs: list[dict[str, Any]], key: str) -> np.ndarray | None:
-    """[seeds, shared rounds] values of a round key, or None when any run lacks it in a shared round."""
+    """[seeds, shared rounds] values of a round key, NaN in a round that no run records it in (e.g. the
+    distillation diagnostics of FedGKD's round 1, which has no teacher); None when no round has it or
+    a run lacks it in a round another run records it in."""
     rounds = shared_rounds(runs)
     per_run = [{rec["round"]: rec for rec in r["history"]} for r in runs]
     values = [[round_value(records[rnd], key) for rnd in rounds] for records in per_run]
-    if any(v is None for row in values for v in row):
+    recorded = [any(row[j] is not None for row in values) for j in range(len(rounds))]
+    if not any(recorded) or any(row[j] is None for row in values for j in range(len(rounds)) if recorded[j]):
         return None
-    return np.array(values, dtype=float).reshape(len(runs), len(rounds))
+    filled = [[math.nan if v is None else v for v in row] for row in values]
+    return np.array(filled, dtype=float).reshape(len(runs), len(rounds))
 
 
 def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -109,11 +109,6 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"key 'quant.avg_bits': value {checked['quant.avg_bits']:g} conflicts with quant.budgets {budgets} "
             f"(mean {sum(budgets) / len(budgets):g}); set one of them"
         )
-    from fedmpq_flwr.methods.catalog import spec_of  # the catalog imports config.fields: import late
-
-    spec = spec_of(checked["strategy.name"])
-    if spec is not None and spec.check is not None:
-        spec.check(checked)  # a method's own rules (e.g. fedpq: whole-number budgets)
     if checked["axis"] and checked["axis"] not in fields:
         raise ConfigError(
             f"key 'axis': value {checked['axis']!r} is not a config key; "
@@ -121,7 +116,13 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not checked["variation"]:
         checked["variation"] = checked["run_id"]
-    return unflatten(checked)
+    config = unflatten(checked)
+    from fedmpq_flwr.methods.catalog import spec_of  # the catalog imports config.fields: import late
+
+    spec = spec_of(config["strategy"]["name"])
+    if spec is not None and spec.check is not None:
+        spec.check(config)  # the method's own rules (fedpq: whole-number budgets; fedkd: mentor's stages)
+    return config
 
 
 def load_yaml(path: str) -> Any:

@@ -10,7 +10,8 @@ aggregates the others and records `num_failures`, `dropped_partitions` and `clie
 without any update, or a non-finite global model, ends the run as `failed` (`server/outcome.py`).
 
 Hooks for other methods. Client: `train` (what is trained and sent). Strategy: `fit_config`
-(instructions sent with the weights), `download_bits`, `upload_bits`, `aggregate`, `client_record`
+(instructions sent with the weights), `fit_arrays` (the arrays sent: the global model, plus what a
+method sends with it), `download_bits`, `upload_bits`, `aggregate`, `client_record`
 (method fields of a participant's entry), `evaluate_extra` (more evaluation of the new global
 model), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a stopped run
 `server_state` / `load_server_state` (what the server keeps between rounds besides the global model
@@ -213,8 +214,13 @@ class FedAvgStrategy(Strategy):
         """Per-client instructions sent with the global weights."""
         return {"server_round": server_round}
 
+    def fit_arrays(self, server_round: int, parameters: NDArrays) -> NDArrays:
+        """The arrays every sampled client receives with its instructions: the global model (a method
+        may append more, e.g. FedGKD's teacher, and say so in `fit_config`)."""
+        return parameters
+
     def download_bits(self, parameters: NDArrays, partition_id: int) -> int:
-        """Bits the server sends one client: the full-precision global model."""
+        """Bits the server sends one client (`parameters`: what `fit_arrays` sends): 32 per float."""
         return FLOAT_BITS * sum(int(array.size) for array in parameters)
 
     def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
@@ -310,8 +316,10 @@ class FedAvgStrategy(Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         clients = self.sampler.connected(client_manager)
         sampled = self.sampler.sample(list(clients))
-        self.start_round(server_round, sampled, parameters_to_ndarrays(parameters))
-        return [(clients[pid], FitIns(parameters, self.fit_config(server_round, pid))) for pid in sampled]
+        sent = self.fit_arrays(server_round, parameters_to_ndarrays(parameters))
+        self.start_round(server_round, sampled, sent)
+        payload = ndarrays_to_parameters(sent)
+        return [(clients[pid], FitIns(payload, self.fit_config(server_round, pid))) for pid in sampled]
 
     def aggregate_fit(
         self,
