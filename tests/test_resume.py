@@ -281,6 +281,28 @@ def test_a_resumed_run_repeats_the_uninterrupted_one(fedmpq_config, fl, monkeypa
     assert final_whole.sampler == final_resumed.sampler
 
 
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [("fedgkd", {"gkd": {"buffer": 2}}), ("fedmpq_kd", {"kd": {"teacher": "history", "history": 2}})],
+)
+def test_a_resumed_history_teacher_is_the_uninterrupted_ones(
+    method: str, settings: dict, fedavg_config, fedmpq_config, fl
+) -> None:
+    """FedGKD and FedMPQ-KD's history teacher: the server's buffer of global models is in the
+    checkpoint, so the resumed run sends the same teachers and ends with the same model."""
+    make = fedavg_config if method == "fedgkd" else fedmpq_config
+    common = {"strategy": {"name": method}, "train": {"num_rounds": 4}, **settings}
+    whole = make(run_id="whole", **common)
+    flower_loop(whole)
+    resumed = make(run_id="resumed", **common)
+    flower_loop(resumed, stop_after=2)
+    flower_loop(resumed)
+    varying = fl.varying_keys
+    runs = [fl.without(r, varying) for r in records(Path(whole["results_dir"]) / "whole", set())]
+    assert [fl.without(r, varying) for r in records(Path(resumed["results_dir"]) / "resumed", set())] == runs
+    assert [r["round"] for r in runs] == [1, 2, 3, 4] and runs[-1]["bits_down"] > runs[0]["bits_down"]
+
+
 # ---- the runner and a run folder with a checkpoint (no Flower started) --------------------------
 
 

@@ -71,6 +71,24 @@ class HistoryTeacherStrategy:
             self.history.push(self.latest_parameters, server_round)
         return parameters, metrics
 
+    def server_state(self) -> tuple[NDArrays, dict[str, Any]]:
+        """The method's own state, then the buffer of global models (a resumed run rebuilds the same
+        teachers); `history_offset` says where the buffer's arrays start."""
+        arrays, meta = super().server_state()
+        if self.history is None:
+            return arrays, meta
+        history_arrays, history_meta = self.history.state()
+        return [*arrays, *history_arrays], {**meta, "history": history_meta, "history_offset": len(arrays)}
+
+    def load_server_state(self, arrays: NDArrays, meta: dict[str, Any]) -> None:
+        if "history" not in meta:
+            super().load_server_state(arrays, meta)
+            return
+        offset = int(meta["history_offset"])
+        super().load_server_state(arrays[:offset], meta)
+        self.history = ModelHistory.from_state(list(arrays[offset:]), meta["history"])
+        self._teacher = None
+
 
 class HistoryTeacherClient:
     """Mixin, listed before a `FedAvgClient` subclass in the bases: `fit` splits the teacher off the
