@@ -143,8 +143,8 @@ def test_mentor_flops_are_counted_apart_from_the_mentees(first_fit) -> None:
     metrics = first_fit[1].metrics
     shape = (16, 3, 32, 32)
     assert metrics["steps"] == 2
-    assert metrics["mentor_flops"] == 2 * training_step_flops(build_model("resnet32"), shape, 10)
-    assert metrics["train_flops"] == 2 * training_step_flops(build_model("resnet20"), shape, 10)
+    assert metrics["mentor_flops"] == 2 * training_step_flops(build_model("resnet32"), shape)
+    assert metrics["train_flops"] == 2 * training_step_flops(build_model("resnet20"), shape)
 
 
 @pytest.mark.parametrize(
