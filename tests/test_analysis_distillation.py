@@ -127,11 +127,11 @@ def test_the_report_compares_fedmpq_kd_with_the_distillation_baselines(analyzed)
     assert "mentor GFLOP / round" in text
 
 
-def test_an_axis_without_numbers_draws_no_robustness_figure(tmp_path: Path, capsys) -> None:
-    """FedKD's smoke run varies model.name: no numeric axis value, so no axis figures."""
+def test_a_categorical_axis_draws_its_robustness_figure(tmp_path: Path, capsys) -> None:
+    """FedKD's smoke run varies model.name: a categorical axis, drawn with its values as categories."""
     write_variation(tmp_path, "fedavg", "fedavg", FEDAVG)
     write_variation(tmp_path, "fedkd_resnet", "fedkd", FEDKD, axis="model.name")
     comp, _ = run_main(tmp_path, capsys)
-    skipped = {s["name"]: s["why"] for s in comp["figures_skipped"]}
-    assert skipped["robustness_name"] == skipped["accuracy_vs_rounds_axis_name"]
-    assert "numeric" in skipped["robustness_name"]
+    assert {"images/robustness_model.pdf", "images/accuracy_vs_rounds_axis_model.pdf"} <= set(comp["figures"])
+    (row,) = comp["robustness"]["model.name"]["methods"]["fedkd"]
+    assert row["variation"] == "fedkd_resnet" and row["degradation_points"] == 0.0
