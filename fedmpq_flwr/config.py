@@ -122,6 +122,7 @@ SCHEMA: dict[str, Field] = {
     "quant.thre": _field(float, 2.0, _range(0, 100)),
     "quant.act_bits": _field(int, 4, _range(1, 8)),
     "quant.rounding": _choice("stochastic", "stochastic", "nearest"),
+    "quant.scale_grad": _choice("plain", "plain", "lsq", "frozen"),  # how the bit-plane scales learn
     "kd.alpha": _field(float, 0.5, _range(0)),
     "kd.temperature": _field(float, 2.0, _range(0, low_open=True)),
     "kd.teacher": _choice("frozen", "frozen", "updating"),
