@@ -423,6 +423,60 @@ def plot_kd(summary: dict[str, Any], path: Path) -> None:
     save(fig, path)
 
 
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """The rows as Markdown tables (accuracies in %, the balanced test subset unless said otherwise)."""
+    lines = [
+        "| model | scale_grad | seed | acc. per epoch (0, 1, ...) | first-rows acc. per epoch "
+        "| S/S0 min / median / max | float ReLU | float hardtanh(0,6) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        hist, last = row["history"], row["history"][-1]
+        scales = (
+            f"{last['scale_ratio_min']:.2f} / {last['scale_ratio_median']:.2f} / {last['scale_ratio_max']:.2f}"
+            if "scale_ratio_min" in last
+            else ""
+        )
+        name = "float" if row["model"] == "float" else f"{row['bits']}-bit (avg {row['avg_bits']:.2f})"
+        lines.append(
+            f"| {name} | {row['scale_grad'] or ''} | {row['seed']} "
+            f"| {', '.join(pct(h['test_accuracy']) for h in hist)} "
+            f"| {', '.join(pct(h['test_accuracy_first_rows']) for h in hist)} | {scales} "
+            f"| {pct(row['activation_eval']['relu'])} | {pct(row['activation_eval']['hardtanh6'])} |"
+        )
+    teachers = result.get("teacher") or []
+    for teacher in teachers if isinstance(teachers, list) else [teachers]:
+        hist, act = teacher["history"], teacher["activation_eval"]
+        lines += [
+            "",
+            f"Teacher (float, seed {teacher['seed']}): accuracy per epoch "
+            f"{', '.join(pct(h['test_accuracy']) for h in hist)}; "
+            f"ReLU {pct(act['relu'])}, hardtanh(0,6) {pct(act['hardtanh6'])}",
+        ]
+    if result.get("kd_rows"):
+        lines += ["", "| student init | objective | seeds | mean | std | per seed |", "|---|---|---|---|---|---|"]
+        for key, entry in result["summary"]["kd"].items():
+            init, _, objective = key.partition(" ")
+            lines.append(
+                f"| {init.removeprefix('init=')} | {objective} | {', '.join(map(str, entry['seeds']))} "
+                f"| {pct(entry['mean'])} | {pct(entry['std'])} | {', '.join(pct(a) for a in entry['accuracy'])} |"
+            )
+        lines += ["", "| student init | objective | seed | start acc. | final acc. | dequant. ReLU | hardtanh(0,6) |"]
+        lines.append("|---|---|---|---|---|---|---|")
+        for row in result["kd_rows"]:
+            objective = f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd"
+            lines.append(
+                f"| {row['init']} | {objective} | {row['seed']} | {pct(row['history'][0]['test_accuracy'])} "
+                f"| {pct(row['history'][-1]['test_accuracy'])} | {pct(row['activation_eval']['relu'])} "
+                f"| {pct(row['activation_eval']['hardtanh6'])} |"
+            )
+    return "\n".join(lines)
+
+
 def write_outputs(result: dict[str, Any], args: argparse.Namespace) -> Path:
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -437,6 +491,7 @@ def write_outputs(result: dict[str, Any], args: argparse.Namespace) -> Path:
     result["figures"] = [str(f) for f in figures]
     path = out / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=1))
+    print(markdown_tables(result))
     return path
 
 
