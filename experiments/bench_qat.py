@@ -200,13 +200,17 @@ def dequantized_model(student: nn.Module, template: nn.Module) -> nn.Module:
     return net
 
 
-def scale_stats(student: nn.Module, start: dict[str, float]) -> dict[str, float]:
-    """How far the scales moved from their values at conversion: S / S_0 over all bit-plane tensors."""
-    ratios = [float(m.scale.detach()) / start[name] for name, m in student.named_modules() if isinstance(m, BitTensor)]
+def scale_stats(student: nn.Module, start: dict[str, float]) -> dict[str, Any]:
+    """How far the scales moved from their values at conversion (S / S_0: min, median, max and per
+    tensor) and the share of zero codes per tensor (a layer whose codes or scale reach 0 is dead)."""
+    tensors = {name: m for name, m in student.named_modules() if isinstance(m, BitTensor)}
+    ratios = {name: float(m.scale.detach()) / start[name] for name, m in tensors.items()}
     return {
-        "scale_ratio_min": min(ratios),
-        "scale_ratio_median": statistics.median(ratios),
-        "scale_ratio_max": max(ratios),
+        "scale_ratio_min": min(ratios.values()),
+        "scale_ratio_median": statistics.median(ratios.values()),
+        "scale_ratio_max": max(ratios.values()),
+        "scale_ratios": ratios,
+        "zero_codes": {name: float((m.signed_codes() == 0).float().mean()) for name, m in tensors.items()},
     }
 
 
