@@ -265,8 +265,27 @@ def train_row(
 
 
 def activation_check(net: nn.Module, test: DataLoader) -> dict[str, float]:
-    """Float test accuracy of a float model with plain ReLU and with hardtanh(0, 6) clipping."""
-    return {"relu": evaluate(net, test, DEVICE)[1], "hardtanh6": evaluate(with_hardtanh(net), test, DEVICE)[1]}
+    """Float test accuracy of a float model with plain ReLU and with hardtanh(0, 6) clipping, and
+    the share of ReLU outputs above 6 on the test images (what clipping changes)."""
+    counts = {"above": 0, "positive": 0, "all": 0}
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        counts["above"] += int((output > 6.0).sum())
+        counts["positive"] += int((output > 0).sum())
+        counts["all"] += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.ReLU)]
+    try:
+        relu = evaluate(net, test, DEVICE)[1]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {
+        "relu": relu,
+        "hardtanh6": evaluate(with_hardtanh(net), test, DEVICE)[1],
+        "share_above_6": counts["above"] / max(counts["all"], 1),
+        "share_of_positive_above_6": counts["above"] / max(counts["positive"], 1),
+    }
 
 
 def float_row(args, data, dataset_cfg, test, first, seed: int, epochs: int, label: str) -> tuple[dict, nn.Module]:
