@@ -157,14 +157,14 @@ def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Pat
     np.testing.assert_allclose(features["float_features"][: len(images)], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_client_trains_the_scales_as_quant_scale_grad_says(tmp_path: Path) -> None:
+def test_client_trains_the_scales_as_quant_scale_grad_says(fedmpq_config, fl) -> None:
     """`frozen`: the uploaded scales are max |w| of the received global model (nothing pruned with
     thre 0); `plain` and `lsq` train them, and differently (the same data, seed and planes' step)."""
     uploads = {}
     for mode in ("plain", "lsq", "frozen"):
-        config = fedmpq_config(tmp_path, scale_grad=mode, thre=0.0)
-        strategy = FedMPQStrategy(config, RunRecorder(tmp_path / mode, mode))
-        res = fit_result(FedMPQClient(config, 3, 4), strategy, pid=3)
+        config = fedmpq_config(run_id=mode, quant={"scale_grad": mode, "thre": 0.0})
+        strategy = fl.strategy(config)
+        res = fl.fit_result(FedMPQClient(config, 3, 4), strategy, pid=3)
         uploads[mode] = parameters_to_ndarrays(res.parameters)[-1]
     global_state = dict(zip(strategy.float_keys, strategy.latest_parameters))
     quantized_keys = ["conv1.weight", "conv2.weight", "fc.weight", "fc.bias"]  # tiny CNN, in upload order
@@ -173,4 +173,4 @@ def test_client_trains_the_scales_as_quant_scale_grad_says(tmp_path: Path) -> No
     assert not np.allclose(uploads["plain"], expected) and not np.allclose(uploads["lsq"], expected)
     assert not np.allclose(uploads["plain"], uploads["lsq"])
     with pytest.raises(ConfigError, match="quant.scale_grad"):
-        fedmpq_config(tmp_path, scale_grad="LSQ")
+        fedmpq_config(quant={"scale_grad": "LSQ"})
