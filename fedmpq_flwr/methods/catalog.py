@@ -67,6 +67,7 @@ QUANT: Section = {
     "thre": number(float, 2.0, 0, 100),
     "act_bits": number(int, 4, 1, 8),
     "rounding": choice("stochastic", "stochastic", "nearest"),
+    "scale_grad": choice("plain", "plain", "lsq", "frozen"),  # how the bit-plane scales learn (quant/bitplanes.py)
 }
 KD: Section = {
     "alpha": number(float, 0.5, 0),

@@ -32,6 +32,7 @@ from fedmpq_flwr.quant import (
     quantize_model,
     quantized_param_count,
     rebinarize_model,
+    set_scale_grad,
     upload_bits,
 )
 from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
@@ -70,6 +71,7 @@ class FedMPQClient(FedAvgClient):
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         quant_cfg = self.config["quant"]
         student = quantize_model(model, json.loads(str(config["bits"])), quant_cfg["act_bits"]).to(self.device)
+        set_scale_grad(student, quant_cfg["scale_grad"])  # how the scales learn (quant.scale_grad)
         total_params = quantized_param_count(student)
         lambda_b = quant_cfg["lambda_b"]
         extension = self.extension(model, student, config)
