@@ -102,6 +102,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kd-temperature", type=float, nargs="+", default=[2.0])
     parser.add_argument("--kd-init", nargs="+", default=["random", "teacher"], choices=["random", "teacher"])
     parser.add_argument(
+        "--kd-clients",
+        type=int,
+        default=1,
+        help="> 1: the distillation students train on one client's Dirichlet partition of the images (FedMPQ-KD's "
+        "local data), evaluated on the balanced test set (default 1: all images)",
+    )
+    parser.add_argument("--kd-partitions", type=int, nargs="+", default=[0], help="which clients (with --kd-clients)")
+    parser.add_argument("--kd-dirichlet", type=float, default=0.5, help="Dirichlet alpha of the partition")
+    parser.add_argument(
         "--kd-scale-grad",
         default=defaults()["quant"]["scale_grad"],
         choices=SCALE_GRAD_MODES,
@@ -338,36 +347,51 @@ def teacher_model(args, data, dataset_cfg, test, first) -> tuple[nn.Module, dict
 
 
 def kd_rows(args, data, dataset_cfg, test, first, teacher_float: nn.Module) -> list[dict[str, Any]]:
-    """The `--kd-bits` student with and without distillation, per init regime, (alpha, T) and seed."""
+    """The `--kd-bits` student with and without distillation, per init regime, partition, (alpha, T) and seed."""
     teacher = inference_teacher(teacher_float)
     settings = [(0.0, None)] + [(a, t) for a in args.kd_alpha for t in args.kd_temperature]
+    partitions = args.kd_partitions if args.kd_clients > 1 else [None]
+    client_cfg = {**dataset_cfg, "alpha": args.kd_dirichlet}
     rows = []
     for init in args.kd_init:
-        for seed in args.kd_seeds:
-            for alpha, temperature in settings:
-                torch.manual_seed(seed)
-                base = build_model(MODEL) if init == "random" else teacher_float
-                student, _ = student_of(base, args.kd_bits, args, args.kd_scale_grad)
-                loss_fn = student_loss(student, args.lambda_b, teacher if alpha else None, alpha, temperature or 1.0)
-                loader = train_loader(data, dataset_cfg, args, seed)
-                label = f"kd init={init} alpha={alpha} T={temperature} s{seed}"
-                history = train_row(student, args.kd_epochs, loader, test, first, args, loss_fn, seed, label)
-                rows.append(
-                    {
-                        "init": init,
-                        "kd": bool(alpha),
-                        "alpha": alpha,
-                        "temperature": temperature,
-                        "seed": seed,
-                        "bits": args.kd_bits,
-                        "scale_grad": args.kd_scale_grad,
-                        "history": history,
-                        "activation_eval": {
-                            "student": history[-1]["test_accuracy"],
-                            **activation_check(dequantized_model(student, base), test),
-                        },
-                    }
-                )
+        for partition in partitions:
+            for seed in args.kd_seeds:
+                for alpha, temperature in settings:
+                    torch.manual_seed(seed)
+                    base = build_model(MODEL) if init == "random" else teacher_float
+                    student, _ = student_of(base, args.kd_bits, args, args.kd_scale_grad)
+                    loss_fn = student_loss(
+                        student, args.lambda_b, teacher if alpha else None, alpha, temperature or 1.0
+                    )
+                    if partition is None:
+                        loader = train_loader(data, dataset_cfg, args, seed)
+                    else:
+                        torch.manual_seed(seed)
+                        loader = client_loader(data, partition, args.kd_clients, client_cfg, args.batch_size, seed)
+                    where = "" if partition is None else f" client {partition}/{args.kd_clients}"
+                    label = f"kd init={init}{where} alpha={alpha} T={temperature} s{seed}"
+                    history = train_row(student, args.kd_epochs, loader, test, first, args, loss_fn, seed, label)
+                    labels = loader.dataset.labels.numpy()
+                    rows.append(
+                        {
+                            "init": init,
+                            "kd": bool(alpha),
+                            "alpha": alpha,
+                            "temperature": temperature,
+                            "seed": seed,
+                            "clients": args.kd_clients,
+                            "partition": partition,
+                            "label_counts": np.bincount(labels, minlength=10).tolist(),
+                            "epochs": args.kd_epochs,
+                            "bits": args.kd_bits,
+                            "scale_grad": args.kd_scale_grad,
+                            "history": history,
+                            "activation_eval": {
+                                "student": history[-1]["test_accuracy"],
+                                **activation_check(dequantized_model(student, base), test),
+                            },
+                        }
+                    )
     return rows
 
 
@@ -394,9 +418,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         }
     kd: dict[str, Any] = {}
     for row in result.get("kd_rows", []):
-        key = f"init={row['init']} " + (f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd")
+        objective = f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd"
+        partitioned = row.get("clients", 1) > 1
+        where = f"client-of-{row['clients']},{row['epochs']}ep " if partitioned else ""
+        key = f"init={row['init']} {where}{objective}"
         kd.setdefault(key, {"seeds": [], "accuracy": []})
-        kd[key]["seeds"].append(row["seed"])
+        kd[key]["seeds"].append(f"p{row['partition']}s{row['seed']}" if partitioned else row["seed"])
         kd[key]["accuracy"].append(row["history"][-1]["test_accuracy"])
     for entry in kd.values():
         values = entry["accuracy"]
@@ -492,8 +519,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
         lines.append("|---|---|---|---|---|---|---|")
         for row in result["kd_rows"]:
             objective = f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd"
+            seed = row["seed"] if row.get("clients", 1) == 1 else f"client {row['partition']}, seed {row['seed']}"
             lines.append(
-                f"| {row['init']} | {objective} | {row['seed']} | {pct(row['history'][0]['test_accuracy'])} "
+                f"| {row['init']} | {objective} | {seed} | {pct(row['history'][0]['test_accuracy'])} "
                 f"| {pct(row['history'][-1]['test_accuracy'])} | {pct(row['activation_eval']['relu'])} "
                 f"| {pct(row['activation_eval']['hardtanh6'])} |"
             )
