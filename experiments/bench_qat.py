@@ -346,13 +346,14 @@ def teacher_model(args, data, dataset_cfg, test, first) -> tuple[nn.Module, dict
     return model, row
 
 
-def kd_rows(args, data, dataset_cfg, test, first, teacher_float: nn.Module) -> list[dict[str, Any]]:
+def kd_rows(
+    args, data, dataset_cfg, test, first, teacher_float: nn.Module, rows: list[dict[str, Any]], saved: Callable
+) -> list[dict[str, Any]]:
     """The `--kd-bits` student with and without distillation, per init regime, partition, (alpha, T) and seed."""
     teacher = inference_teacher(teacher_float)
     settings = [(0.0, None)] + [(a, t) for a in args.kd_alpha for t in args.kd_temperature]
     partitions = args.kd_partitions if args.kd_clients > 1 else [None]
     client_cfg = {**dataset_cfg, "alpha": args.kd_dirichlet}
-    rows = []
     for init in args.kd_init:
         for partition in partitions:
             for seed in args.kd_seeds:
@@ -392,6 +393,7 @@ def kd_rows(args, data, dataset_cfg, test, first, teacher_float: nn.Module) -> l
                             },
                         }
                     )
+                    saved()
     return rows
 
 
@@ -579,19 +581,30 @@ def main(argv: list[str] | None = None) -> None:
         "test_images_per_class": np.bincount(test.dataset.tensors[1].numpy()).tolist(),
         "rows": [],
     }
+    partial = Path(args.out) / f"{args.name}.partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def saved() -> None:
+        """Every finished row on disk at once (a killed run keeps what it measured)."""
+        partial.write_text(json.dumps(result, indent=1))
+
     for seed in args.seeds:
         if args.float:
             result["rows"].append(
                 float_row(args, data, dataset_cfg, test, first, seed, args.epochs, f"float s{seed}")[0]
             )
+            saved()
         for bits in args.bits:
             for mode in args.scale_grad:
                 result["rows"].append(student_row(args, data, dataset_cfg, test, first, seed, bits, mode))
+                saved()
     if args.teacher:
         teacher, result["teacher"] = teacher_model(args, data, dataset_cfg, test, first)
-        result["kd_rows"] = kd_rows(args, data, dataset_cfg, test, first, teacher)
+        result["kd_rows"] = []
+        kd_rows(args, data, dataset_cfg, test, first, teacher, result["kd_rows"], saved)
     result["seconds"] = time.perf_counter() - began
     print(write_outputs(result, args))
+    partial.unlink()
 
 
 if __name__ == "__main__":
