@@ -102,6 +102,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kd-temperature", type=float, nargs="+", default=[2.0])
     parser.add_argument("--kd-init", nargs="+", default=["random", "teacher"], choices=["random", "teacher"])
     parser.add_argument(
+        "--kd-clients",
+        type=int,
+        default=1,
+        help="> 1: the distillation students train on one client's Dirichlet partition of the images (FedMPQ-KD's "
+        "local data), evaluated on the balanced test set (default 1: all images)",
+    )
+    parser.add_argument("--kd-partitions", type=int, nargs="+", default=[0], help="which clients (with --kd-clients)")
+    parser.add_argument("--kd-dirichlet", type=float, default=0.5, help="Dirichlet alpha of the partition")
+    parser.add_argument(
         "--kd-scale-grad",
         default=defaults()["quant"]["scale_grad"],
         choices=SCALE_GRAD_MODES,
@@ -337,37 +346,54 @@ def teacher_model(args, data, dataset_cfg, test, first) -> tuple[nn.Module, dict
     return model, row
 
 
-def kd_rows(args, data, dataset_cfg, test, first, teacher_float: nn.Module) -> list[dict[str, Any]]:
-    """The `--kd-bits` student with and without distillation, per init regime, (alpha, T) and seed."""
+def kd_rows(
+    args, data, dataset_cfg, test, first, teacher_float: nn.Module, rows: list[dict[str, Any]], saved: Callable
+) -> list[dict[str, Any]]:
+    """The `--kd-bits` student with and without distillation, per init regime, partition, (alpha, T) and seed."""
     teacher = inference_teacher(teacher_float)
     settings = [(0.0, None)] + [(a, t) for a in args.kd_alpha for t in args.kd_temperature]
-    rows = []
+    partitions = args.kd_partitions if args.kd_clients > 1 else [None]
+    client_cfg = {**dataset_cfg, "alpha": args.kd_dirichlet}
     for init in args.kd_init:
-        for seed in args.kd_seeds:
-            for alpha, temperature in settings:
-                torch.manual_seed(seed)
-                base = build_model(MODEL) if init == "random" else teacher_float
-                student, _ = student_of(base, args.kd_bits, args, args.kd_scale_grad)
-                loss_fn = student_loss(student, args.lambda_b, teacher if alpha else None, alpha, temperature or 1.0)
-                loader = train_loader(data, dataset_cfg, args, seed)
-                label = f"kd init={init} alpha={alpha} T={temperature} s{seed}"
-                history = train_row(student, args.kd_epochs, loader, test, first, args, loss_fn, seed, label)
-                rows.append(
-                    {
-                        "init": init,
-                        "kd": bool(alpha),
-                        "alpha": alpha,
-                        "temperature": temperature,
-                        "seed": seed,
-                        "bits": args.kd_bits,
-                        "scale_grad": args.kd_scale_grad,
-                        "history": history,
-                        "activation_eval": {
-                            "student": history[-1]["test_accuracy"],
-                            **activation_check(dequantized_model(student, base), test),
-                        },
-                    }
-                )
+        for partition in partitions:
+            for seed in args.kd_seeds:
+                for alpha, temperature in settings:
+                    torch.manual_seed(seed)
+                    base = build_model(MODEL) if init == "random" else teacher_float
+                    student, _ = student_of(base, args.kd_bits, args, args.kd_scale_grad)
+                    loss_fn = student_loss(
+                        student, args.lambda_b, teacher if alpha else None, alpha, temperature or 1.0
+                    )
+                    if partition is None:
+                        loader = train_loader(data, dataset_cfg, args, seed)
+                    else:
+                        torch.manual_seed(seed)
+                        loader = client_loader(data, partition, args.kd_clients, client_cfg, args.batch_size, seed)
+                    where = "" if partition is None else f" client {partition}/{args.kd_clients}"
+                    label = f"kd init={init}{where} alpha={alpha} T={temperature} s{seed}"
+                    history = train_row(student, args.kd_epochs, loader, test, first, args, loss_fn, seed, label)
+                    labels = loader.dataset.labels.numpy()
+                    rows.append(
+                        {
+                            "init": init,
+                            "kd": bool(alpha),
+                            "alpha": alpha,
+                            "temperature": temperature,
+                            "seed": seed,
+                            "clients": args.kd_clients,
+                            "partition": partition,
+                            "label_counts": np.bincount(labels, minlength=10).tolist(),
+                            "epochs": args.kd_epochs,
+                            "bits": args.kd_bits,
+                            "scale_grad": args.kd_scale_grad,
+                            "history": history,
+                            "activation_eval": {
+                                "student": history[-1]["test_accuracy"],
+                                **activation_check(dequantized_model(student, base), test),
+                            },
+                        }
+                    )
+                    saved()
     return rows
 
 
@@ -394,9 +420,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         }
     kd: dict[str, Any] = {}
     for row in result.get("kd_rows", []):
-        key = f"init={row['init']} " + (f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd")
+        objective = f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd"
+        partitioned = row.get("clients", 1) > 1
+        where = f"client-of-{row['clients']},{row['epochs']}ep " if partitioned else ""
+        key = f"init={row['init']} {where}{objective}"
         kd.setdefault(key, {"seeds": [], "accuracy": []})
-        kd[key]["seeds"].append(row["seed"])
+        kd[key]["seeds"].append(f"p{row['partition']}s{row['seed']}" if partitioned else row["seed"])
         kd[key]["accuracy"].append(row["history"][-1]["test_accuracy"])
     for entry in kd.values():
         values = entry["accuracy"]
@@ -492,8 +521,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
         lines.append("|---|---|---|---|---|---|---|")
         for row in result["kd_rows"]:
             objective = f"kd alpha={row['alpha']} T={row['temperature']}" if row["kd"] else "no kd"
+            seed = row["seed"] if row.get("clients", 1) == 1 else f"client {row['partition']}, seed {row['seed']}"
             lines.append(
-                f"| {row['init']} | {objective} | {row['seed']} | {pct(row['history'][0]['test_accuracy'])} "
+                f"| {row['init']} | {objective} | {seed} | {pct(row['history'][0]['test_accuracy'])} "
                 f"| {pct(row['history'][-1]['test_accuracy'])} | {pct(row['activation_eval']['relu'])} "
                 f"| {pct(row['activation_eval']['hardtanh6'])} |"
             )
@@ -551,19 +581,30 @@ def main(argv: list[str] | None = None) -> None:
         "test_images_per_class": np.bincount(test.dataset.tensors[1].numpy()).tolist(),
         "rows": [],
     }
+    partial = Path(args.out) / f"{args.name}.partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def saved() -> None:
+        """Every finished row on disk at once (a killed run keeps what it measured)."""
+        partial.write_text(json.dumps(result, indent=1))
+
     for seed in args.seeds:
         if args.float:
             result["rows"].append(
                 float_row(args, data, dataset_cfg, test, first, seed, args.epochs, f"float s{seed}")[0]
             )
+            saved()
         for bits in args.bits:
             for mode in args.scale_grad:
                 result["rows"].append(student_row(args, data, dataset_cfg, test, first, seed, bits, mode))
+                saved()
     if args.teacher:
         teacher, result["teacher"] = teacher_model(args, data, dataset_cfg, test, first)
-        result["kd_rows"] = kd_rows(args, data, dataset_cfg, test, first, teacher)
+        result["kd_rows"] = []
+        kd_rows(args, data, dataset_cfg, test, first, teacher, result["kd_rows"], saved)
     result["seconds"] = time.perf_counter() - began
     print(write_outputs(result, args))
+    partial.unlink()
 
 
 if __name__ == "__main__":
