@@ -10,7 +10,9 @@ two ways:
   processes). Peaks never fall, so a peak that still rises between rounds 2 and the last is growth.
 * `--path inprocess`: the strategy and the clients in this one process, called as Flower would (the
   path of the tests' `fl` fixture); after every round the current RSS of the process (psutil), so
-  per-client state that piles up shows as growth between round 2 and the last round.
+  per-client state that piles up shows as growth between round 2 and the last round; also the
+  process's CPU seconds per round (user + system), which other load on the machine disturbs less
+  than wall-clock seconds.
 
 Settings are `clients:fraction_fit` pairs (default 10:1.0 100:0.1 100:1.0). Prints a table per
 setting and, last, one JSON line with every number.
@@ -43,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--settings", nargs="+", default=["10:1.0", "100:0.1", "100:1.0"], help="clients:fraction_fit")
     parser.add_argument("--train-size", type=int, default=2000, help="synthetic training images (all clients)")
+    parser.add_argument("--test-size", type=int, default=500, help="synthetic test images")
+    parser.add_argument("--alpha", default="inf", help="dataset.alpha (default inf: IID, any size splits)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -57,7 +61,12 @@ def run_config(args: argparse.Namespace, clients: int, fraction: float, results_
             "results_dir": str(results_dir),
             "strategy": {"name": args.method, "fraction_fit": fraction},
             "model": {"name": "tiny_cnn"},
-            "dataset": {"name": "synthetic", "synthetic_train_size": args.train_size, "synthetic_test_size": 500},
+            "dataset": {
+                "name": "synthetic",
+                "synthetic_train_size": args.train_size,
+                "synthetic_test_size": args.test_size,
+                "alpha": args.alpha,
+            },
             "train": {"num_rounds": args.rounds, "batch_size": 32, "lr": 0.05},
             "quant": {"budgets": BUDGETS},
             "federation": {"num_clients": clients, "device": "cpu"},
@@ -81,7 +90,7 @@ def flower_run(config: dict[str, Any]) -> list[dict[str, Any]]:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{config['run_id']} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{config['run_id']} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [
         {
@@ -112,7 +121,7 @@ def inprocess_run(config: dict[str, Any]) -> list[dict[str, Any]]:
     process = psutil.Process()
     rows = []
     for server_round in range(1, config["train"]["num_rounds"] + 1):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), sum(process.cpu_times()[:2])
         sampled = strategy.sampler.sample(list(range(num_clients)))
         strategy.start_round(server_round, sampled, strategy.latest_parameters)
         results = []
@@ -126,6 +135,7 @@ def inprocess_run(config: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "round": server_round,
                 "round_time_s": time.perf_counter() - started,
+                "cpu_s": sum(process.cpu_times()[:2]) - cpu_started,  # user + system: less sensitive to load
                 "rss_mb": process.memory_info().rss / 2**20,
                 "participants": len(sampled),
             }

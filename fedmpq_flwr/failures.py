@@ -121,9 +121,10 @@ def _from_text(text: str) -> FailureReport | None:
     if not isinstance(record, Mapping):
         return None
     pid = record.get("partition_id")
+    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
     return FailureReport(
-        partition_id=int(pid) if isinstance(pid, int) else None,
-        kind=DROPOUT if record.get("kind") == DROPOUT else ERROR,
+        partition_id=pid,
+        kind=DROPOUT if record.get("kind") == DROPOUT and pid is not None else ERROR,
         error=first_line(str(record.get("error", ""))),
     )
 
