@@ -68,23 +68,40 @@ def federation_config(config: dict[str, Any]) -> str:
     )
 
 
-def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
-    """Terminate process `pid` and all its descendants (SuperExec, simulation, Ray), then kill stragglers.
+def stop_process_tree(pid: int | None, grace_s: float = 10.0, flwr_home: Path | None = None) -> None:
+    """Terminate process `pid`, all its descendants (SuperExec, simulation, Ray) and every process
+    carrying the same private FLWR_HOME, then kill stragglers.
 
     The tree is collected before anything is signalled: Flower starts SuperExec in its own
-    session, so killing a process group would miss it.
+    session, so killing a process group would miss it. Ray's daemons and workers are reparented
+    when their parent dies first, and so leave the tree; they keep the FLWR_HOME of the SuperLink
+    that started everything, by which they are found. `flwr_home` is that value when `pid` is
+    unknown or gone; by default it is read from `pid` (unless it is this process's own FLWR_HOME,
+    which other Flower processes of the user may share).
     """
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in tree:
+    procs: dict[int, psutil.Process] = {}
+    if pid is not None:
+        try:
+            root = psutil.Process(pid)
+            procs.update((proc.pid, proc) for proc in [root, *root.children(recursive=True)])
+            flwr_home = flwr_home or private_flwr_home(root)
+        except psutil.NoSuchProcess:
+            pass
+    if flwr_home is not None:
+        procs.update((proc.pid, proc) for proc in flower_processes(flwr_home))
+    terminate_then_kill(list(procs.values()), grace_s)
+    if flwr_home is not None:  # any started while the others were stopping
+        terminate_then_kill(flower_processes(flwr_home), grace_s=5.0)
+
+
+def terminate_then_kill(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM to all, SIGKILL to those alive after `grace_s`."""
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
     for proc in alive:
         try:
             proc.kill()
@@ -93,34 +110,28 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5.0)
 
 
+def private_flwr_home(proc: psutil.Process) -> Path | None:
+    """The FLWR_HOME in `proc`'s environment when it is set and differs from this process's own."""
+    try:
+        value = proc.environ().get("FLWR_HOME")
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return Path(value) if value and value != os.environ.get("FLWR_HOME") else None
+
+
 def flower_processes(flwr_home: Path) -> list[psutil.Process]:
-    """This user's processes whose environment holds FLWR_HOME=`flwr_home`: everything the private
-    SuperLink started (SuperExec, simulation, Ray's daemons and workers inherit it), also those
-    reparented after their parent died."""
+    """This user's processes whose environment holds FLWR_HOME=`flwr_home` (this one excluded)."""
     marker = str(flwr_home)
-    me = os.getpid()
     found = []
-    for proc in psutil.process_iter(["pid", "uids"]):
+    for proc in psutil.process_iter(["uids"]):
         try:
-            if proc.pid == me or (proc.info["uids"] and proc.info["uids"].real != os.getuid()):
+            if proc.pid == os.getpid() or (proc.info["uids"] and proc.info["uids"].real != os.getuid()):
                 continue
             if proc.environ().get("FLWR_HOME") == marker:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
-
-
-def stop_flower(superlink_pid: int | None, flwr_home: Path, grace_s: float = 10.0) -> None:
-    """Stop the SuperLink's process tree, then anything left that carries its FLWR_HOME."""
-    if superlink_pid is not None:
-        stop_process_tree(superlink_pid, grace_s)
-    for _ in range(2):  # a process may start while the first wave is stopped
-        leftovers = flower_processes(flwr_home)
-        if not leftovers:
-            return
-        for proc in leftovers:
-            stop_process_tree(proc.pid, grace_s=5.0)
 
 
 def flower_env(flwr_home: Path, port: int) -> dict[str, str]:
@@ -159,7 +170,7 @@ def shut_down(superlink: subprocess.Popen | None, flwr_home: Path) -> int:
     signum = 0
     while True:
         try:
-            stop_flower(superlink.pid if superlink else None, flwr_home)
+            stop_process_tree(superlink.pid if superlink else None, flwr_home=flwr_home)
             if superlink is not None:
                 superlink.wait()
             return signum

@@ -4,12 +4,15 @@ run, and rounds driven through `CheckpointingStrategy` as Flower's legacy loop d
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from flwr.common import (
     ArrayRecord,
@@ -459,3 +462,39 @@ def test_ctrl_c_twice_reaches_the_launcher_which_finishes_its_cleanup(tmp_path: 
     assert stopped.value.signum == signal.SIGINT and stopped.value.exit_code == 130
     assert note.read_text() == "cleaned up after SIGINT"  # the child was waited for
     assert signal.getsignal(signal.SIGINT) is previous  # handlers restored after the block
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # reaped by whoever adopted it
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stop_process_tree_finds_reparented_processes_by_their_flwr_home(tmp_path: Path) -> None:
+    """Ray's daemons outlive an abruptly ended parent and leave the tree; they keep FLWR_HOME."""
+    from fedmpq_flwr.launch import stop_process_tree
+
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home")}
+    sleep = [sys.executable, "-c", "import time; time.sleep(300)"]
+    quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"  # holds no pipe of its parent's
+    sleeper = f"import subprocess; print(subprocess.Popen({sleep!r}, {quiet}).pid)"
+    root_code = (
+        "import subprocess, sys, time\n"
+        f"middle = subprocess.run([{sys.executable!r}, '-c', {sleeper!r}], capture_output=True, text=True)\n"
+        "print(middle.stdout.strip(), flush=True)\n"  # its child now belongs to no one in the tree
+        "time.sleep(300)\n"
+    )
+    root = subprocess.Popen([sys.executable, "-c", root_code], env=env, stdout=subprocess.PIPE, text=True)
+    orphan = int(root.stdout.readline())
+    assert orphan not in [child.pid for child in psutil.Process(root.pid).children(recursive=True)]
+    stop_process_tree(root.pid, grace_s=5.0)  # FLWR_HOME read from the root
+    root.wait()
+    assert gone(orphan)
+    # with the root already gone, FLWR_HOME given
+    root = subprocess.Popen([sys.executable, "-c", root_code], env=env, stdout=subprocess.PIPE, text=True)
+    orphan = int(root.stdout.readline())
+    root.kill()
+    root.wait()
+    stop_process_tree(None, grace_s=5.0, flwr_home=tmp_path / "flwr_home")
+    assert gone(orphan)
