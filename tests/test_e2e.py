@@ -6,6 +6,7 @@ Flower or Ray process is left behind.
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -52,6 +53,27 @@ def flower_processes_since(started: float) -> list[str]:
             if any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
                 found.append(cmdline)
     return found
+
+
+def flower_processes_marked(marker: str, wait_s: float = 20.0) -> list[str]:
+    """Flower/Ray processes whose environment carries `marker` (so only this test's, on a machine where
+    other runs start Flower too), after giving them `wait_s` to exit: an orphaned Ray actor notices
+    that its raylet is gone a few seconds after the launcher stopped the SuperLink's process tree."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or not any(m in cmdline for m in FLOWER_PROCESS_MARKERS):
+                continue
+            try:
+                if proc.environ().get("FEDMPQ_TEST_MARKER") == marker:
+                    found.append(cmdline)
+            except (psutil.AccessDenied, psutil.NoSuchProcess):
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
 
 
 def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_round: int) -> dict:
@@ -243,7 +265,7 @@ def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
     """20 clients, a quarter sampled, half of them dropping after training and 10 % noisy labels, one
     run through the launcher (its own SuperLink, no analyzer): the dropouts travel Flower's failure
     path as exceptions and come back named; the run finishes and records them and the flipped labels."""
-    started = time.time()
+    marker = f"axes-e2e-{time.time_ns()}"
     config = validate(
         {
             "run_id": "axes_e2e",
@@ -273,6 +295,7 @@ def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(run_dir / "config.yaml")],
         cwd=REPO,
+        env={**os.environ, "FEDMPQ_TEST_MARKER": marker},
         capture_output=True,
         text=True,
         timeout=900,
@@ -292,4 +315,4 @@ def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
     data = load_data(config["dataset"])
     assert results["flipped_labels"] == flipped_label_counts(data, 20, math.inf, 42, 0.1)
     assert sum(results["flipped_labels"]) > 0
-    assert flower_processes_since(started) == []
+    assert flower_processes_marked(marker) == []
