@@ -9,7 +9,7 @@ Two measurements, in ONE process, one torch thread by default (what one Flower c
 2. **Teacher forward** on one batch, in four variants, against one quantized student step
    (forward, CE + bit loss, backward, SGD, re-binarization): plain `no_grad` forward of the
    float model in eval mode; `inference_mode`; plus channels-last memory; plus BatchNorm folded
-   into the convolutions (`fedmpq_kd.inference_teacher`, what the client runs). The student step
+   into the convolutions (`distillation.inference_teacher`, what the client runs). The student step
    and the variants are interleaved; each share is teacher time / student step time.
 
 Run:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,3 +30,35 @@ def inference_teacher(model: nn.Module, fold_batchnorm: bool = True) -> nn.Modul
     if fold_batchnorm:
         teacher = fuse(teacher, inplace=True)
     return teacher.to(memory_format=torch.channels_last).requires_grad_(False)
+
+
+class TeacherDistillation:
+    """The distillation term a client adds to its loss, `weight * T^2 * KL(teacher || student)` on the
+    student's own (augmented) batch, for the methods that distil from a float teacher (FedMPQ-KD,
+    FedGKD). `terms` also returns what the analyzer plots: `kd_loss` (T^2 * KL) and `agreement`
+    (share of equal top-1 predictions). The teacher's forward FLOPs are counted on the first batch
+    (the same for every step); `report` moves them, times the steps, from `train_flops` (which
+    `train.train_epochs` measures around whole steps) to `teacher_flops`."""
+
+    def __init__(self, teacher: nn.Module, weight: float, temperature: float) -> None:
+        self.teacher = teacher  # an `inference_teacher`
+        self.weight = weight
+        self.temperature = temperature
+        self.step_flops: int | None = None
+
+    def terms(self, images: torch.Tensor, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`loss` (the weighted term to add), `kd_loss` and `agreement` on one batch."""
+        counting = self.step_flops is None
+        with torch.inference_mode(), FlopCounterMode(display=False) if counting else nullcontext() as counter:
+            teacher_logits = self.teacher(images.contiguous(memory_format=torch.channels_last))
+        if counting:
+            self.step_flops = counter.get_total_flops()
+        teacher_logits = teacher_logits.clone()  # a normal tensor: autograd may save it
+        kd_loss = distillation_loss(student_logits, teacher_logits, self.temperature)
+        agreement = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
+        return {"loss": self.weight * kd_loss, "kd_loss": kd_loss, "agreement": agreement}
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """`teacher_flops` = the teacher's FLOPs per step times the steps, taken out of `train_flops`."""
+        teacher_flops = float(self.step_flops * metrics["steps"]) if self.step_flops is not None else 0.0
+        metrics.update(teacher_flops=teacher_flops, train_flops=metrics["train_flops"] - teacher_flops)

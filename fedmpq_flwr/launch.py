@@ -4,6 +4,13 @@
 (simulation runtime, free port, private FLWR_HOME, no runtime dependency installation),
 submits the app with `flwr run --stream`, then stops the SuperLink and everything it started.
 Exit status 0 means the run wrote a complete results.json.
+
+Resuming: an unfinished run with a checkpoint (`RUN_DIR/checkpoint/`) continues after its last
+completed round when the same command is run again; `--overwrite` starts it from round 1.
+
+Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP stop the SuperLink, SuperExec, simulation and Ray
+(found by their private FLWR_HOME even when Ray's daemons were reparented), keep the checkpoint,
+print the command that resumes the run and exit with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -22,8 +29,12 @@ from typing import Any
 import httpx
 import psutil
 
+from fedmpq_flwr.checkpoint import checkpoint_dir, checkpoint_summary, remove_checkpoint
 from fedmpq_flwr.config import ConfigError, load_yaml, validate
+from fedmpq_flwr.config.flower import write_run_config_toml
+from fedmpq_flwr.main import check_results_dir, check_resumable
 from fedmpq_flwr.results import is_complete
+from fedmpq_flwr.signals import Stopped, stop_signals
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_GPU_SHARE = 0.25
@@ -57,29 +68,70 @@ def federation_config(config: dict[str, Any]) -> str:
     )
 
 
-def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
-    """Terminate process `pid` and all its descendants (SuperExec, simulation, Ray), then kill stragglers.
+def stop_process_tree(pid: int | None, grace_s: float = 10.0, flwr_home: Path | None = None) -> None:
+    """Terminate process `pid`, all its descendants (SuperExec, simulation, Ray) and every process
+    carrying the same private FLWR_HOME, then kill stragglers.
 
     The tree is collected before anything is signalled: Flower starts SuperExec in its own
-    session, so killing a process group would miss it.
+    session, so killing a process group would miss it. Ray's daemons and workers are reparented
+    when their parent dies first, and so leave the tree; they keep the FLWR_HOME of the SuperLink
+    that started everything, by which they are found. `flwr_home` is that value when `pid` is
+    unknown or gone; by default it is read from `pid` (unless it is this process's own FLWR_HOME,
+    which other Flower processes of the user may share).
     """
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in tree:
+    procs: dict[int, psutil.Process] = {}
+    if pid is not None:
+        try:
+            root = psutil.Process(pid)
+            procs.update((proc.pid, proc) for proc in [root, *root.children(recursive=True)])
+            flwr_home = flwr_home or private_flwr_home(root)
+        except psutil.NoSuchProcess:
+            pass
+    if flwr_home is not None:
+        procs.update((proc.pid, proc) for proc in flower_processes(flwr_home))
+    terminate_then_kill(list(procs.values()), grace_s)
+    if flwr_home is not None:  # any started while the others were stopping
+        terminate_then_kill(flower_processes(flwr_home), grace_s=5.0)
+
+
+def terminate_then_kill(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM to all, SIGKILL to those alive after `grace_s`."""
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
     for proc in alive:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5.0)
+
+
+def private_flwr_home(proc: psutil.Process) -> Path | None:
+    """The FLWR_HOME in `proc`'s environment when it is set and differs from this process's own."""
+    try:
+        value = proc.environ().get("FLWR_HOME")
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return Path(value) if value and value != os.environ.get("FLWR_HOME") else None
+
+
+def flower_processes(flwr_home: Path) -> list[psutil.Process]:
+    """This user's processes whose environment holds FLWR_HOME=`flwr_home` (this one excluded)."""
+    marker = str(flwr_home)
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.pid == os.getpid() or (proc.info["uids"] and proc.info["uids"].real != os.getuid()):
+                continue
+            if proc.environ().get("FLWR_HOME") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def flower_env(flwr_home: Path, port: int) -> dict[str, str]:
@@ -112,12 +164,64 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60.0) 
     raise RuntimeError(f"flower-superlink did not answer on port {port} within {timeout_s:.0f} s")
 
 
-def launch(config_path: Path) -> int:
+def shut_down(superlink: subprocess.Popen | None, flwr_home: Path) -> int:
+    """Stop the SuperLink and everything it started, even if a stop signal arrives meanwhile (the
+    cleanup starts over, and the next signals are ignored); return that signal's number, or 0."""
+    signum = 0
+    while True:
+        try:
+            stop_process_tree(superlink.pid if superlink else None, flwr_home=flwr_home)
+            if superlink is not None:
+                superlink.wait()
+            return signum
+        except Stopped as stop:
+            signum = stop.signum
+
+
+def prepare_run_dir(config: dict[str, Any], overwrite: bool) -> tuple[Path, int]:
+    """The run's folder, created, and the round it resumes after (0: from the start). Raises
+    ConfigError for a results folder that is not one, or a checkpoint of another config."""
+    results_dir = Path(config["results_dir"]).expanduser().resolve()
+    check_results_dir(results_dir)
+    run_dir = results_dir / config["run_id"]
+    if overwrite:
+        remove_checkpoint(run_dir)
+    completed = check_resumable(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if completed:
+        print(
+            f"resuming run {config['run_id']} after round {completed}/{config['train']['num_rounds']}"
+            f" (checkpoint in {checkpoint_dir(run_dir)}; --overwrite starts it again)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return run_dir, completed
+
+
+def stopped_message(config: dict[str, Any], run_dir: Path, signum: int, config_path: Path) -> str:
+    """What a user reads after stopping a run: where it stopped and the command that resumes it."""
+    try:
+        summary = checkpoint_summary(run_dir)
+    except ValueError:
+        summary = None
+    where = (
+        f"after round {summary['round']}/{summary['num_rounds']}; its checkpoint is kept in {checkpoint_dir(run_dir)}"
+        if summary
+        else "before its first round finished (no checkpoint: it starts again from round 1)"
+    )
+    resume = shlex.join([sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)])
+    return (
+        f"stopped by {Stopped(signum).name}: run {config['run_id']} stopped {where}; "
+        f"the SuperLink and its processes were stopped. Resume with: {resume}"
+    )
+
+
+def launch(config_path: Path, overwrite: bool = False) -> int:
     """Run the experiment described by `config_path`; return 0 when its results are complete."""
     if not (APP_DIR / "pyproject.toml").is_file():
         raise RuntimeError(f"no pyproject.toml in {APP_DIR}: `flwr run` needs a source checkout (pip install -e .)")
     config = validate(load_yaml(str(config_path)) or {})
-    run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
+    run_dir, _ = prepare_run_dir(config, overwrite)
     bin_dir = Path(sys.executable).parent
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home:
@@ -136,10 +240,12 @@ def launch(config_path: Path) -> int:
             "--log-file",
             str(run_dir / "superlink.log"),
         ]
-        superlink = subprocess.Popen(
-            superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        superlink: subprocess.Popen | None = None
+        stopped_by = 0
         try:
+            superlink = subprocess.Popen(
+                superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
             wait_healthy(port, superlink)
             run_cmd = [
                 str(bin_dir / "flwr"),
@@ -147,38 +253,48 @@ def launch(config_path: Path) -> int:
                 str(APP_DIR),
                 "local",
                 "--stream",
-                "--run-config",
-                f"config_file={_toml_string(str(config_path.resolve()))}",
+                *run_config_args(config, Path(flwr_home)),
                 "--federation-config",
                 federation_config(config),
             ]
             print("$ " + shlex.join(run_cmd), file=sys.stderr, flush=True)
             subprocess.run(run_cmd, env=env, cwd=APP_DIR, check=False)
+        except Stopped as stop:
+            stopped_by = stop.signum
         finally:
-            stop_process_tree(superlink.pid)
-            superlink.wait()
+            stopped_by = shut_down(superlink, Path(flwr_home)) or stopped_by
+    if stopped_by:
+        print(stopped_message(config, run_dir, stopped_by, config_path), file=sys.stderr, flush=True)
+        return Stopped(stopped_by).exit_code
     if not is_complete(run_dir):
         print(f"run {config['run_id']} did not complete: no complete results.json in {run_dir}", file=sys.stderr)
         return 1
     return 0
 
 
-def _toml_string(value: str) -> str:
-    """Quote a path for Flower's `key=value` run-config parser (TOML literal string)."""
-    if "'" in value:
-        raise ConfigError(f"config path {value!r} contains a single quote, which Flower's --run-config cannot carry")
-    return f"'{value}'"
+def run_config_args(config: dict[str, Any], work_dir: Path) -> list[str]:
+    """`flwr run` arguments that carry the whole resolved config as flat run-config keys.
+
+    They go in a TOML file that the `flwr` CLI reads here and sends to the SuperLink, so neither the
+    ServerApp nor any ClientApp reads a file of this machine (no `config_file`).
+    """
+    return ["--run-config", str(write_run_config_toml(config, work_dir / "run_config.toml"))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="a resolved run config (config.yaml)")
+    parser.add_argument("--overwrite", action="store_true", help="start an unfinished run again from round 1")
     args = parser.parse_args(argv)
-    try:
-        return launch(args.config)
-    except (ConfigError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with stop_signals():
+        try:
+            return launch(args.config, args.overwrite)
+        except (ConfigError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Stopped as stop:  # outside the SuperLink's lifetime: nothing to stop
+            print(f"stopped by {stop.name}", file=sys.stderr)
+            return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -5,13 +5,18 @@
 
 The whole file is validated before anything runs. Each run is a subprocess
 (`python -m fedmpq_flwr.launch`) whose output goes to DIR/<run_id>/stdout.log|stderr.log and
-to the console. Finished runs (complete results.json) are skipped unless --overwrite.
+to the console. Finished runs (complete results.json) are skipped unless --overwrite; an
+unfinished run with a checkpoint resumes after its last completed round (--overwrite: from round 1).
+
+Ctrl-C, SIGTERM and SIGHUP stop the current run cleanly (the launcher stops Flower and Ray; the
+checkpoint stays) and print the command that resumes; the exit status is 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -23,11 +28,13 @@ from typing import IO, Any
 
 import yaml
 
+from fedmpq_flwr.checkpoint import CheckpointError, checkpoint_summary
 from fedmpq_flwr.config import ConfigError, deep_merge, defaults, dump_yaml, flatten, load_yaml, unflatten, validate
 from fedmpq_flwr.config.schema import section_of
 from fedmpq_flwr.data.registry import DATASETS
 from fedmpq_flwr.methods.catalog import reads_section
-from fedmpq_flwr.results import CONFIG_FILE, is_complete
+from fedmpq_flwr.results import CONFIG_FILE, is_complete, kept_metrics
+from fedmpq_flwr.signals import Stopped, stop_signals
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FILE_KEYS = {"extends", "defaults", "runs"}
@@ -176,6 +183,43 @@ def check_finished_runs(runs: list[dict[str, Any]], results_dir: Path) -> None:
             )
 
 
+def check_resumable(run: dict[str, Any], run_dir: Path) -> int:
+    """The round after which an unfinished run resumes from its checkpoint (0: there is none, the
+    run starts from round 1). Raises ConfigError when the checkpoint was made with another config,
+    cannot be read, or does not match the run's metrics.jsonl."""
+    if is_complete(run_dir):
+        return 0
+    try:
+        summary = checkpoint_summary(run_dir)
+        if summary is None:
+            return 0
+        completed = summary["round"]
+        kept_metrics(run_dir, completed)
+    except (CheckpointError, ValueError) as err:
+        raise ConfigError(f"run '{run['run_id']}': {err}") from None
+    differences = config_differences(summary["config"], run)
+    if differences:
+        key, before, now = differences[0]
+        raise ConfigError(
+            f"run '{run['run_id']}' in {run_dir.parent} stopped after round {completed} with {key} = {before!r}, "
+            f"now {now!r}; use --overwrite to start it again or another --results-dir"
+        )
+    return completed
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """The results folder is a folder, or can be made one: ConfigError otherwise."""
+    if results_dir.exists() and not results_dir.is_dir():
+        raise ConfigError(f"--results-dir {results_dir}: exists and is not a folder")
+    existing = results_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--results-dir {results_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--results-dir {results_dir}: {existing} is not writable")
+
+
 def update_labels(config_path: Path, run: dict[str, Any]) -> None:
     """Give a finished run the labels the experiment file has now (the analyzer groups by them);
     every other saved value stays as it was."""
@@ -191,26 +235,47 @@ def _pump(source: IO[str], sinks: list[IO[str]]) -> None:
             sink.flush()
 
 
-def run_teed(cmd: list[str], stdout_log: Path, stderr_log: Path, header: str) -> int:
-    """Run `cmd`, copying its stdout/stderr to the log files and to this process's console."""
-    with open(stdout_log, "w") as out_file, open(stderr_log, "w") as err_file:
+CHILD_STOP_S = 60.0  # how long the runner waits for a stopped launcher to shut Flower down
+
+
+def run_teed(cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False) -> int:
+    """Run `cmd`, copying its stdout/stderr to the log files (appended to with `append`) and to this
+    process's console. On a stop signal the child gets it too (it may have had it already: the
+    launcher ignores a repeat) and is waited for, so that it stops what it started."""
+    mode = "a" if append else "w"
+    with open(stdout_log, mode) as out_file, open(stderr_log, mode) as err_file:
         out_file.write(header)
         out_file.flush()
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         pumps = [
-            threading.Thread(target=_pump, args=(process.stdout, [out_file, sys.stdout])),
-            threading.Thread(target=_pump, args=(process.stderr, [err_file, sys.stderr])),
+            threading.Thread(target=_pump, args=(process.stdout, [out_file, sys.stdout]), daemon=True),
+            threading.Thread(target=_pump, args=(process.stderr, [err_file, sys.stderr]), daemon=True),
         ]
         for pump in pumps:
             pump.start()
         try:
             returncode = process.wait()
-        except KeyboardInterrupt:
-            process.wait()  # the child got the same SIGINT and cleans up its SuperLink
+        except Stopped as stop:
+            stop_child(process, stop.signum)
+            for pump in pumps:
+                pump.join(timeout=5.0)
             raise
         for pump in pumps:
             pump.join()
     return returncode
+
+
+def stop_child(process: subprocess.Popen, signum: int) -> None:
+    """Pass a stop signal on to the launcher and wait until it has stopped Flower (killed after
+    `CHILD_STOP_S`)."""
+    try:
+        process.send_signal(signum)
+        process.wait(timeout=CHILD_STOP_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    except ProcessLookupError:
+        pass
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -236,23 +301,29 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
         update_labels(run_dir / CONFIG_FILE, run)
         emit({"event": "run_skipped", "run_id": run["run_id"], "reason": "already complete (use --overwrite)"})
         return "skipped"
-    if run_dir.exists():
+    completed = 0 if overwrite else check_resumable(run, run_dir)  # checked before anything ran
+    if run_dir.exists() and not completed:
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / CONFIG_FILE
     dump_yaml(run, str(config_path))
     cmd = [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)]
     print(describe(run, position), flush=True)
+    resumed = {"resumed_after_round": completed} if completed else {}
     emit(
         {
             "event": "run_started",
             "run_id": run["run_id"],
             "variation": run["variation"],
             "description": run["description"].strip(),
+            **resumed,
         }
     )
+    header = f"# reproduce: {shlex.join(cmd)}\n"
+    if completed:
+        header = f"# resumed after round {completed}/{run['train']['num_rounds']}\n" + header
     started = time.perf_counter()
-    returncode = run_teed(cmd, run_dir / "stdout.log", run_dir / "stderr.log", f"# reproduce: {shlex.join(cmd)}\n")
+    returncode = run_teed(cmd, run_dir / "stdout.log", run_dir / "stderr.log", header, append=bool(completed))
     status = "completed" if returncode == 0 and is_complete(run_dir) else "failed"
     emit(
         {
@@ -265,6 +336,34 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
     return status
 
 
+def stopped_note(stop: Stopped, argv: list[str], runs: list[dict[str, Any]], current: int, results_dir: Path) -> str:
+    """Where a stopped runner left its current run, and the command(s) that continue."""
+    run = runs[current]
+    run_dir = results_dir / run["run_id"]
+    try:
+        summary = checkpoint_summary(run_dir)
+    except CheckpointError:
+        summary = None
+    where = (
+        f"after round {summary['round']}/{summary['num_rounds']} (checkpoint kept in {run_dir / 'checkpoint'})"
+        if summary
+        else "before its first round finished (it will start from round 1)"
+    )
+    runner = [sys.executable, "-m", "fedmpq_flwr.main"]
+    if "--overwrite" not in argv:
+        return f"stopped by {stop.name}: run {run['run_id']} stopped {where}. Resume with: {shlex.join(runner + argv)}"
+    # --overwrite would start the stopped run again: resume it without, then rerun the ones after it
+    kept = [arg for arg in argv if arg != "--overwrite"]
+    later = [r["run_id"] for r in runs[current + 1 :]]
+    note = (
+        f"stopped by {stop.name}: run {run['run_id']} stopped {where}. "
+        f"Resume with: {shlex.join(runner + kept + ['--only', run['run_id']])}"
+    )
+    if later:
+        note += f"; then run the rest with: {shlex.join(runner + argv + ['--only', *later])}"
+    return note
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the run variations of a YAML file, then the analyzer.")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -273,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--config", type=Path, help="another runner YAML file (e.g. configs/ablations/...)")
     parser.add_argument("--results-dir", required=True, type=Path)
     parser.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these run_ids or variations")
-    parser.add_argument("--overwrite", action="store_true", help="rerun runs that already finished")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="rerun runs that already finished; start unfinished runs from round 1"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -282,10 +383,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config key in every run, e.g. --set train.num_rounds=5",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    with stop_signals():
+        try:
+            return run_all(args, argv)
+        except Stopped as stop:  # outside a run (validation, the analyzer): nothing of Flower to stop
+            print(f"stopped by {stop.name}", file=sys.stderr, flush=True)
+            return stop.exit_code
+
+
+def run_all(args: argparse.Namespace, argv: list[str]) -> int:
+    """Validate everything, run each variation, then the analyzer; the exit status of `main`."""
     path = args.config or CONFIG_DIR / ("smoke_test.yaml" if args.smoke_test else "full_experiment.yaml")
     results_dir = args.results_dir.expanduser().resolve()
     try:
+        check_results_dir(results_dir)
         runs = expand_runs(path, results_dir, parse_overrides(args.overrides))
         if args.only:
             names = {r["run_id"] for r in runs} | {r["variation"] for r in runs}
@@ -295,16 +408,22 @@ def main(argv: list[str] | None = None) -> int:
             runs = [r for r in runs if r["run_id"] in args.only or r["variation"] in args.only]
         if not args.overwrite:
             check_finished_runs(runs, results_dir)
+            for run in runs:
+                check_resumable(run, results_dir / run["run_id"])
         preflight(runs)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     results_dir.mkdir(parents=True, exist_ok=True)
-    failed = [
-        run["run_id"]
-        for index, run in enumerate(runs, start=1)
-        if execute(run, results_dir, args.overwrite, f"{index}/{len(runs)}") == "failed"
-    ]
+    failed = []
+    for index, run in enumerate(runs):
+        try:
+            status = execute(run, results_dir, args.overwrite, f"{index + 1}/{len(runs)}")
+        except Stopped as stop:
+            print(stopped_note(stop, argv, runs, index, results_dir), file=sys.stderr, flush=True)
+            return stop.exit_code
+        if status == "failed":
+            failed.append(run["run_id"])
     analyzer = subprocess.run(
         [sys.executable, "-m", "fedmpq_flwr.evaluate", "--results-dir", str(results_dir)], check=False
     )

@@ -79,6 +79,24 @@ def stage_outputs(
     return logits, [captured[name] for name in stages]
 
 
+def stage_shapes(
+    model: nn.Module, image_chw: Sequence[int], stages: Sequence[str] = STAGES
+) -> list[tuple[int, ...]] | None:
+    """The shapes (without the batch) of a model's `stages` outputs for one image of shape C x H x W,
+    or None when the model lacks one of them: FedKD's mentor must give the mentee's shapes."""
+    modules = dict(model.named_modules())
+    if any(name not in modules for name in stages):
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, outputs = stage_outputs(model, torch.zeros(1, *image_chw), stages)
+    finally:
+        model.train(was_training)
+    return [tuple(output.shape[1:]) for output in outputs]
+
+
 def kl_divergence(target_logits: torch.Tensor, input_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(target) || softmax(input)), summed over classes and averaged over the batch."""
     return F.kl_div(

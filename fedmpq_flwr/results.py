@@ -10,7 +10,16 @@ Layout of one run, `<results_dir>/<run_id>/`:
   bit_assignments.json  quantized methods: final per-client per-layer bits and layer sizes
   features.npz    penultimate features of the final model(s) on a fixed test subset (`labels`,
                   `float_features`; quantized methods also `quant_features`, `quant_partition`)
-  stdout.log, stderr.log  written by the experiment runner
+  partitions.json each client's training label counts, written once when the server starts:
+                  {"num_classes": C, "label_counts": {"<partition id>": [count of class 0, ...]}}
+                  (with metrics.jsonl's per-class `class_accuracy` and, for quantized methods,
+                  `quant_class_accuracy`, the analyzer's per-client expected accuracy)
+  stdout.log, stderr.log  written by the experiment runner (a resumed run appends to them)
+  superlink.log   the private SuperLink's log (`fedmpq_flwr.launch`)
+  checkpoint/     only while the run is unfinished: `server.npz`, the server after its latest
+                  completed round, and `clients/partition_<id>.round_<r>.npz`, state nodes keep
+                  between rounds (see `fedmpq_flwr.checkpoint`). Rerunning the same command resumes
+                  from it; removed once results.json is written
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ RESULTS_FILE = "results.json"
 MODEL_FILE = "final_model.pt"
 BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 FEATURES_FILE = "features.npz"
+PARTITIONS_FILE = "partitions.json"
+CHECKPOINT_DIR = "checkpoint"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"  # the run stopped early for a recorded `reason` (e.g. a round without any update)
 # Round fields of metrics.jsonl derived from the participants' entries in `clients`:
@@ -42,6 +53,8 @@ ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], float]]] = {
     },
     "train_flops": ("train_flops", sum),
     "teacher_flops": ("teacher_flops", sum),
+    "eval_flops": ("eval_flops", sum),
+    "mentor_flops": ("mentor_flops", sum),  # FedKD: the private mentors' training
     "client_compute_s": ("client_time_s", sum),
     "client_peak_rss_mb": ("peak_rss_mb", max),
     "client_peak_gpu_mb": ("peak_gpu_mb", max),
@@ -110,6 +123,24 @@ def read_results(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def write_partitions(run_dir: str | Path, label_counts: dict[int, list[int]]) -> None:
+    """partitions.json: every client's per-class count of training examples."""
+    num_classes = len(next(iter(label_counts.values()))) if label_counts else 0
+    data = {"num_classes": num_classes, "label_counts": {str(pid): list(c) for pid, c in sorted(label_counts.items())}}
+    write_atomic(Path(run_dir) / PARTITIONS_FILE, json.dumps(data, indent=1))
+
+
+def read_partitions(run_dir: str | Path) -> dict[str, list[int]] | None:
+    """Partition id (a string, as in metrics.jsonl) -> per-class training label counts; None when the
+    run has no readable partitions.json."""
+    try:
+        data = json.loads((Path(run_dir) / PARTITIONS_FILE).read_text())
+        counts = data["label_counts"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return counts if isinstance(counts, dict) else None
+
+
 def has_completed_status(results: dict[str, Any] | None) -> bool:
     """True for the contents of a complete results.json."""
     return bool(results) and results.get("status") == STATUS_COMPLETED
@@ -127,17 +158,46 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class RunRecorder:
-    """Writes metrics.jsonl round by round (and echoes each record as a JSON line on stdout)."""
+def kept_metrics(run_dir: str | Path, completed_rounds: int) -> list[str]:
+    """The metrics.jsonl lines of rounds 1..`completed_rounds` of a run being resumed, in order.
 
-    def __init__(self, run_dir: str | Path, run_id: str) -> None:
+    Records after that round are dropped (a run killed between writing a round's record and its
+    checkpoint); ValueError when a round up to it is missing, repeated or out of order.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    kept: list[str] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] <= completed_rounds:
+            kept.append(line)
+    rounds = [json.loads(line)["round"] for line in kept]
+    if rounds != list(range(1, completed_rounds + 1)):
+        raise ValueError(
+            f"{path} holds rounds {rounds} but the checkpoint is of round {completed_rounds}: "
+            "the run folder was changed; use --overwrite to start the run again"
+        )
+    return kept
+
+
+class RunRecorder:
+    """Writes metrics.jsonl round by round (and echoes each record as a JSON line on stdout).
+
+    `completed_rounds` > 0 resumes a run: metrics.jsonl keeps exactly the records of rounds
+    1..completed_rounds (see `kept_metrics`), which become the start of the history.
+    """
+
+    def __init__(self, run_dir: str | Path, run_id: str, completed_rounds: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
-        self.history: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}  # run facts the strategy learns (e.g. flipped_labels), kept in results.json
         self.failure: str | None = None  # why the run stopped early (set by server/outcome.py): finish() writes failed
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / METRICS_FILE).write_text("")
+        kept = kept_metrics(self.run_dir, completed_rounds) if completed_rounds else []
+        self.history: list[dict[str, Any]] = [json.loads(line) for line in kept]
+        write_atomic(self.run_dir / METRICS_FILE, "".join(line + "\n" for line in kept))
         (self.run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     def log_round(self, record: dict[str, Any]) -> None:

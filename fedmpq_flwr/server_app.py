@@ -15,10 +15,12 @@ from flwr.common import Context, log
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
+from fedmpq_flwr.checkpoint import remove_checkpoint
 from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
 from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
 from fedmpq_flwr.server.outcome import run_rounds
+from fedmpq_flwr.server.resume import CheckpointingStrategy, open_checkpoint
 from fedmpq_flwr.train import resolve_device
 
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
@@ -61,7 +63,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Resolve the config, run the legacy-API strategy for all rounds, then save model and results."""
+    """Resolve the config, run the legacy-API strategy for all rounds (those after the checkpoint of
+    a stopped run), then save model and results and drop the checkpoint."""
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         config = from_flower_run_config(context.run_config, num_clients=len(list(grid.get_node_ids())))
@@ -70,12 +73,20 @@ def main(grid: Grid, context: Context) -> None:
         raise
     run_dir = Path(config["results_dir"]).expanduser().resolve() / config["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        checkpoint = open_checkpoint(config, run_dir)  # None: from round 1
+    except ConfigError as err:
+        log(ERROR, "cannot resume: %s", err)
+        raise
     dump_yaml(config, str(run_dir / CONFIG_FILE))
-    recorder = RunRecorder(run_dir, config["run_id"])
+    recorder = RunRecorder(run_dir, config["run_id"], completed_rounds=checkpoint.round if checkpoint else 0)
     strategy = load_method(config["strategy"]["name"]).strategy(config, recorder)
-    run_rounds(start_grid, grid=grid, strategy=strategy, config=ServerConfig(num_rounds=config["train"]["num_rounds"]))
+    rounds = CheckpointingStrategy(strategy, run_dir, started_at, checkpoint)  # Flower's round k is r + k
+    if rounds.remaining:
+        run_rounds(start_grid, recorder, grid=grid, strategy=rounds, config=ServerConfig(num_rounds=rounds.remaining))
     strategy.save_outputs()
     recorder.finish(
-        run_metadata(config, started_at),
+        run_metadata(config, rounds.started_at),
         extra={"variation": config["variation"], "strategy": config["strategy"]["name"]},
     )
+    remove_checkpoint(run_dir)

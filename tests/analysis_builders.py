@@ -207,3 +207,26 @@ def run_main(root: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tupl
     assert evaluate.main(["--results-dir", str(root), *args]) == 0
     out = capsys.readouterr().out
     return json.loads((root / "comparison.json").read_text()), out
+
+
+def write_client_accuracy(
+    run_dir: Path,
+    label_counts: dict[int, list[int]],
+    class_accuracy: list[float | None],
+    quant_class_accuracy: dict[int, list[float | None]] | None = None,
+) -> None:
+    """partitions.json with the clients' label counts, and per-class accuracies in the final round of
+    metrics.jsonl and results.json (the float model's; per client of a quantized one if given)."""
+    (run_dir / "partitions.json").write_text(
+        json.dumps(
+            {
+                "num_classes": len(class_accuracy),
+                "label_counts": {str(pid): c for pid, c in label_counts.items()},
+            }
+        )
+    )
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history[-1]["class_accuracy"] = class_accuracy
+    if quant_class_accuracy is not None:
+        history[-1]["quant_class_accuracy"] = {str(pid): c for pid, c in quant_class_accuracy.items()}
+    write_history(run_dir, history)

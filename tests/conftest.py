@@ -80,8 +80,9 @@ class Rounds:
 
     @staticmethod
     def fit_result(client: Any, strategy: Any, pid: int, server_round: int = 1) -> FitRes:
-        """One client's reply to the strategy's current global model and instructions."""
-        weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
+        """One client's reply to what the strategy sends in a round (`fit_arrays`) and its instructions."""
+        sent = strategy.fit_arrays(server_round, strategy.latest_parameters)
+        weights, n, metrics = client.fit(sent, strategy.fit_config(server_round, pid))
         return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)
 
     @staticmethod
@@ -97,7 +98,7 @@ class Rounds:
         states = {pid: RecordDict() for pid in range(num_clients)}
         for server_round in range(1, rounds + 1):
             sampled = participants[server_round - 1] if participants else sorted(states)
-            strategy.start_round(server_round, sampled, strategy.latest_parameters)
+            strategy.start_round(server_round, sampled, strategy.fit_arrays(server_round, strategy.latest_parameters))
             results, failures = [], []
             for pid in sampled:
                 client = method.client(config, pid, num_clients, states[pid])

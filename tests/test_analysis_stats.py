@@ -266,6 +266,36 @@ def test_best_quantized_baseline_is_the_strongest_non_kd_method(tmp_path: Path, 
     assert comp["methods"]["other_quant"]["overhead_reference"] == "fedmpq"
 
 
+def test_best_quantized_baseline_is_the_best_of_fedmpq_fedpq_and_fedpaq(tmp_path: Path) -> None:
+    """The candidates are the methods that compress their upload and do not distil (catalog): FedPAQ
+    counts although its devices run float models; q-FFL (float upload) and FedMPQ-KD (distils, the
+    proposed method) never do, however accurate."""
+    write_variation(tmp_path, "fedavg", "fedavg", FEDAVG)
+    write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ)  # 0.62
+    write_variation(tmp_path, "fedpq", "fedpq", {0: 0.63, 1: 0.65})  # 0.64
+    write_variation(tmp_path, "fedpaq", "fedpaq", {0: 0.74, 1: 0.76})  # 0.75
+    write_variation(tmp_path, "qffl", "qffl", {0: 0.78, 1: 0.80})  # 0.79
+    write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", {0: 0.90, 1: 0.92})
+    comp = compare_folder(tmp_path)
+    assert comp["reference"]["best_quantized_baseline"] == "fedpaq"
+    assert "compress their upload and do not distil" in comp["reference"]["rule"]
+    assert comp["success_criteria"][0]["numbers"]["baseline"] == "fedpaq"
+    assert comp["success_criteria"][0]["numbers"]["gain_points"] == approx(100 * (0.91 - 0.75))
+    tested = {(t["a"], t["b"]) for t in comp["tests"]}
+    assert ("fedmpq_kd", "fedpaq") in tested
+    assert {n: comp["methods"][n]["overhead_reference"] for n in ("fedpq", "fedpaq", "qffl")} == dict.fromkeys(
+        ("fedpq", "fedpaq", "qffl"), "fedavg"
+    )
+    assert [comp["methods"][n]["family"] for n in ("fedpq", "fedpaq", "qffl")] == [
+        "quantized",
+        "full_precision",
+        "full_precision",
+    ]
+    # FedPQ is a quantized method: its share of FedMPQ's gap closed is reported, FedPAQ's is not
+    assert comp["methods"]["fedpq"]["gap_closed_vs_fedmpq"] == approx((0.64 - 0.62) / (0.82 - 0.62))
+    assert comp["methods"]["fedpaq"]["gap_closed_vs_fedmpq"] is None
+
+
 def test_robustness_along_alpha(study: dict[str, Any]) -> None:
     alpha = study["robustness"]["dataset.alpha"]
     mpq = {row["value"]: row for row in alpha["methods"]["fedmpq"]}
@@ -352,5 +382,8 @@ def test_a_new_full_precision_method_is_classified_by_the_catalog(tmp_path: Path
     assert dummy["overhead_reference"] is None and dummy["gap_closed_vs_fedmpq"] is None
     assert comparison["reference"]["best_quantized_baseline"] == "fedmpq"
     assert comparison["methods"]["fedmpq_kd"]["family"] == "quantized" and comparison["methods"]["fedmpq_kd"]["distils"]
-    monkeypatch.setitem(CATALOG, "dummy_mpq_kd", replace(CATALOG["dummy_mpq_kd"], family=QUANTIZED))
+    # a method that compresses its upload (and does not distil) is a quantized baseline, whatever its family
+    monkeypatch.setitem(CATALOG, "dummy_mpq_kd", replace(CATALOG["dummy_mpq_kd"], compresses_upload=True))
     assert compare_folder(tmp_path)["reference"]["best_quantized_baseline"] == "dummy_mpq_kd"
+    monkeypatch.setitem(CATALOG, "dummy_mpq_kd", replace(CATALOG["dummy_mpq_kd"], family=QUANTIZED, distils=True))
+    assert compare_folder(tmp_path)["reference"]["best_quantized_baseline"] == "fedmpq"

@@ -15,94 +15,20 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from flower_checks import check_results_contract, flower_processes_since, processes_with_env
 
 from fedmpq_flwr.config import dump_yaml, validate
 from fedmpq_flwr.data.partition import flipped_label_counts
-from fedmpq_flwr.dataset import eval_loader, load_data
+from fedmpq_flwr.dataset import load_data
 from fedmpq_flwr.failures import drops_out
 from fedmpq_flwr.launch import flower_env, free_port, stop_process_tree
-from fedmpq_flwr.models import build_model, load_final_model
+from fedmpq_flwr.models import build_model
 from fedmpq_flwr.server.sampling import ClientSampler
-from fedmpq_flwr.train import evaluate
 from fedmpq_flwr.weights import get_weights
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ROUND_KEYS = {
-    "run_id",
-    "round",
-    "test_accuracy",
-    "test_loss",
-    "bits_up",
-    "bits_down",
-    "round_time_s",
-    "num_sampled",
-    "num_failures",
-}
 pytestmark = pytest.mark.slow  # each test starts Flower and Ray: minutes on 2 cores
-
-FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server", "ray::")
-
-
-def flower_processes_since(started: float) -> list[str]:
-    """Command lines of Flower/Ray processes created after `started` that are still alive."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["create_time"] >= started - 1 and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            if any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
-                found.append(cmdline)
-    return found
-
-
-def flower_processes_marked(marker: str, wait_s: float = 20.0) -> list[str]:
-    """Flower/Ray processes whose environment carries `marker` (so only this test's, on a machine where
-    other runs start Flower too), after giving them `wait_s` to exit: an orphaned Ray actor notices
-    that its raylet is gone a few seconds after the launcher stopped the SuperLink's process tree."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = []
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or not any(m in cmdline for m in FLOWER_PROCESS_MARKERS):
-                continue
-            try:
-                if proc.environ().get("FEDMPQ_TEST_MARKER") == marker:
-                    found.append(cmdline)
-            except (psutil.AccessDenied, psutil.NoSuchProcess):
-                continue
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(1.0)
-
-
-def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_round: int) -> dict:
-    config = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == list(range(1, rounds + 1))
-    floats = sum(w.size for w in get_weights(build_model(config["model"]["name"])))
-    for record in records:
-        assert ROUND_KEYS <= set(record) and record["run_id"] == run_id
-        assert record["num_sampled"] == clients_per_round and record["num_failures"] == 0
-        assert record["bits_up"] == record["bits_down"] == clients_per_round * 32 * floats
-        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["round_time_s"] > 0
-    results = json.loads((run_dir / "results.json").read_text())
-    accuracies = [r["test_accuracy"] for r in records]
-    assert results["status"] == "completed" and results["history"] == records
-    assert results["final_accuracy"] == accuracies[-1] and results["best_accuracy"] == max(accuracies)
-    assert min(accuracies) <= results["auc_accuracy"] <= max(accuracies)
-    metadata = results["metadata"]
-    assert metadata["seed"] == config["seed"] and {"git_commit", "versions", "device", "start_time", "end_time"} <= set(
-        metadata
-    )
-    assert {"flwr", "torch", "flwr-datasets"} <= set(metadata["versions"])
-    # the saved model is the final global model: it reproduces the last round's accuracy
-    model = load_final_model(run_dir)
-    data = load_data(config["dataset"])
-    loader = eval_loader(data.x_test, data.y_test, config["train"]["eval_batch_size"], mean=data.mean, std=data.std)
-    _, accuracy = evaluate(model, loader, "cpu")
-    assert accuracy == pytest.approx(results["final_accuracy"], abs=1e-9)
-    return results
 
 
 def run_experiment_file(document: dict, config_path: Path, results_dir: Path) -> subprocess.CompletedProcess:
@@ -265,7 +191,7 @@ def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
     """20 clients, a quarter sampled, half of them dropping after training and 10 % noisy labels, one
     run through the launcher (its own SuperLink, no analyzer): the dropouts travel Flower's failure
     path as exceptions and come back named; the run finishes and records them and the flipped labels."""
-    marker = f"axes-e2e-{time.time_ns()}"
+    marker = f"axes-e2e-{time.time_ns()}"  # in the environment of every process of this run only
     config = validate(
         {
             "run_id": "axes_e2e",
@@ -315,4 +241,8 @@ def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
     data = load_data(config["dataset"])
     assert results["flipped_labels"] == flipped_label_counts(data, 20, math.inf, 42, 0.1)
     assert sum(results["flipped_labels"]) > 0
-    assert flower_processes_marked(marker) == []
+    # an orphaned Ray actor notices a few seconds after the launcher's cleanup that its raylet is gone
+    deadline = time.monotonic() + 20
+    while processes_with_env("FEDMPQ_TEST_MARKER", marker) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert processes_with_env("FEDMPQ_TEST_MARKER", marker) == []

@@ -214,7 +214,7 @@ def test_a_round_without_any_update_fails_the_run_with_its_reason(fedavg_config,
         failures = [flower_simulation_error(failure) for failure in failures]
         strategy.aggregate_fit(2, [], failures)
 
-    assert run_rounds(rounds, strategy=strategy) is False
+    assert run_rounds(rounds, strategy.recorder, strategy=strategy) is False
     strategy.save_outputs()  # what the ServerApp does next: nothing for a failed run
     strategy.recorder.finish({"seed": 3}, extra={"variation": "unit", "strategy": "fedavg"})
     run_dir = Path(config["results_dir"]) / "unit"
@@ -243,7 +243,10 @@ def test_a_nan_global_model_fails_the_run(fedavg_config, fl) -> None:
 def test_a_run_that_ends_normally_completes(fedavg_config, fl) -> None:
     config = fedavg_config()
     strategy = fl.strategy(config)
-    assert run_rounds(lambda strategy: good_round(strategy, fl, config, 1, [0]), strategy=strategy) is True
+    assert (
+        run_rounds(lambda strategy: good_round(strategy, fl, config, 1, [0]), strategy.recorder, strategy=strategy)
+        is True
+    )
     results = strategy.recorder.finish({}, extra={})
     assert results["status"] == "completed" and "reason" not in results
 

@@ -155,3 +155,22 @@ def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Pat
     with torch.inference_mode():
         expected = strategy.model.eval().penultimate(images).numpy()
     np.testing.assert_allclose(features["float_features"][: len(images)], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_client_trains_the_scales_as_quant_scale_grad_says(fedmpq_config, fl) -> None:
+    """`frozen`: the uploaded scales are max |w| of the received global model (nothing pruned with
+    thre 0); `plain` and `lsq` train them, and differently (the same data, seed and planes' step)."""
+    uploads = {}
+    for mode in ("plain", "lsq", "frozen"):
+        config = fedmpq_config(run_id=mode, quant={"scale_grad": mode, "thre": 0.0})
+        strategy = fl.strategy(config)
+        res = fl.fit_result(FedMPQClient(config, 3, 4), strategy, pid=3)
+        uploads[mode] = parameters_to_ndarrays(res.parameters)[-1]
+    global_state = dict(zip(strategy.float_keys, strategy.latest_parameters))
+    quantized_keys = ["conv1.weight", "conv2.weight", "fc.weight", "fc.bias"]  # tiny CNN, in upload order
+    expected = np.array([np.abs(global_state[key]).max() for key in quantized_keys], dtype=np.float32)
+    np.testing.assert_array_equal(uploads["frozen"], expected)
+    assert not np.allclose(uploads["plain"], expected) and not np.allclose(uploads["lsq"], expected)
+    assert not np.allclose(uploads["plain"], uploads["lsq"])
+    with pytest.raises(ConfigError, match="quant.scale_grad"):
+        fedmpq_config(quant={"scale_grad": "LSQ"})

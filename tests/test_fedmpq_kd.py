@@ -142,7 +142,14 @@ def test_kd_keys_are_validated(key: str, value: object, message: str) -> None:
 
 def test_kd_defaults_are_the_main_method() -> None:
     kd = validate({"strategy": {"name": "fedmpq_kd"}})["kd"]
-    assert kd == {"alpha": 0.5, "temperature": 2.0, "teacher": "frozen", "ema_decay": 0.99, "refresh_every": 1}
+    assert kd == {
+        "alpha": 0.5,
+        "temperature": 2.0,
+        "teacher": "frozen",
+        "ema_decay": 0.99,
+        "refresh_every": 1,
+        "history": 5,
+    }
 
 
 def test_teacher_flops_are_counted_apart_from_the_students(fedmpq_config, fl) -> None:
@@ -156,3 +163,33 @@ def test_teacher_flops_are_counted_apart_from_the_students(fedmpq_config, fl) ->
     assert kd["steps"] == fedmpq["steps"] == 2
     assert kd["teacher_flops"] == 2 * counter.get_total_flops() > 0  # the folded BatchNorm costs no counted FLOPs
     assert kd["train_flops"] == fedmpq["train_flops"] > kd["teacher_flops"]
+
+
+def test_history_teacher_is_sent_by_the_server(fedmpq_config, fl) -> None:
+    """kd.teacher history (kd.history 2): round 1 is FedMPQ's exactly (no teacher yet); from round 2
+    the clients distil from the server's average of the last global models, sent after the global
+    model (an extra 32 bits per float down), FedGKD's code."""
+    fedmpq, _ = fl.run(fedmpq_config(train={"num_rounds": 3}), rounds=3)
+    config = fedmpq_config("fedmpq_kd", run_id="hist", kd={"teacher": "history", "history": 2}, train={"num_rounds": 3})
+    kd, _ = fl.run(config, rounds=3)
+    ignored = fl.varying_keys | KD_ONLY_KEYS
+    assert fl.without(kd[0], ignored) == fl.without(fedmpq[0], ignored)
+    assert kd[0]["teacher_flops"] == 0 and "kd_loss" not in kd[0]
+    floats = sum(a.size for a in fl.strategy(config).latest_parameters)
+    for server_round, (a, b) in enumerate(zip(fedmpq[1:], kd[1:]), start=2):
+        assert b["bits_down"] == a["bits_down"] + len(b["clients"]) * 32 * floats
+        assert all(c["teacher_round"] == server_round - 1 and c["kd_loss"] > 0 for c in b["clients"])
+        assert b["teacher_flops"] > 0
+
+
+def test_frozen_and_updating_teachers_send_nothing_more(fedmpq_config, fl) -> None:
+    for teacher in ("frozen", "updating"):
+        strategy = fl.strategy(fedmpq_config("fedmpq_kd", kd={"teacher": teacher}))
+        assert strategy.history is None
+        assert strategy.fit_arrays(3, strategy.latest_parameters) is strategy.latest_parameters
+        assert set(strategy.fit_config(3, 0)) == {"server_round", "bits"}
+
+
+def test_history_teacher_is_rebuilt_every_round() -> None:
+    with pytest.raises(ConfigError, match=r"key 'kd.refresh_every': value 2 needs kd.teacher frozen or updating"):
+        validate({"strategy": {"name": "fedmpq_kd"}, "kd": {"teacher": "history", "refresh_every": 2}})

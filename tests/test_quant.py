@@ -7,6 +7,7 @@ written out, or the float model's state_dict), never by the function under test.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import nn
 
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import (
+    SCALE_GRAD_MODES,
     BitTensor,
     QuantConv2d,
     QuantLinear,
@@ -31,6 +33,7 @@ from fedmpq_flwr.quant import (
     quantize_model,
     quantized_param_count,
     rebinarize_model,
+    set_scale_grad,
     upload_bits,
 )
 from fedmpq_flwr.quant.bitplanes import plane_values
@@ -757,3 +760,154 @@ def test_dequantized_state_is_what_the_upload_decodes_to() -> None:
     decoded = decode_update(encode_update(qmodel, keys), keys, bits)
     for key, array in zip(keys, decoded):
         np.testing.assert_allclose(state[key].numpy(), array, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# how the scale learns (scale_grad: plain, lsq, frozen)
+
+
+def tiny_quantized(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """A float tiny CNN and its quantized copy (a bias on fc: weight and bias tensors both covered)."""
+    torch.manual_seed(seed)
+    model = build_model("tiny_cnn")
+    return model, quantize_model(model, {"conv1": 3, "conv2": 4, "fc": 5})
+
+
+def bit_tensors_of(qmodel: nn.Module) -> dict[str, BitTensor]:
+    return {name: m for name, m in qmodel.named_modules() if isinstance(m, BitTensor)}
+
+
+def forward_backward(qmodel: nn.Module, seed: int) -> torch.Tensor:
+    """Output of one forward in train mode and its backward with a fixed random upstream gradient."""
+    torch.manual_seed(seed)
+    x = torch.randn(4, 3, 32, 32)
+    qmodel.train()
+    out = qmodel(x)
+    out.backward(torch.randn_like(out))
+    return out.detach()
+
+
+def test_plain_is_the_default_and_gets_the_hand_computed_scale_gradient() -> None:
+    """w = S * q with q fixed by the planes, so dL/dS = sum(dL/dw * w) / S; plain S is a normal parameter."""
+    _, q = tiny_quantized()
+    assert {t.scale_grad for t in bit_tensors_of(q).values()} == {"plain"}
+    assert all(t.scale.requires_grad for t in bit_tensors_of(q).values())
+    torch.manual_seed(3)
+    for t in bit_tensors_of(q).values():
+        c = torch.randn(t.sign.shape, dtype=torch.float64)
+        w = t()
+        (c * w.double()).sum().backward()
+        expected = float((c * w.detach().double()).sum() / t.scale.detach().double())
+        assert float(t.scale.grad) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_lsq_changes_only_the_scale_gradient_by_the_stated_factor(bits: int) -> None:
+    torch.manual_seed(bits)
+    conv = nn.Conv2d(3, 5, kernel_size=3, padding=1)
+    plain, lsq = QuantConv2d(conv, bits), QuantConv2d(conv, bits)
+    for t in (lsq.weight_bits, lsq.bias_bits):
+        t.set_scale_grad("lsq")
+    x = torch.randn(2, 3, 6, 6)
+    upstream = torch.randn(2, 5, 6, 6)
+    out_plain, out_lsq = plain(x), lsq(x)
+    assert torch.equal(out_plain, out_lsq), "lsq must not change the forward value"
+    out_plain.backward(upstream)
+    out_lsq.backward(upstream)
+    for p, s in ((plain.weight_bits, lsq.weight_bits), (plain.bias_bits, lsq.bias_bits)):
+        assert torch.equal(p.planes.grad, s.planes.grad), "lsq must not touch the planes' gradient"
+        factor = 1.0 / math.sqrt(p.sign.numel() * (2**bits - 1))  # weight: 135 numbers, bias: 5
+        assert float(p.scale.grad) != 0.0
+        assert float(s.scale.grad) == pytest.approx(float(p.scale.grad) * factor, rel=1e-6)
+
+
+def test_set_scale_grad_on_a_model_touches_only_the_scales() -> None:
+    _, plain = tiny_quantized()
+    lsq = set_scale_grad(copy.deepcopy(plain), "lsq")
+    assert {t.scale_grad for t in bit_tensors_of(lsq).values()} == {"lsq"}
+    out_plain, out_lsq = forward_backward(plain, 11), forward_backward(lsq, 11)
+    assert torch.equal(out_plain, out_lsq)
+    plain_params, lsq_params = dict(plain.named_parameters()), dict(lsq.named_parameters())
+    tensors = bit_tensors_of(plain)
+    for name, p in plain_params.items():
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "scale":
+            bits, numel = tensors[owner].bits, tensors[owner].sign.numel()
+            expected = p.grad * (1.0 / math.sqrt(numel * (2**bits - 1)))
+            torch.testing.assert_close(lsq_params[name].grad, expected, rtol=1e-6, atol=0.0)
+        else:  # planes, BatchNorm-free tiny CNN: every other parameter's gradient is identical
+            assert torch.equal(p.grad, lsq_params[name].grad), name
+    # back to plain: the same gradients as a model that never changed
+    set_scale_grad(lsq, "plain")
+    lsq.zero_grad(set_to_none=True)
+    plain.zero_grad(set_to_none=True)
+    forward_backward(plain, 12), forward_backward(lsq, 12)
+    for name, p in plain.named_parameters():
+        assert torch.equal(p.grad, dict(lsq.named_parameters())[name].grad), name
+
+
+def test_frozen_scale_gets_no_gradient_and_stays_at_max_abs() -> None:
+    model, q = tiny_quantized()
+    set_scale_grad(q, "frozen")
+    float_state = model.state_dict()
+    tensors = bit_tensors_of(q)
+    for t in tensors.values():
+        assert t.scale_grad == "frozen" and not t.scale.requires_grad
+    optimizer = torch.optim.SGD(q.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    before = {name: t.dequantize().clone() for name, t in tensors.items()}
+    for step in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward(q, 20 + step)
+        for t in tensors.values():
+            assert t.scale.grad is None
+            assert t.planes.grad is not None and t.planes.grad.abs().sum() > 0
+        optimizer.step()
+        rebinarize_model(q, generator)
+    for name, t in tensors.items():
+        layer, kind = name.rsplit(".", 1)
+        key = f"{layer}.{'weight' if kind == 'weight_bits' else 'bias'}"
+        assert float(t.scale) == float(float_state[key].abs().max()), name
+        assert not torch.equal(t.dequantize(), before[name]), f"{name}: the planes must still train"
+
+
+def test_scale_grad_survives_deepcopy_and_pruning() -> None:
+    """The mode is kept by deepcopy; after pruning, frozen stays frozen and lsq's factor uses the new bit-width."""
+    torch.manual_seed(5)
+    lsq = QuantLinear(nn.Linear(10, 12, bias=False), 4).weight_bits
+    lsq.set_scale_grad("lsq")
+    frozen = copy.deepcopy(lsq)
+    frozen.set_scale_grad("frozen")
+    copied = copy.deepcopy(frozen)
+    assert copied.scale_grad == "frozen" and not copied.scale.requires_grad
+    assert copy.deepcopy(lsq).scale_grad == "lsq"
+
+    for t in (lsq, frozen):
+        codes, scale = t.signed_codes().clone(), float(t.scale.detach())
+        t.drop_planes(0, 1)  # 4 -> 3 bits, S rescaled: each value loses its least significant bit only
+        assert t.bits == 3
+        truncated = codes.sign() * (codes.abs() // 2 * 2)
+        torch.testing.assert_close(t.dequantize(), scale * truncated.float() / 15)
+    assert not frozen.scale.requires_grad
+    frozen().sum().backward()
+    assert frozen.scale.grad is None and frozen.planes.grad is not None
+
+    reference = copy.deepcopy(lsq)
+    reference.set_scale_grad("plain")
+    c = torch.randn(12, 10)
+    (c * lsq()).sum().backward()
+    (c * reference()).sum().backward()
+    factor = 1.0 / math.sqrt(120 * (2**3 - 1))
+    assert float(lsq.scale.grad) == pytest.approx(float(reference.scale.grad) * factor, rel=1e-6)
+    assert torch.equal(lsq.planes.grad, reference.planes.grad)
+
+
+def test_unknown_scale_grad_mode_is_rejected() -> None:
+    assert SCALE_GRAD_MODES == ("plain", "lsq", "frozen")
+    _, q = tiny_quantized()
+    message = "scale_grad mode 'LSQ' is unknown; expected one of plain, lsq, frozen"
+    with pytest.raises(ValueError, match=message):
+        set_scale_grad(q, "LSQ")
+    with pytest.raises(ValueError, match="scale_grad mode 'fixed' is unknown"):
+        BitTensor(torch.ones(3), 4, scale_grad="fixed")
+    assert {t.scale_grad for t in bit_tensors_of(q).values()} == {"plain"}, "a rejected mode changes nothing"

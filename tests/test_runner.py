@@ -209,7 +209,7 @@ ABLATIONS = {  # file -> the kd setting each of its variations differs in (kd_ma
     "no_kd.yaml": {"kd_alpha0": {"alpha": 0.0}},
     "alpha.yaml": {"kd_alpha0.1": {"alpha": 0.1}, "kd_alpha1.0": {"alpha": 1.0}},
     "temperature.yaml": {"kd_temp1": {"temperature": 1.0}, "kd_temp4": {"temperature": 4.0}},
-    "teacher.yaml": {"kd_updating": {"teacher": "updating"}},
+    "teacher.yaml": {"kd_updating": {"teacher": "updating"}, "kd_history": {"teacher": "history"}},
     "refresh.yaml": {"kd_refresh5": {"refresh_every": 5}},
 }
 
@@ -232,12 +232,22 @@ def test_ablation_files_vary_one_kd_setting_of_the_main_experiment(name: str, tm
 
 
 def test_full_experiment_is_the_design(tmp_path: Path) -> None:
-    """configs/full_experiment.yaml: the main experiment for three methods and axes A to G for two."""
+    """configs/full_experiment.yaml: the main experiment for every method and axes A to G for two."""
     runs = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
     main = [r for r in runs if not r["axis"]]
+    methods = ("fedavg", "fedgkd", "fedkd", "fedmpq", "fedmpq_kd", "fedpaq", "fedpq", "qffl")
     assert sorted((r["strategy"]["name"], r["seed"]) for r in main) == [
-        (method, seed) for method in ("fedavg", "fedmpq", "fedmpq_kd") for seed in (0, 1, 2)
+        (method, seed) for method in methods for seed in (0, 1, 2)
     ]
+    by_method = {r["strategy"]["name"]: r for r in main}
+    assert by_method["fedpq"]["quant"] == by_method["fedmpq"]["quant"]  # the same budgets
+    assert by_method["fedpaq"]["paq"] == {"bits": 4, "bucket": 512} and by_method["qffl"]["qffl"] == {"q": 1.0}
+    for run in main:  # one setting: the methods differ only in the sections they own
+        assert {k: run[k] for k in ("model", "dataset", "train", "federation")} == {
+            k: main[0][k] for k in ("model", "dataset", "train", "federation")
+        }
+    assert main[0]["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5}
+    assert main[0]["fedkd"] == {"mentor": "resnet32", "energy_start": 0.95, "energy_end": 0.98}
     setting = main[0]
     assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == (
         "resnet20",
@@ -328,3 +338,17 @@ def test_finished_runs_survive_a_package_upgrade(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "run 'a_seed0'" in proc.stderr and "finished with train.momentum = 0.9, now 0.5" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "below_a_file"])
+def test_results_dir_that_is_not_a_folder_is_a_one_line_error(tmp_path: Path, where: str) -> None:
+    """Checked with the rest of the input, before anything runs (it used to end in a FileExistsError)."""
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder\n")
+    results = blocker if where == "file" else blocker / "out"
+    proc = run_main("--config", str(write(tmp_path, TINY)), "--results-dir", str(results))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    expected = "exists and is not a folder" if where == "file" else f"{blocker} is not a folder"
+    assert len(lines) == 1 and lines[0] == f"config error: --results-dir {results}: {expected}"
+    assert blocker.read_text() == "not a folder\n"

@@ -7,17 +7,20 @@ figures); bar charts show every variation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmpq_flwr.analysis import bit_figures, tsne
+from fedmpq_flwr.analysis import bit_figures, fairness, tsne
 from fedmpq_flwr.analysis.plotting import (
     LABEL_BOX,
     BarSeries,
+    Distribution,
     Figure,
     Series,
     bar_figure,
+    distribution_figure,
     figure_height,
     legend,
     line_figure,
@@ -71,20 +74,18 @@ def axis_names(axes: list[str]) -> dict[str, str]:
 def _curve_series(
     variations: dict[str, dict[str, Any]], curve: str, scale: float = 1.0, labels: dict[str, str] | None = None
 ) -> list[Series]:
-    """One series per variation that has the curve."""
+    """One series per variation that has the curve (a round without a value, NaN or None, is a gap)."""
+
+    def scaled(values: list[float | None]) -> list[float]:
+        return [math.nan if v is None else scale * v for v in values]
+
     series = []
     for i, (name, var) in enumerate(variations.items()):
         mean, std = var[f"{curve}_per_round_mean"], var[f"{curve}_per_round_std"]
         if mean is not None:
             label = (labels or {}).get(name, name) + f" (n={var['n']})"
             series.append(
-                Series(
-                    label,
-                    var["rounds"],
-                    [scale * m for m in mean],
-                    None if std is None else [scale * s for s in std],
-                    style_index=i,
-                )
+                Series(label, var["rounds"], scaled(mean), None if std is None else scaled(std), style_index=i)
             )
     return series
 
@@ -161,6 +162,10 @@ def axis_figures(ctx: Context) -> list[Figure]:
     figures = []
     for axis, short in axis_names(sorted(ctx.robustness)).items():
         rows = ctx.robustness[axis]["methods"]
+        if not any(rows.values()):  # e.g. model.name: no numeric value to draw against
+            why = "no variation on this axis has a numeric value"
+            figures += [Figure(f"{name}_{short}", "", why=why) for name in ("accuracy_vs_rounds_axis", "robustness")]
+            continue
         members = {
             row["variation"]: f"{strategy}, {axis.rsplit('.', 1)[-1]}={_value_label(row['value'])}"
             for strategy, points in rows.items()
@@ -326,9 +331,15 @@ def bar_figures(ctx: Context) -> list[Figure]:
         ),
         _bars(
             "flops_per_round",
-            "training FLOPs per round of the students and of the teacher forward passes",
+            "FLOPs per round of the clients' training, the teacher forward passes, FedKD's private mentors "
+            "and client-side evaluation",
             variations,
-            [("mean_train_flops_per_round", "student training"), ("mean_teacher_flops_per_round", "teacher forward")],
+            [
+                ("mean_train_flops_per_round", "student training"),
+                ("mean_teacher_flops_per_round", "teacher forward"),
+                ("mean_eval_flops_per_round", "client evaluation (q-FFL's F_k)"),
+                ("mean_mentor_flops_per_round", "mentor training"),
+            ],
             "FLOPs per round, all clients (GFLOP)",
             1e-9,
             "{:.4g}",
@@ -369,7 +380,28 @@ def per_variation_figures(ctx: Context) -> list[Figure]:
     return figures
 
 
-TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures]
+def client_accuracy_figures(ctx: Context) -> list[Figure]:
+    """The distribution of per-client accuracy at the final round, one box per method and model."""
+    name = "client_accuracy"
+    caption = (
+        "accuracy of every client (all seeds) on its own label mix at the final round: the global float "
+        "model and, for quantized methods, the client's own quantized model; mean and worst client above each box"
+    )
+    shown = _main_or_all(ctx.variations)
+    models = [m for m in fairness.MODELS if any(fairness.pooled(ctx.groups[n], m) for n in shown)]
+    names = [n for n in shown if any(fairness.pooled(ctx.groups[n], m) for m in models)]
+    if not names:
+        return [Figure(name, caption, why="no variation records per-class accuracy and its clients' label counts")]
+    series = [
+        Distribution(fairness.MODEL_LABELS[m], [[100 * v for v in fairness.pooled(ctx.groups[n], m)] for n in names])
+        for m in models
+    ]
+    counts = [ctx.variations[n]["n"] for n in names]
+    ylabel = "Accuracy on the client's own label mix (%)"
+    return [Figure(name, caption, lambda path: distribution_figure(names, series, path, ylabel, counts=counts))]
+
+
+TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures, client_accuracy_figures]
 
 
 def make_figures(ctx: Context) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

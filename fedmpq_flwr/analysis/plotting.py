@@ -234,3 +234,78 @@ def bar_figure(
     if per_group > 1 or has_std:  # above the axes, where it can cover no bar
         ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=per_group + 1, frameon=False)
     save(fig, path)
+
+
+@dataclass
+class Distribution:
+    """One group member across the names: the label and, per name, the values (empty = no box)."""
+
+    label: str
+    values: Sequence[Sequence[float]]
+
+
+def distribution_figure(
+    names: list[str],
+    series: list[Distribution],
+    path: Path,
+    ylabel: str,
+    value_format: str = "{:.1f}",
+    counts: Sequence[int] | None = None,
+) -> None:
+    """A box (whiskers at the minimum and maximum) per name and series with every value drawn as a
+    point beside a seeded jitter, the mean as a diamond, and the mean and minimum written above each
+    box (the worst value); grays and hatches tell the series apart without colour."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
+    groups, per_group = len(names), len(series)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.95 * groups * per_group + 1.8), 4.6))
+    width = 0.8 / per_group
+    jitter = np.random.default_rng(0)  # the same point positions in every drawing
+    tops = []
+    for j, s in enumerate(series):
+        for i, values in enumerate(s.values):
+            if not len(values):
+                continue
+            x = i + (j - (per_group - 1) / 2) * width
+            values = np.asarray(values, dtype=float)
+            box = ax.boxplot(
+                [values], positions=[x], widths=0.7 * width, whis=(0, 100), showfliers=False, patch_artist=True,
+                medianprops={"color": "black", "linewidth": 0.8},
+            )  # fmt: skip
+            for patch in box["boxes"]:
+                patch.set(facecolor=GRAYS[j % len(GRAYS)], hatch=HATCHES[j % len(HATCHES)], edgecolor="black")
+            offsets = jitter.uniform(-0.22, 0.22, size=values.size) * width
+            ax.scatter(
+                x + offsets, values, s=9, marker=MARKERS[j % len(MARKERS)], facecolors="none",
+                edgecolors="black", linewidths=0.5, zorder=3,
+            )  # fmt: skip
+            mean = float(values.mean())
+            ax.plot([x], [mean], marker="D", markersize=5, color="white", markeredgecolor="black", zorder=4)
+            top = float(values.max())
+            tops.append(top)
+            ax.annotate(
+                f"mean {value_format.format(mean)}\nworst {value_format.format(float(values.min()))}",
+                (x, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=6.5,
+                bbox=LABEL_BOX,
+            )  # fmt: skip
+    labels = [wrap(n) + ("" if counts is None else f"\n(n={counts[i]})") for i, n in enumerate(names)]
+    ax.set_xticks(np.arange(groups), labels, fontsize=7)
+    ax.set_xlim(-0.6, groups - 0.4)
+    ax.set_xlabel("Variation")
+    ax.set_ylabel(ylabel)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, max(high, max(tops, default=high)) + 0.2 * (high - low))
+    ax.grid(True, axis="y", alpha=0.3)
+    handles = [
+        Patch(facecolor=GRAYS[j % len(GRAYS)], hatch=HATCHES[j % len(HATCHES)], edgecolor="black", label=s.label)
+        for j, s in enumerate(series)
+    ]
+    handles.append(
+        Line2D([], [], marker="D", linestyle="", color="white", markeredgecolor="black", label="mean over clients")
+    )
+    ax.legend(
+        handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(handles), frameon=False
+    )
+    save(fig, path)

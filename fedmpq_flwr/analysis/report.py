@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.analysis.criteria import verdict
 from fedmpq_flwr.analysis.runs import axis_order
 
@@ -88,6 +89,8 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
                 _pct(m["client_compute_overhead"]),
                 _mean_std(var["mean_train_flops_per_round"], 1e-9, ".4g"),
                 _mean_std(var["mean_teacher_flops_per_round"], 1e-9, ".4g"),
+                _mean_std(var["mean_eval_flops_per_round"], 1e-9, ".4g"),
+                _mean_std(var["mean_mentor_flops_per_round"], 1e-9, ".4g"),
                 _mean_std(var["peak_client_rss_mb"], 1.0, ".0f"),
                 _mean_std(var["peak_server_rss_mb"], 1.0, ".0f"),
                 _mean_std(var["peak_client_gpu_mb"], 1.0, ".0f"),
@@ -106,6 +109,8 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
             "client-compute overhead",
             "train GFLOP / round",
             "teacher GFLOP / round",
+            "client eval GFLOP / round",
+            "mentor GFLOP / round",
             "client peak RSS (MB)",
             "server peak RSS (MB)",
             "client peak GPU (MB)",
@@ -113,6 +118,79 @@ def _cost_table(comparison: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+
+
+def _client_accuracy_table(comparison: dict[str, Any]) -> list[str]:
+    """Per variation and model: the clients' accuracy on their own label mix at the final round."""
+    rows = []
+    for name, var in comparison["variations"].items():
+        device = comparison["methods"][name]["client_accuracy"]["model"]
+        for model, prefix in fairness.MODELS.items():
+            if var[f"{prefix}_mean"]["mean"] is None:
+                continue
+            label = fairness.MODEL_LABELS[model] + (" (the devices')" if model == device else "")
+            stats = [_mean_std(var[f"{prefix}_{stat}"]) for stat in fairness.STATS]
+            rows.append([name, var["strategy"] or "–", label, str(var["n"]), *stats])
+    if not rows:
+        return ["No run records per-class accuracy and its clients' label counts."]
+    header = ["variation", "strategy", "model", "n", "mean (%)", "std over clients (points)", "worst (%)", "p10 (%)"]
+    return _table(header, rows)
+
+
+def _client_gflop(var: dict[str, Any]) -> dict[str, float | None]:
+    """Mean client FLOPs per round in GFLOP: training plus the teacher's forwards, FedKD's mentors and
+    client-side evaluation (a part a method does not record counts 0; None when it records no training
+    FLOPs)."""
+    train = var["mean_train_flops_per_round"]["mean"]
+    if train is None:
+        return {"mean": None, "std": None}
+    parts = ("mean_teacher_flops_per_round", "mean_mentor_flops_per_round", "mean_eval_flops_per_round")
+    extra = [var[k]["mean"] or 0.0 for k in parts]
+    return {"mean": (train + sum(extra)) * 1e-9, "std": None}
+
+
+def _distillation_table(comparison: dict[str, Any]) -> list[str]:
+    """The main variations of every method the catalog says distils (FedMPQ-KD and the full-precision
+    distillation baselines) side by side: accuracy, bits each way and client compute per round."""
+    names = [
+        n for n, var in comparison["variations"].items() if var["axis"] == "" and comparison["methods"][n]["distils"]
+    ]
+    if not names:
+        return ["No main variation of a distilling method."]
+    proposed = comparison["reference"]["proposed"]
+    proposed_final = comparison["variations"][proposed]["final_accuracy"]["mean"] if proposed else None
+    rows = []
+    for name in names:
+        var, method = comparison["variations"][name], comparison["methods"][name]
+        final = var["final_accuracy"]["mean"]
+        diff = None if final is None or proposed_final is None else 100 * (final - proposed_final)
+        rows.append(
+            [
+                name,
+                var["strategy"] or "–",
+                method["family"] or "–",
+                str(var["n"]),
+                _mean_std(var["final_accuracy"]),
+                _num(diff, "+.2f"),
+                _mean_std(var["mean_bits_up_per_round"], 1e-6, ".3g"),
+                _mean_std(var["mean_bits_down_per_round"], 1e-6, ".3g"),
+                _mean_std(var["mean_client_compute_s"], 1.0, ".4g"),
+                _num(_client_gflop(var)["mean"], ".4g"),
+            ]
+        )
+    header = [
+        "variation",
+        "strategy",
+        "family",
+        "n",
+        "final acc. (%)",
+        f"− {proposed or 'proposed'} (points)",
+        "bits up / round (Mbit)",
+        "bits down / round (Mbit)",
+        "client compute s / round",
+        "client GFLOP / round (train + teacher + mentor + eval)",
+    ]
+    return _table(header, rows)
 
 
 def _tests_table(tests: list[dict[str, Any]]) -> list[str]:
@@ -188,9 +266,24 @@ def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]
         "",
         *_accuracy_table(comparison),
         "",
+        "## Per-client accuracy (final round)",
+        "",
+        "Client k's accuracy is sum over classes of k's training label share times the model's per-class "
+        "test accuracy; over the clients of a run: mean, std (population), worst client and 10th "
+        "percentile; then mean ± std over seeds.",
+        "",
+        *_client_accuracy_table(comparison),
+        "",
         "## Costs per round",
         "",
         *_cost_table(comparison),
+        "",
+        "## Distillation methods",
+        "",
+        "FedMPQ-KD against the full-precision distillation baselines (main variations of the methods "
+        "the catalog marks as distilling); client compute is summed over the round's clients.",
+        "",
+        *_distillation_table(comparison),
         "",
         "## Welch t-tests over seeds",
         "",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.config import flatten
 from fedmpq_flwr.results import (
     CONFIG_FILE,
@@ -46,6 +47,8 @@ ROUND_MEANS = {
     "mean_bits_total_per_round": "bits_total",
     "mean_train_flops_per_round": "train_flops",
     "mean_teacher_flops_per_round": "teacher_flops",
+    "mean_eval_flops_per_round": "eval_flops",
+    "mean_mentor_flops_per_round": "mentor_flops",
 }
 # Peaks over rounds: summary name -> round key.
 ROUND_PEAKS = {
@@ -56,7 +59,12 @@ ROUND_PEAKS = {
 }
 # Per-run scalars aggregated across seeds in each variation (add a key here to aggregate it).
 VARIATION_SCALARS = (
-    ACCURACY_KEYS + tuple(ROUND_MEANS) + ("total_bits_up", "total_bits_down") + tuple(ROUND_PEAKS) + tuple(FINAL_VALUES)
+    ACCURACY_KEYS
+    + tuple(ROUND_MEANS)
+    + ("total_bits_up", "total_bits_down")
+    + tuple(ROUND_PEAKS)
+    + tuple(FINAL_VALUES)
+    + fairness.SCALARS  # per-client accuracy at the final round: mean, std, worst, p10 over clients
 )
 # Per-round curves averaged across seeds: name prefix -> round key (None when a run lacks it).
 CURVES = {
@@ -182,6 +190,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         **{f"total_{key}": _over_rounds(history, key, np.sum) for key in ("bits_up", "bits_down")},
         **{name: _over_rounds(history, key, np.max) for name, key in ROUND_PEAKS.items()},
         **{name: (history[-1].get(key) if history else None) for name, key in FINAL_VALUES.items()},
+        **fairness.run_fields(run_dir, history),
         "torn_metrics_lines": torn_lines,
         "run_dir": str(run_dir),
         "history": history,
@@ -246,13 +255,17 @@ def shared_rounds(runs: list[dict[str, Any]]) -> list[int]:
 
 
 def curve_matrix(runs: list[dict[str, Any]], key: str) -> np.ndarray | None:
-    """[seeds, shared rounds] values of a round key, or None when any run lacks it in a shared round."""
+    """[seeds, shared rounds] values of a round key, NaN in a round that no run records it in (e.g. the
+    distillation diagnostics of FedGKD's round 1, which has no teacher); None when no round has it or
+    a run lacks it in a round another run records it in."""
     rounds = shared_rounds(runs)
     per_run = [{rec["round"]: rec for rec in r["history"]} for r in runs]
     values = [[round_value(records[rnd], key) for rnd in rounds] for records in per_run]
-    if any(v is None for row in values for v in row):
+    recorded = [any(row[j] is not None for row in values) for j in range(len(rounds))]
+    if not any(recorded) or any(row[j] is None for row in values for j in range(len(rounds)) if recorded[j]):
         return None
-    return np.array(values, dtype=float).reshape(len(runs), len(rounds))
+    filled = [[math.nan if v is None else v for v in row] for row in values]
+    return np.array(filled, dtype=float).reshape(len(runs), len(rounds))
 
 
 def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.analysis.reference import (
     FEDMPQ,
     FULL_PRECISION,
@@ -125,8 +126,8 @@ def derive_methods(
     variations: dict[str, dict[str, Any]], axis_vals: dict[str, dict[str, Any]], target: float | None
 ) -> dict[str, dict[str, Any]]:
     """Per variation: rounds to target, gap to full precision, share of FedMPQ's gap closed (None
-    when FedMPQ has no gap: it is not below full precision) and cost overheads against its
-    like-with-like reference method."""
+    when FedMPQ has no gap: it is not below full precision), cost overheads against its
+    like-with-like reference method, and the per-client accuracy of the model its devices run."""
     methods = {}
     for name, var in variations.items():
         final = var["final_accuracy"]["mean"]
@@ -153,6 +154,7 @@ def derive_methods(
             "overhead_reference": ref,
             "final_accuracy_diff_points": points(final, mean_of(variations, ref, "final_accuracy")),
             **{out: ratio_minus_one(var[key]["mean"], mean_of(variations, ref, key)) for out, key in OVERHEADS.items()},
+            "client_accuracy": fairness.method_fields(var),
         }
     return methods
 

@@ -116,7 +116,13 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not checked["variation"]:
         checked["variation"] = checked["run_id"]
-    return unflatten(checked)
+    config = unflatten(checked)
+    from fedmpq_flwr.methods.catalog import spec_of  # the catalog imports config.fields: import late
+
+    spec = spec_of(config["strategy"]["name"])
+    if spec is not None and spec.check is not None:
+        spec.check(config)  # the method's own rules (fedpq: whole-number budgets; fedkd: mentor's stages)
+    return config
 
 
 def load_yaml(path: str) -> Any:
@@ -140,15 +146,21 @@ def dump_yaml(config: Mapping[str, Any], path: str) -> None:
     tmp.replace(path)
 
 
-def from_flower_run_config(run_config: Mapping[str, Any], num_clients: int) -> dict[str, Any]:
+def from_flower_run_config(
+    run_config: Mapping[str, Any], num_clients: int, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The validated config of a Flower run: `config_file` when set, else the flat run-config keys.
 
+    `config_file` (a YAML file that the reading process must be able to open) is for a user's own
+    simulation runs; the launcher and the deployment script pass every key instead (config/flower.py).
     `num_clients` is the federation's real size (SuperNodes), which wins over the config's, so
     per-client settings such as `quant.budgets` are checked against the clients that exist.
+    `overrides` (nested) are this process's own settings, e.g. a node's data path.
     """
     flat = dict(run_config)
     config_file = str(flat.pop("config_file", "") or "")
     config = (load_yaml(config_file) or {}) if config_file else unflatten(flat)
     if not isinstance(config, Mapping):
         raise ConfigError(f"{config_file}: expected a mapping of config keys, got {type(config).__name__}")
-    return validate(deep_merge(config, {"federation": {"num_clients": num_clients}}))
+    merged = deep_merge(config, overrides or {})
+    return validate(deep_merge(merged, {"federation": {"num_clients": num_clients}}))

@@ -9,10 +9,13 @@ here (with the config section it owns, if any).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from fedmpq_flwr.config.fields import ConfigError, Field, Section, choice, number
+from fedmpq_flwr.config.schema import _model_names
 
 FULL_PRECISION = "full_precision"
 QUANTIZED = "quantized"
@@ -33,6 +36,8 @@ class MethodSpec:
     cost_reference: str | None  # the method its bits, time and FLOPs are compared with (None: none)
     sections: tuple[str, ...]  # config sections it reads besides COMMON_SECTIONS
     summary: str  # one line for reports and the README
+    # checks across keys of a validated run config (nested), raising a one-line ConfigError
+    check: Callable[[dict[str, Any]], None] | None = None
 
 
 def _parse_budgets(key: str, value: Any) -> list[float]:
@@ -62,15 +67,98 @@ QUANT: Section = {
     "thre": number(float, 2.0, 0, 100),
     "act_bits": number(int, 4, 1, 8),
     "rounding": choice("stochastic", "stochastic", "nearest"),
+    "scale_grad": choice("plain", "plain", "lsq", "frozen"),  # how the bit-plane scales learn (quant/bitplanes.py)
 }
 KD: Section = {
     "alpha": number(float, 0.5, 0),
     "temperature": number(float, 2.0, 0, low_open=True),
-    "teacher": choice("frozen", "frozen", "updating"),
+    "teacher": choice("frozen", "frozen", "updating", "history"),
     "ema_decay": number(float, 0.99, 0, 1),
     "refresh_every": number(int, 1, 1),
+    "history": number(int, 5, 1),  # teacher `history`: the average of the last this many global models
 }
-METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD}
+PAQ: Section = {  # FedPAQ's QSGD quantizer of the upload (fedmpq_flwr.quant.qsgd)
+    "bits": number(int, 4, 2, 8),  # per coordinate, sign included: s = 2^(bits-1) - 1 levels
+    "bucket": number(int, 512, 1),  # coordinates per bucket; one float32 norm each
+}
+QFFL: Section = {"q": number(float, 1.0, 0)}  # q-FFL's fairness exponent; q = 0 is uniform FedAvg
+
+
+def _whole_budgets(config: dict[str, Any]) -> None:
+    """FedPQ runs every layer of a client at its budget: each budget must be a whole number of bits."""
+    budgets, avg_bits = config["quant"]["budgets"], config["quant"]["avg_bits"]
+    if budgets:
+        odd = next((b for b in budgets if not float(b).is_integer()), None)
+        if odd is not None:
+            raise ConfigError(
+                f"key 'quant.budgets': value {budgets} has entry {odd!r}; fedpq runs every layer of a client "
+                "at its budget, so each budget must be a whole number of bits"
+            )
+    elif not float(avg_bits).is_integer():
+        raise ConfigError(
+            f"key 'quant.avg_bits': value {avg_bits:g} is not a whole number; fedpq runs every "
+            "layer at the budget: set whole-number quant.budgets or an integer quant.avg_bits"
+        )
+
+
+GKD: Section = {  # FedGKD (code README defaults)
+    "gamma": number(float, 0.1, 0),
+    "temperature": number(float, 1.0, 0, low_open=True),
+    "buffer": number(int, 5, 1),  # global models averaged into the teacher, the current one included
+}
+FEDKD: Section = {  # FedKD (code defaults)
+    "mentor": Field(str, "resnet32", choices=_model_names),  # the private model; needs the mentee's stages
+    "energy_start": number(float, 0.95, 0, 1, low_open=True),  # SVD energy share kept in round 1
+    "energy_end": number(float, 0.98, 0, 1, low_open=True),  # ... and in the last round
+}
+METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD, "paq": PAQ, "qffl": QFFL, "gkd": GKD, "fedkd": FEDKD}
+
+
+def _check_kd(config: dict[str, Any]) -> None:
+    """The history teacher is rebuilt by the server every round: `kd.refresh_every` does not apply."""
+    kd = config["kd"]
+    if kd["teacher"] == "history" and kd["refresh_every"] != 1:
+        raise ConfigError(
+            f"key 'kd.refresh_every': value {kd['refresh_every']} needs kd.teacher frozen or updating; "
+            "the history teacher (kd.teacher: history) is rebuilt by the server every round"
+        )
+
+
+@cache
+def _stage_problem(mentee: str, mentor: str, image_chw: tuple[int, int, int]) -> tuple[str, str] | None:
+    """(key, message) when FedKD's mentor cannot be compared stage by stage with the mentee, else None."""
+    import torch  # only when a FedKD run is checked
+
+    from fedmpq_flwr.models import build_model
+    from fedmpq_flwr.mutual_distillation import STAGES, stage_shapes
+
+    with torch.random.fork_rng(devices=[]):  # building models must not move the caller's random stream
+        shapes = {name: stage_shapes(build_model(name), image_chw) for name in (mentee, mentor)}
+    stages = ", ".join(STAGES)
+    if shapes[mentee] is None:
+        return "model.name", (
+            f"value {mentee!r} has no stages {stages}, which FedKD's hidden-state loss compares; "
+            "use a CIFAR ResNet (resnet20, resnet32) as the mentee"
+        )
+    if shapes[mentor] != shapes[mentee]:
+        found = "no stages " + stages if shapes[mentor] is None else f"stage outputs {shapes[mentor]}"
+        return "fedkd.mentor", (
+            f"value {mentor!r} has {found} but model.name {mentee!r} has stage outputs {shapes[mentee]}; "
+            "the mentor needs the mentee's stage output shapes (resnet32 for resnet20)"
+        )
+    return None
+
+
+def _check_fedkd(config: dict[str, Any]) -> None:
+    """The mentor's stage outputs have the mentee's shapes on this dataset's images."""
+    from fedmpq_flwr.data.registry import DATASETS
+
+    height, width, channels = DATASETS[config["dataset"]["name"]].image_shape
+    problem = _stage_problem(config["model"]["name"], config["fedkd"]["mentor"], (channels, height, width))
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(f"key '{key}': {message}")
+
 
 CATALOG: dict[str, MethodSpec] = {
     "fedavg": MethodSpec(
@@ -98,13 +186,75 @@ CATALOG: dict[str, MethodSpec] = {
     "fedmpq_kd": MethodSpec(
         module="fedmpq_kd",
         client="FedMPQKDClient",
-        strategy="FedMPQStrategy",  # FedMPQ's server: the teacher stays on the client
+        strategy="FedMPQKDStrategy",  # FedMPQ's server, plus the history teacher (kd.teacher: history)
         family=QUANTIZED,
         distils=True,
         compresses_upload=True,
         cost_reference="fedmpq",
         sections=("quant", "kd"),
         summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model",
+        check=_check_kd,
+    ),
+    "fedgkd": MethodSpec(
+        module="fedgkd",
+        client="FedGKDClient",
+        strategy="FedGKDStrategy",
+        family=FULL_PRECISION,
+        distils=True,
+        compresses_upload=False,
+        cost_reference="fedavg",
+        sections=("gkd",),
+        summary="FedGKD (Yao et al., 2021): FedAvg whose clients distil from the average of the last M global models",
+    ),
+    "fedkd": MethodSpec(
+        module="fedkd",
+        client="FedKDClient",
+        strategy="FedKDStrategy",
+        family=FULL_PRECISION,
+        distils=True,
+        compresses_upload=True,
+        cost_reference="fedavg",
+        sections=("fedkd",),
+        summary="FedKD (Wu et al., 2022): a shared mentee and a private mentor in mutual distillation, "
+        "SVD-compressed mentee updates",
+        check=_check_fedkd,
+    ),
+    "fedpq": MethodSpec(
+        module="fedpq",
+        client="FedPQClient",
+        strategy="FedPQStrategy",
+        family=QUANTIZED,
+        distils=False,
+        compresses_upload=True,
+        cost_reference="fedavg",
+        sections=("quant",),
+        summary="FedPQ (AQFL arm of the FedMPQ code): bit-plane clients, every layer at the client's "
+        "integer budget, no pruning, no re-allocation",
+        check=_whole_budgets,
+    ),
+    "fedpaq": MethodSpec(
+        module="fedpaq",
+        client="FedPAQClient",
+        strategy="FedPAQStrategy",
+        family=FULL_PRECISION,
+        distils=False,
+        compresses_upload=True,
+        cost_reference="fedavg",
+        sections=("paq",),
+        summary="FedPAQ (Reisizadeh et al., AISTATS 2020): full-precision clients upload the QSGD "
+        "quantization of their model update",
+    ),
+    "qffl": MethodSpec(
+        module="qffl",
+        client="QFFLClient",
+        strategy="QFFLStrategy",
+        family=FULL_PRECISION,
+        distils=False,
+        compresses_upload=False,
+        cost_reference="fedavg",
+        sections=("qffl",),
+        summary="q-FFL / q-FedAvg (Li et al., ICLR 2020): full-precision clients, steps reweighted by "
+        "the clients' losses to the power q",
     ),
 }
 

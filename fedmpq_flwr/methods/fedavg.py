@@ -10,9 +10,14 @@ aggregates the others and records `num_failures`, `dropped_partitions` and `clie
 without any update, or a non-finite global model, ends the run as `failed` (`server/outcome.py`).
 
 Hooks for other methods. Client: `train` (what is trained and sent). Strategy: `fit_config`
-(instructions sent with the weights), `download_bits`, `upload_bits`, `aggregate`, `client_record`
+(instructions sent with the weights), `fit_arrays` (the arrays sent: the global model, plus what a
+method sends with it), `download_bits`, `upload_bits`, `aggregate`, `client_record`
 (method fields of a participant's entry), `evaluate_extra` (more evaluation of the new global
-model), `progress_fields`, `feature_models`, `save_outputs`.
+model), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a stopped run
+`server_state` / `load_server_state` (what the server keeps between rounds besides the global model
+and the sampler; see `fedmpq_flwr.server.resume`). State a client keeps between rounds goes in
+`self.state` (Flower's `context.state`): it is saved with the run's checkpoint and restored for
+free, see `fedmpq_flwr.client_state`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from flwr.server.strategy.aggregate import aggregate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmpq_flwr.client_state import NodeStateCheckpoint
 from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.dataset import FederatedData, client_loader, load_data
@@ -57,8 +63,15 @@ from fedmpq_flwr.failures import (
     non_finite_problem,
 )
 from fedmpq_flwr.models import build_model, save_final_model
-from fedmpq_flwr.results import FEATURES_FILE, MODEL_FILE, ROUND_FROM_CLIENTS, RunRecorder, round_from_clients
-from fedmpq_flwr.server.evaluation import ServerEvaluator
+from fedmpq_flwr.results import (
+    FEATURES_FILE,
+    MODEL_FILE,
+    ROUND_FROM_CLIENTS,
+    RunRecorder,
+    round_from_clients,
+    write_partitions,
+)
+from fedmpq_flwr.server.evaluation import ServerEvaluator, client_label_counts
 from fedmpq_flwr.server.outcome import RunFailed
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
@@ -137,7 +150,11 @@ class FedAvgClient(NumPyClient):
         """One round of local work: load the partition, train the received model, report."""
         started = time.perf_counter()
         reset_peak_gpu(self.device)
-        seed = client_seed(self.config["seed"], int(config["server_round"]), self.partition_id)
+        server_round = int(config["server_round"])
+        node_checkpoint = NodeStateCheckpoint.from_fit_config(config, self.partition_id, server_round)
+        if node_checkpoint is not None:
+            node_checkpoint.begin(self.state)  # a resumed run's fresh node gets back what it kept
+        seed = client_seed(self.config["seed"], server_round, self.partition_id)
         torch.manual_seed(seed)
         dataset_cfg = self.config["dataset"]
         data = load_data(dataset_cfg)
@@ -149,6 +166,8 @@ class FedAvgClient(NumPyClient):
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
         weights, metrics = self.train(model, loader, config, seed)
+        if node_checkpoint is not None:
+            node_checkpoint.end(self.state)
         metrics.update(
             partition_id=self.partition_id,
             client_time_s=time.perf_counter() - started,
@@ -169,6 +188,8 @@ class FedAvgStrategy(Strategy):
         self.device = resolve_device(config["federation"]["device"])
         self.data: FederatedData = load_data(config["dataset"])
         self.evaluator = ServerEvaluator(self.data, config["train"]["eval_batch_size"], self.device)
+        num_clients = config["federation"]["num_clients"]
+        write_partitions(recorder.run_dir, client_label_counts(self.data, config["dataset"], num_clients))
         torch.manual_seed(config["seed"])
         self.model = build_model(config["model"]["name"], self.data.num_classes).to(self.device)
         self.sampler = ClientSampler(config["seed"], config["strategy"]["fraction_fit"])
@@ -193,8 +214,13 @@ class FedAvgStrategy(Strategy):
         """Per-client instructions sent with the global weights."""
         return {"server_round": server_round}
 
+    def fit_arrays(self, server_round: int, parameters: NDArrays) -> NDArrays:
+        """The arrays every sampled client receives with its instructions: the global model (a method
+        may append more, e.g. FedGKD's teacher, and say so in `fit_config`)."""
+        return parameters
+
     def download_bits(self, parameters: NDArrays, partition_id: int) -> int:
-        """Bits the server sends one client: the full-precision global model."""
+        """Bits the server sends one client (`parameters`: what `fit_arrays` sends): 32 per float."""
         return FLOAT_BITS * sum(int(array.size) for array in parameters)
 
     def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
@@ -223,6 +249,16 @@ class FedAvgStrategy(Strategy):
         """Models whose penultimate features are saved at the end (name -> model), and numbers to
         store with them: here the final global model."""
         return {"float": self.model}, {}
+
+    def server_state(self) -> tuple[NDArrays, dict[str, Any]]:
+        """What this method's server keeps from one round to the next besides the global model, the
+        sampler and torch's RNG (which the checkpoint holds anyway): arrays and a JSON-able dict,
+        saved after every round. FedAvg keeps nothing; FedMPQ its per-client bit assignments."""
+        return [], {}
+
+    def load_server_state(self, arrays: NDArrays, meta: dict[str, Any]) -> None:
+        """Take back what `server_state` returned, in a freshly built strategy of a resumed run
+        (called after the global model is restored, before the first resumed round)."""
 
     def save_outputs(self) -> None:
         """Files written after the last round: the final global model and its features (none when
@@ -280,8 +316,10 @@ class FedAvgStrategy(Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         clients = self.sampler.connected(client_manager)
         sampled = self.sampler.sample(list(clients))
-        self.start_round(server_round, sampled, parameters_to_ndarrays(parameters))
-        return [(clients[pid], FitIns(parameters, self.fit_config(server_round, pid))) for pid in sampled]
+        sent = self.fit_arrays(server_round, parameters_to_ndarrays(parameters))
+        self.start_round(server_round, sampled, sent)
+        payload = ndarrays_to_parameters(sent)
+        return [(clients[pid], FitIns(payload, self.fit_config(server_round, pid))) for pid in sampled]
 
     def aggregate_fit(
         self,

@@ -32,6 +32,7 @@ from fedmpq_flwr.quant import (
     quantize_model,
     quantized_param_count,
     rebinarize_model,
+    set_scale_grad,
     upload_bits,
 )
 from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
@@ -53,18 +54,24 @@ class ObjectiveExtension:
 class FedMPQClient(FedAvgClient):
     """Trains the quantized student at the per-layer bits the server assigned (`config["bits"]`).
 
-    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation).
+    Subclasses extend the objective through `extension` (FedMPQ-KD adds distillation) and change
+    what happens after local training through `prune` (FedPQ keeps every plane).
     """
 
     def extension(self, model: nn.Module, student: nn.Module, config: dict[str, Any]) -> ObjectiveExtension | None:
         """Extra loss terms, per-step action and metrics on top of FedMPQ's (none for FedMPQ)."""
         return None
 
+    def prune(self, student: nn.Module) -> dict[str, int]:
+        """Drop sparse bit planes after local training (`quant.thre`); the bits removed per layer."""
+        return prune_model(student, self.config["quant"]["thre"])
+
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         quant_cfg = self.config["quant"]
         student = quantize_model(model, json.loads(str(config["bits"])), quant_cfg["act_bits"]).to(self.device)
+        set_scale_grad(student, quant_cfg["scale_grad"])  # how the scales learn (quant.scale_grad)
         total_params = quantized_param_count(student)
         lambda_b = quant_cfg["lambda_b"]
         extension = self.extension(model, student, config)
@@ -98,7 +105,7 @@ class FedMPQClient(FedAvgClient):
             loss_fn=loss_fn,
             after_step=after_step,
         )
-        reductions = prune_model(student, quant_cfg["thre"])
+        reductions = self.prune(student)
         metrics.update(bits=json.dumps(layer_bits(student)), reductions=json.dumps(reductions))
         if extension is not None and extension.report is not None:
             extension.report(metrics)
@@ -125,7 +132,8 @@ def _reported_reductions(fit_res: FitRes) -> dict[str, int]:
 
 
 class FedMPQStrategy(FedAvgStrategy):
-    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id."""
+    """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id
+    (`next_bits`: FedPQ keeps the assignment fixed)."""
 
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__(config, recorder)
@@ -140,12 +148,9 @@ class FedMPQStrategy(FedAvgStrategy):
     def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
         return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
 
-    def aggregate(self, updates: list[Update]) -> NDArrays:
-        """Decode every upload to floats, average them, then re-allocate all clients' bits; a sampled
-        client that sent no update (it dropped or failed) keeps its assignment."""
-        decoded = [
-            (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
-        ]
+    def next_bits(self, updates: list[Update]) -> dict[int, dict[str, int]]:
+        """Every client's per-layer bits for the next round: re-allocated from this round's reports; a
+        sampled client that sent no update (it dropped or failed) keeps its assignment."""
         reports = [
             ClientBits(
                 num_examples=res.num_examples,
@@ -157,8 +162,22 @@ class FedMPQStrategy(FedAvgStrategy):
         ]
         reported = {pid for pid, _, _ in updates}
         failed = [pid for pid in (self.current.sampled if self.current else []) if pid not in reported]
-        self.bits = allocate(self.layer_sizes, reports, self.budgets, keep={pid: self.bits[pid] for pid in failed})
+        return allocate(self.layer_sizes, reports, self.budgets, keep={pid: self.bits[pid] for pid in failed})
+
+    def aggregate(self, updates: list[Update]) -> NDArrays:
+        """Decode every upload to floats, average them, then set all clients' next bits (`next_bits`)."""
+        decoded = [
+            (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
+        ]
+        self.bits = self.next_bits(updates)
         return super().aggregate(decoded)
+
+    def server_state(self) -> tuple[NDArrays, dict[str, Any]]:
+        """Every client's per-layer bits for the next round."""
+        return [], {"bits": {str(pid): bits for pid, bits in self.bits.items()}}
+
+    def load_server_state(self, arrays: NDArrays, meta: dict[str, Any]) -> None:
+        self.bits = {int(pid): {layer: int(b) for layer, b in bits.items()} for pid, bits in meta["bits"].items()}
 
     def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
         """Budget, the bits the server assigned, the bits the client trained, pruned to and sent."""
@@ -172,13 +191,15 @@ class FedMPQStrategy(FedAvgStrategy):
         }
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
-        """Test accuracy of the global model quantized to each client's next-round assignment."""
-        accuracies = self.evaluator.quantized_accuracies(self.model, self.bits, self.config["quant"]["act_bits"])
-        values = list(accuracies.values())
+        """Test accuracy (and per-class test accuracy) of the global model quantized to each client's
+        next-round assignment."""
+        metrics = self.evaluator.quantized_metrics(self.model, self.bits, self.config["quant"]["act_bits"])
+        values = [accuracy for accuracy, _ in metrics.values()]
         return {
             "quant_test_accuracy_mean": float(np.mean(values)),
             "quant_test_accuracy_min": float(np.min(values)),
-            "quant_test_accuracy": {str(pid): acc for pid, acc in accuracies.items()},
+            "quant_test_accuracy": {str(pid): accuracy for pid, (accuracy, _) in metrics.items()},
+            "quant_class_accuracy": {str(pid): classes for pid, (_, classes) in metrics.items()},
             "next_avg_bits": {str(pid): average_bitwidth(bits, self.layer_sizes) for pid, bits in self.bits.items()},
         }
 

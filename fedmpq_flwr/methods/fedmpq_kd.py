@@ -3,33 +3,39 @@
 Local objective: `CE + lambda_b * reg / total_params + alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`,
 where z_s are the quantized student's logits and z_t those of a full-precision copy of the global
 model the client received, on the same augmented batch. The teacher never leaves the client, so
-uploads, bit allocation, aggregation and bit counting are FedMPQ's: the strategy is
-`FedMPQStrategy` itself.
+uploads, bit allocation, aggregation and bit counting are FedMPQ's: the strategy
+(`FedMPQKDStrategy`) is `FedMPQStrategy` itself unless the history teacher is configured.
 
 Ablations (`kd.*` config keys): `alpha` and `temperature`; `teacher: updating` (the teacher follows
 an EMA of the student's dequantized weights during local training); `refresh_every: k` (the
 teacher is the global model of the latest round that is a multiple of k, kept in the node's
-Flower `context.state` under `kd.teacher.partition_<id>`).
+Flower `context.state` under `kd.teacher.partition_<id>`); `teacher: history` (FedGKD's teacher:
+the parameter average of the last `kd.history` global models, kept and sent by the server with the
+fit instructions, `fedmpq_flwr.methods.history_teacher`; an extra download, counted in `bits_down`;
+no distillation in round 1, when no aggregated model exists yet). Without `teacher: history` the
+strategy is exactly FedMPQ's.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
-import torch
+import numpy as np
 from flwr.common import ArrayRecord, ConfigRecord
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.data import DataLoader
 
-from fedmpq_flwr.distillation import distillation_loss, inference_teacher
+from fedmpq_flwr.distillation import TeacherDistillation, inference_teacher
+from fedmpq_flwr.history import ModelHistory
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy, ObjectiveExtension
+from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTeacherStrategy
 from fedmpq_flwr.quant import dequantized_state
+from fedmpq_flwr.results import RunRecorder
 from fedmpq_flwr.weights import communicated_keys, get_weights, set_weights
 
-__all__ = ["FedMPQKDClient", "FedMPQStrategy"]  # the server is FedMPQ's: the teacher stays on the client
+__all__ = ["FedMPQKDClient", "FedMPQKDStrategy"]
 
 
 def teacher_round(server_round: int, refresh_every: int) -> int:
@@ -49,15 +55,19 @@ def ema_update(teacher: nn.Module, student: nn.Module, keys: list[str], decay: f
     return step
 
 
-class FedMPQKDClient(FedMPQClient):
+class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
     """A FedMPQ client that adds distillation from a full-precision teacher to its objective."""
 
-    def teacher_source(self, model: nn.Module, server_round: int) -> tuple[nn.Module, int]:
-        """The float model to distil from and its global round: the one just received, or the one
-        this node kept from the latest refresh round (`kd.refresh_every`). A node that missed that
-        round (partial participation) refreshes at its next round instead."""
+    def teacher_source(self, model: nn.Module, server_round: int) -> tuple[nn.Module, int] | None:
+        """The float model to distil from and its (newest) global round: the one just received, the
+        one this node kept from the latest refresh round (`kd.refresh_every`; a node that missed that
+        round refreshes at its next round instead), or the history teacher the server sent with the
+        global model (None in a round without one)."""
         refresh_every = self.config["kd"]["refresh_every"]
         received = server_round - 1
+        if self.config["kd"]["teacher"] == "history":
+            teacher = self.teacher_model(model)
+            return None if teacher is None else (teacher, max(self.teacher_rounds))
         if refresh_every == 1:
             return model, received
         weights_key = f"kd.teacher.partition_{self.partition_id}"
@@ -72,39 +82,42 @@ class FedMPQKDClient(FedMPQClient):
         set_weights(kept, self.state[weights_key].to_numpy_ndarrays())
         return kept, int(self.state[round_key]["round"])
 
-    def extension(self, model: nn.Module, student: nn.Module, config: dict[str, Any]) -> ObjectiveExtension:
+    def extension(self, model: nn.Module, student: nn.Module, config: dict[str, Any]) -> ObjectiveExtension | None:
         kd_cfg = self.config["kd"]
-        alpha, temperature = kd_cfg["alpha"], kd_cfg["temperature"]
-        source, source_round = self.teacher_source(model, int(config["server_round"]))
+        source = self.teacher_source(model, int(config["server_round"]))
+        if source is None:
+            return None  # no teacher this round: FedMPQ's objective
+        source_model, source_round = source
         updating = kd_cfg["teacher"] == "updating"
-        teacher = inference_teacher(source, fold_batchnorm=not updating)
-
-        teacher_step_flops: list[int] = []  # measured on the first step (the same for every step)
-
-        def terms(images: torch.Tensor, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-            counting = not teacher_step_flops
-            with torch.inference_mode(), FlopCounterMode(display=False) if counting else nullcontext() as counter:
-                teacher_logits = teacher(images.contiguous(memory_format=torch.channels_last))
-            if counting:
-                teacher_step_flops.append(counter.get_total_flops())
-            teacher_logits = teacher_logits.clone()  # a normal tensor: autograd may save it
-            kd_loss = distillation_loss(student_logits, teacher_logits, temperature)
-            agreement = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
-            return {"loss": alpha * kd_loss, "kd_loss": kd_loss, "agreement": agreement}
+        distillation = TeacherDistillation(
+            inference_teacher(source_model, fold_batchnorm=not updating), kd_cfg["alpha"], kd_cfg["temperature"]
+        )
 
         def report(metrics: dict[str, Any]) -> None:
-            """The teacher's FLOPs, taken out of the training FLOPs (measured around whole steps)."""
-            teacher_flops = float(teacher_step_flops[0] * metrics["steps"]) if teacher_step_flops else 0.0
-            metrics.update(
-                teacher_round=source_round,
-                teacher_flops=teacher_flops,
-                train_flops=metrics["train_flops"] - teacher_flops,
-            )
+            distillation.report(metrics)
+            metrics["teacher_round"] = source_round
 
         return ObjectiveExtension(
-            terms=terms,
-            after_step=ema_update(teacher, student, communicated_keys(model), kd_cfg["ema_decay"])
+            terms=distillation.terms,
+            after_step=ema_update(distillation.teacher, student, communicated_keys(model), kd_cfg["ema_decay"])
             if updating
             else None,
             report=report,
         )
+
+    def train(
+        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        weights, metrics = super().train(model, loader, config, seed)
+        metrics.setdefault("teacher_flops", 0.0)  # a round without a teacher costs no teacher FLOPs
+        return weights, metrics
+
+
+class FedMPQKDStrategy(HistoryTeacherStrategy, FedMPQStrategy):
+    """FedMPQ's server; with `kd.teacher: history` it also keeps the last `kd.history` global models
+    and sends their average with the global model. Otherwise the teacher stays on the client."""
+
+    def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
+        super().__init__(config, recorder)
+        kd_cfg = config["kd"]
+        self.history = ModelHistory(kd_cfg["history"]) if kd_cfg["teacher"] == "history" else None

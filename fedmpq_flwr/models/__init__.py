@@ -8,7 +8,7 @@ documented size, and the model it returns has:
 * `quant_rules()` -> `fedmpq_flwr.quant.QuantRules`: which layers FedMPQ quantizes, which stay
   float, which activations are quantized and how (read by `quantize_model`);
 * a forward that torch.fx can trace, with every BatchNorm right after the convolution it folds
-  into: FedMPQ-KD's teacher (`fedmpq_kd.inference_teacher`) folds them, and the tests check that the
+  into: FedMPQ-KD's teacher (`distillation.inference_teacher`) folds them, and the tests check that the
   folded teacher gives the model's logits. Every model here qualifies (ViT-Small has no BatchNorm:
   folding only traces it), so the registry has no per-model opt-out.
 """

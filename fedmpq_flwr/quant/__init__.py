@@ -1,7 +1,16 @@
 """Bit-level mixed-precision quantization (BSQ / FedMPQ) in plain PyTorch: no Flower in here."""
 
 from fedmpq_flwr.quant.activations import ACTIVATION_QUANTIZERS, QuantReLU
-from fedmpq_flwr.quant.bitplanes import MAX_BITS, MIN_BITS, BitTensor, QuantConv2d, QuantLinear, levels
+from fedmpq_flwr.quant.bitplanes import (
+    MAX_BITS,
+    MIN_BITS,
+    SCALE_GRAD_MODES,
+    BitTensor,
+    QuantConv2d,
+    QuantLinear,
+    levels,
+    set_scale_grad,
+)
 from fedmpq_flwr.quant.convert import (
     QuantRules,
     bit_regularizer,
@@ -23,6 +32,7 @@ __all__ = [
     "ACTIVATION_QUANTIZERS",
     "MAX_BITS",
     "MIN_BITS",
+    "SCALE_GRAD_MODES",
     "BitTensor",
     "QuantConv2d",
     "QuantLinear",
@@ -43,6 +53,7 @@ __all__ = [
     "quantize_model",
     "quantized_param_count",
     "rebinarize_model",
+    "set_scale_grad",
     "svd_decode",
     "svd_encode",
     "svd_rank",

@@ -8,6 +8,7 @@ and `rebinarize` rounds the value they encode back to the N-bit grid.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +53,51 @@ def check_bits(bits: int) -> None:
         raise ValueError(f"bit-width {bits} is out of range; expected an integer in [{MIN_BITS}, {MAX_BITS}]")
 
 
-class BitTensor(nn.Module):
-    """One tensor (a layer's weight or bias) as a trainable scale, a sign and N trainable bit planes."""
+# How the scale S of a bit-plane tensor learns (`quant.scale_grad`):
+#   plain  - S is an ordinary parameter (FedMPQ's official code): its gradient is the sum over the
+#            whole tensor of grad(w) * w / S, so it grows with the layer's size;
+#   lsq    - the same forward value, but the gradient reaching S is multiplied by
+#            1 / sqrt(numel * (2^N - 1)), LSQ's step-size gradient scale (Esser et al., ICLR 2020);
+#   frozen - S keeps the value it was given (max |w| at conversion): no gradient, not trained.
+SCALE_GRAD_MODES = ("plain", "lsq", "frozen")
 
-    def __init__(self, values: torch.Tensor, bits: int) -> None:
+
+def check_scale_grad(mode: str) -> None:
+    if mode not in SCALE_GRAD_MODES:
+        raise ValueError(f"scale_grad mode {mode!r} is unknown; expected one of {', '.join(SCALE_GRAD_MODES)}")
+
+
+def lsq_grad_factor(numel: int, bits: int) -> float:
+    """LSQ's gradient scale for a step size shared by `numel` weights of `bits` bits: 1/sqrt(numel * (2^N - 1))."""
+    return 1.0 / math.sqrt(max(numel, 1) * levels(bits))
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass multiplies the gradient by `factor`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.factor, None
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """`x` unchanged, with its gradient multiplied by `factor` on the way back."""
+    return _ScaleGradient.apply(x, factor)
+
+
+class BitTensor(nn.Module):
+    """One tensor (a layer's weight or bias) as a scale, a sign and N trainable bit planes.
+
+    How the scale trains is `scale_grad` (one of `SCALE_GRAD_MODES`, default `plain`); change it
+    with `set_scale_grad`.
+    """
+
+    def __init__(self, values: torch.Tensor, bits: int, scale_grad: str = "plain") -> None:
         super().__init__()
         check_bits(bits)
         values = values.detach().float()
@@ -65,16 +107,36 @@ class BitTensor(nn.Module):
         self.scale = nn.Parameter(scale.reshape(()).clone())
         self.register_buffer("sign", torch.where(values < 0, -1.0, 1.0))
         self.planes = nn.Parameter(codes_to_planes(codes, bits))
+        self.scale_grad = "plain"
+        self.set_scale_grad(scale_grad)
 
     @property
     def bits(self) -> int:
         return self.planes.shape[0]
 
+    def set_scale_grad(self, mode: str) -> None:
+        """Choose how the scale learns (see `SCALE_GRAD_MODES`); `frozen` also sets
+        `scale.requires_grad = False`, so optimizers and gradient norms skip it."""
+        check_scale_grad(mode)
+        self.scale_grad = mode
+        self.scale.requires_grad_(mode != "frozen")
+
+    def effective_scale(self) -> torch.Tensor:
+        """The scale as the forward pass uses it: the same value in every mode, only its gradient differs."""
+        if self.scale_grad == "lsq":
+            return scale_gradient(self.scale, lsq_grad_factor(self.sign.numel(), self.bits))
+        if self.scale_grad == "frozen":
+            return self.scale.detach()
+        return self.scale
+
     def forward(self) -> torch.Tensor:
-        """The effective weight, differentiable in the planes and the scale (STE through the rounding)."""
+        """The effective weight, differentiable in the planes and (unless frozen) the scale (STE in the rounding)."""
         top = levels(self.bits)
         fraction = planes_to_value(self.planes) / top
-        return self.scale * self.sign * round_ste(fraction.clamp(-1.0, 1.0) * top) / top
+        return self.effective_scale() * self.sign * round_ste(fraction.clamp(-1.0, 1.0) * top) / top
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, numel={self.sign.numel()}, scale_grad={self.scale_grad}"
 
     @torch.no_grad()
     def signed_codes(self) -> torch.Tensor:
@@ -166,3 +228,14 @@ QuantLayer = QuantConv2d | QuantLinear
 def bit_tensors(layer: QuantLayer) -> list[BitTensor]:
     """The layer's weight and (if any) bias BitTensors."""
     return [t for t in (layer.weight_bits, layer.bias_bits) if t is not None]
+
+
+def set_scale_grad(qmodel: nn.Module, mode: str) -> nn.Module:
+    """Set how the scale of every bit-plane tensor in `qmodel` learns (`plain`, `lsq` or `frozen`,
+    see `SCALE_GRAD_MODES`); returns `qmodel`. Apply it after `quantize_model` and before building
+    the optimizer (a frozen scale has `requires_grad = False`)."""
+    check_scale_grad(mode)
+    for module in qmodel.modules():
+        if isinstance(module, BitTensor):
+            module.set_scale_grad(mode)
+    return qmodel

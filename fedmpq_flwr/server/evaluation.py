@@ -1,5 +1,6 @@
 """Server-side evaluation: the float global model on the test set (and the validation pool), the
-global model quantized to clients' assignments, and the penultimate features saved at the end.
+global model quantized to clients' assignments, the penultimate features saved at the end, and the
+clients' label counts that the fairness analysis weighs the per-class accuracies with.
 
 Data go to the loaders once, at construction; every evaluation is exact, in eval mode.
 """
@@ -8,15 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.dataset import FederatedData, eval_loader
+from fedmpq_flwr.dataset import FederatedData, eval_loader, partition_indices
 from fedmpq_flwr.quant import quantize_model
-from fedmpq_flwr.train import evaluate, penultimate_features
+from fedmpq_flwr.train import evaluate, evaluate_classes, penultimate_features
 
 FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
 
@@ -35,27 +37,31 @@ class ServerEvaluator:
         """Fixed-order batches normalised with the dataset's own statistics."""
         return eval_loader(x, y, self.batch_size, mean=self.data.mean, std=self.data.std)
 
-    def float_metrics(self, model: nn.Module) -> dict[str, float]:
-        """`test_accuracy`, `test_loss` (and `val_loss`, `val_accuracy` with a validation pool)."""
-        test_loss, test_accuracy = evaluate(model, self.test_loader, self.device)
-        metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss}
+    def float_metrics(self, model: nn.Module) -> dict[str, Any]:
+        """`test_accuracy`, `test_loss` and `class_accuracy` (per class, None for a class the test set
+        lacks) from one pass (and `val_loss`, `val_accuracy` with a validation pool)."""
+        num_classes = self.data.num_classes
+        test_loss, test_accuracy, class_accuracy = evaluate_classes(model, self.test_loader, self.device, num_classes)
+        metrics: dict[str, Any] = {"test_accuracy": test_accuracy, "test_loss": test_loss}
         if self.val_loader is not None:
             metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, self.val_loader, self.device)
-        return metrics
+        return {**metrics, "class_accuracy": class_accuracy}
 
-    def quantized_accuracies(
+    def quantized_metrics(
         self, model: nn.Module, assignments: dict[int, dict[str, int]], act_bits: int
-    ) -> dict[int, float]:
-        """Test accuracy of `model` quantized to each client's assignment (one evaluation per
-        distinct assignment: clients with equal budgets usually share one)."""
-        accuracy_of: dict[str, float] = {}
-        accuracies = {}
+    ) -> dict[int, tuple[float, list[float | None]]]:
+        """Test accuracy and per-class test accuracy of `model` quantized to each client's assignment
+        (one evaluation per distinct assignment: clients with equal budgets usually share one)."""
+        metrics_of: dict[str, tuple[float, list[float | None]]] = {}
+        metrics = {}
         for pid, bits in sorted(assignments.items()):
             key = json.dumps(bits, sort_keys=True)
-            if key not in accuracy_of:
-                accuracy_of[key] = evaluate(quantize_model(model, bits, act_bits), self.test_loader, self.device)[1]
-            accuracies[pid] = accuracy_of[key]
-        return accuracies
+            if key not in metrics_of:
+                qmodel = quantize_model(model, bits, act_bits)
+                _, accuracy, classes = evaluate_classes(qmodel, self.test_loader, self.device, self.data.num_classes)
+                metrics_of[key] = (accuracy, classes)
+            metrics[pid] = metrics_of[key]
+        return metrics
 
     def save_features(self, path: Path, models: dict[str, nn.Module], numbers: dict[str, int], seed: int) -> None:
         """`features.npz`: labels and the penultimate features of each model (saved as `<name>_features`)
@@ -67,3 +73,14 @@ class ServerEvaluator:
         for name, model in models.items():
             arrays[f"{name}_features"], labels = penultimate_features(model, loader, self.device)
         np.savez_compressed(path, labels=labels, **arrays, **numbers)
+
+
+def client_label_counts(data: FederatedData, dataset_cfg: dict[str, Any], num_clients: int) -> dict[int, list[int]]:
+    """Partition id -> how many training examples of each class the client holds (its partition of
+    `data.y_train`, as the clients build it; true classes, before any label noise: the mix of data
+    the device will see)."""
+    parts = partition_indices(data.y_train, num_clients, dataset_cfg["alpha"], dataset_cfg["seed"])
+    return {
+        pid: np.bincount(data.y_train[idx], minlength=data.num_classes).astype(int).tolist()
+        for pid, idx in enumerate(parts)
+    }

@@ -19,19 +19,20 @@ from typing import Any
 
 from flwr.common import log
 
+from fedmpq_flwr.results import RunRecorder
+
 
 class RunFailed(RuntimeError):
     """The run cannot continue; the message is the one-line reason stored in results.json."""
 
 
-def run_rounds(start: Callable[..., Any], **arguments: Any) -> bool:
+def run_rounds(start: Callable[..., Any], recorder: RunRecorder, **arguments: Any) -> bool:
     """`start(**arguments)` (Flower's `start_grid(grid=..., strategy=..., config=...)`); when the
-    strategy raises RunFailed, mark `arguments["strategy"].recorder` failed with the reason, log it and
-    return False. True when the rounds ran to the end."""
+    strategy raises RunFailed, mark the run's `recorder` failed with the reason, log it and return
+    False. True when the rounds ran to the end."""
     try:
         start(**arguments)
     except RunFailed as err:
-        recorder = arguments["strategy"].recorder
         recorder.failure = str(err)
         log(ERROR, "[%s] run failed: %s", recorder.run_id, recorder.failure)
         return False

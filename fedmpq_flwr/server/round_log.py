@@ -54,13 +54,19 @@ class RoundLog:
         self.recorder = recorder
         self.num_rounds = num_rounds
         self.started = time.perf_counter()
+        self.completed_before = 0  # rounds a resumed run had done before this process started
+
+    def resume_after(self, completed_rounds: int) -> None:
+        """Count time (for the ETA) from now, over the rounds still to run."""
+        self.completed_before = completed_rounds
+        self.started = time.perf_counter()
 
     def write(self, record: dict[str, Any], progress_extra: str = "") -> None:
         """Record a finished round (`round`, `test_accuracy`, `round_time_s` ...) and print its progress."""
         self.recorder.log_round(record)
         server_round = record["round"]
         elapsed = time.perf_counter() - self.started
-        eta = elapsed / server_round * (self.num_rounds - server_round)
+        eta = elapsed / max(1, server_round - self.completed_before) * (self.num_rounds - server_round)
         log(
             INFO,
             "[%s] round %d/%d  test_acc=%.4f%s  %.1f s/round  elapsed %s  ETA %s",

@@ -34,6 +34,13 @@ class ClientSampler:
                     self.partition_of_node[cid] = int(reply.properties["partition_id"])
         return {self.partition_of_node[cid]: proxy for cid, proxy in proxies.items()}
 
+    def state(self) -> dict:
+        """The RNG's state (JSON-able): a sampler given it with `load_state` draws what this one would."""
+        return self.rng.bit_generator.state
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
     def sample(self, available: list[int]) -> list[int]:
         """This round's participants, sorted (same seed and rounds, same participants)."""
         count = max(1, int(round(self.fraction * len(available))))

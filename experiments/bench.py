@@ -1,0 +1,184 @@
+"""Throughput benchmark: each result is a ratio of two things measured side by side, written as JSON.
+
+P1  framework overhead: seconds per federated FedAvg round through the real Flower path (the runner's
+    launcher: SuperLink, `flwr run`, Ray actors) against the same clients' local training, aggregation
+    and server evaluation called directly in this process (the package's own client and strategy,
+    no Flower runtime). Both exclude round 1, which pays Ray's start and the actors' imports.
+P2  FedMPQ-KD against FedMPQ: mean seconds per round and summed client compute per round, from two
+    runs made one after the other through the runner with the same data, seed and rounds.
+P3  a quantized training step against a float step, per registry model (experiments/bench_quant_step.py,
+    both steps interleaved in one process).
+
+    .venv/bin/python experiments/bench.py --out /tmp/bench [--parts P1,P2,P3] [--rounds 3] [--images 10000]
+
+Real CIFAR-10 is read from --data-dir (train.npz/test.npz) when it is there, else synthetic data stands in
+(and the JSON says so). Timings depend on the machine and its load: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_quant_step import bench_model  # noqa: E402
+
+from fedmpq_flwr.config import validate  # noqa: E402
+from fedmpq_flwr.methods.registry import load_method  # noqa: E402
+from fedmpq_flwr.results import RunRecorder, read_metrics  # noqa: E402
+
+
+def setting(args: argparse.Namespace, method: str, run_id: str, results_dir: Path) -> dict[str, Any]:
+    """The benchmark's run config: ResNet-20, 10 clients, Dirichlet 0.5, budgets averaging 4 bits."""
+    real = (args.data_dir / "train.npz").is_file()
+    dataset = (
+        {"name": "cifar10", "source": "npz", "path": str(args.data_dir.resolve()), "train_subset": args.images}
+        if real
+        else {"name": "synthetic", "synthetic_train_size": args.images, "synthetic_test_size": 2000}
+    )
+    return validate(
+        {
+            "run_id": run_id,
+            "description": f"bench: {method}",
+            "results_dir": str(results_dir),
+            "seed": 0,
+            "strategy": {"name": method},
+            "model": {"name": args.model},
+            "dataset": dataset,
+            "train": {"num_rounds": args.rounds},
+            "quant": {"budgets": [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]},
+            "federation": {"num_clients": 10, "client_cpus": 1, "device": "cpu"},
+        }
+    )
+
+
+def run_through_flower(configs: list[dict[str, Any]], results_dir: Path) -> float:
+    """Run configs through the experiment runner (one after the other); return the wall seconds."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "bench_runs.yaml"
+    runs = [{k: v for k, v in c.items() if k not in ("results_dir", "variation")} for c in configs]
+    path.write_text(yaml.safe_dump({"runs": runs}))
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(path), "--results-dir", str(results_dir)]
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def round_seconds(run_dir: Path, key: str = "round_time_s") -> list[float]:
+    """Per-round values of `key` after round 1."""
+    records, _ = read_metrics(run_dir)
+    return [float(r[key]) for r in records if r["round"] > 1 and r.get(key) is not None]
+
+
+def plain_rounds(config: dict[str, Any], threads: int) -> list[float]:
+    """Seconds per round of the same clients and server evaluation called directly (no Flower)."""
+    torch.set_num_threads(threads)
+    method = load_method(config["strategy"]["name"])
+    run_dir = Path(config["results_dir"]) / config["run_id"]
+    strategy = method.strategy(config, RunRecorder(run_dir, config["run_id"]))
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    num_clients = config["federation"]["num_clients"]
+    times = []
+    for server_round in range(1, config["train"]["num_rounds"] + 1):
+        started = time.perf_counter()
+        strategy.start_round(server_round, list(range(num_clients)), strategy.latest_parameters)
+        results = []
+        for pid in range(num_clients):
+            client = method.client(config, pid, num_clients)
+            weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
+            results.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)))
+        strategy.aggregate_fit(server_round, results, [])
+        strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
+        times.append(time.perf_counter() - started)
+    return times[1:]
+
+
+def p1(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    flower_dir, plain_dir = out / "p1_flower", out / "p1_plain"
+    config = setting(args, "fedavg", "p1_fedavg", flower_dir)
+    run_through_flower([config], flower_dir)
+    flower = round_seconds(flower_dir / "p1_fedavg")
+    plain = plain_rounds(setting(args, "fedavg", "p1_fedavg", plain_dir), threads=args.plain_threads)
+    return {
+        "flower_round_s": flower,
+        "plain_round_s": plain,
+        "ratio": statistics.mean(flower) / statistics.mean(plain),
+        "note": f"Flower: {config['federation']['client_cpus']} CPU per client actor; plain loop: sequential "
+        f"clients, {args.plain_threads} torch threads",
+    }
+
+
+def p2(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    results_dir = out / "p2"
+    configs = [setting(args, method, f"p2_{method}", results_dir) for method in ("fedmpq", "fedmpq_kd")]
+    run_through_flower(configs, results_dir)
+    numbers: dict[str, Any] = {}
+    for key in ("round_time_s", "client_compute_s"):
+        fedmpq, kd = (round_seconds(results_dir / f"p2_{m}", key) for m in ("fedmpq", "fedmpq_kd"))
+        numbers[key] = {"fedmpq": fedmpq, "fedmpq_kd": kd, "ratio": statistics.mean(kd) / statistics.mean(fedmpq)}
+    return numbers
+
+
+def p3(args: argparse.Namespace) -> dict[str, Any]:
+    step_args = argparse.Namespace(
+        threads=1,
+        steps=args.steps,
+        warmup=3,
+        bits=4,
+        act_bits=4,
+        batch=64,
+        seed=0,
+        profile=False,
+        tiny=False,
+        device="cpu",
+    )
+    torch.set_num_threads(1)
+    return {name: bench_model(step_args, torch.device("cpu"), name) for name in args.models.split(",")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the runs and bench.json")
+    parser.add_argument("--parts", default="P1,P2,P3")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per federated run (round 1 is not timed)")
+    parser.add_argument("--images", type=int, default=10000, help="training images (first N of CIFAR-10)")
+    parser.add_argument("--model", default="resnet20", help="model of the federated runs (P1, P2)")
+    parser.add_argument("--models", default="resnet20,mobilenet_v2,vit_small", help="models of P3")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per model (P3)")
+    parser.add_argument("--plain-threads", type=int, default=2, help="torch threads of P1's plain loop")
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "cifar10")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: round 1 is not timed")
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = {p.strip().upper() for p in args.parts.split(",")}
+    report: dict[str, Any] = {
+        "setting": {k: str(v) for k, v in vars(args).items()},
+        "data": "cifar10 npz" if (args.data_dir / "train.npz").is_file() else "synthetic",
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if "P1" in parts:
+        report["P1_framework_overhead"] = p1(args, args.out)
+    if "P2" in parts:
+        report["P2_kd_over_fedmpq"] = p2(args, args.out)
+    if "P3" in parts:
+        report["P3_quant_over_float_step"] = p3(args)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Checks shared by the end-to-end tests (no tests here): the results contract of a finished run and
+the Flower/Ray processes a test may have left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from fedmpq_flwr.config import validate
+from fedmpq_flwr.dataset import eval_loader, load_data
+from fedmpq_flwr.models import build_model, load_final_model
+from fedmpq_flwr.train import evaluate
+from fedmpq_flwr.weights import get_weights
+
+ROUND_KEYS = {
+    "run_id",
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "bits_up",
+    "bits_down",
+    "round_time_s",
+    "num_sampled",
+    "num_failures",
+}
+FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server", "ray::")
+
+
+def flower_processes_since(started: float) -> list[str]:
+    """Command lines of Flower/Ray processes created after `started` that are still alive."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["create_time"] >= started - 1 and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            if any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
+                found.append(cmdline)
+    return found
+
+
+def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_round: int) -> dict:
+    config = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(1, rounds + 1))
+    floats = sum(w.size for w in get_weights(build_model(config["model"]["name"])))
+    for record in records:
+        assert ROUND_KEYS <= set(record) and record["run_id"] == run_id
+        assert record["num_sampled"] == clients_per_round and record["num_failures"] == 0
+        assert record["bits_up"] == record["bits_down"] == clients_per_round * 32 * floats
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["round_time_s"] > 0
+    results = json.loads((run_dir / "results.json").read_text())
+    accuracies = [r["test_accuracy"] for r in records]
+    assert results["status"] == "completed" and results["history"] == records
+    assert results["final_accuracy"] == accuracies[-1] and results["best_accuracy"] == max(accuracies)
+    assert min(accuracies) <= results["auc_accuracy"] <= max(accuracies)
+    metadata = results["metadata"]
+    assert metadata["seed"] == config["seed"] and {"git_commit", "versions", "device", "start_time", "end_time"} <= set(
+        metadata
+    )
+    assert {"flwr", "torch", "flwr-datasets"} <= set(metadata["versions"])
+    # the saved model is the final global model: it reproduces the last round's accuracy
+    model = load_final_model(run_dir)
+    data = load_data(config["dataset"])
+    loader = eval_loader(data.x_test, data.y_test, config["train"]["eval_batch_size"], mean=data.mean, std=data.std)
+    _, accuracy = evaluate(model, loader, "cpu")
+    assert accuracy == pytest.approx(results["final_accuracy"], abs=1e-9)
+    return results
+
+
+def processes_with_env(name: str, value: str) -> list[str]:
+    """Command lines of live processes whose environment has `name=value` (children inherit it)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.environ().get(name) == value:
+                found.append(" ".join(proc.info["cmdline"] or []))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
