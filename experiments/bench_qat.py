@@ -553,9 +553,11 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
         "merged_from": args.merge,
-        "parts": [{k: p[k] for k in ("command", "settings", "date", "machine", "seconds")} for p in parts],
+        "parts": [{k: p.get(k) for k in ("command", "settings", "date", "machine", "seconds")} for p in parts],
         "rows": [row for p in parts for row in p["rows"]],
-        "teacher": [p["teacher"] for p in parts if p.get("teacher")],
+        "teacher": list(
+            {json.dumps(p["teacher"]["history"]): p["teacher"] for p in parts if p.get("teacher")}.values()
+        ),  # one entry per distinct teacher (the parts that loaded a checkpoint repeat it)
         "kd_rows": [row for p in parts for row in p.get("kd_rows", [])],
     }
 
