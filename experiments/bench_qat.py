@@ -50,7 +50,7 @@ from fedmpq_flwr.fedmpq_kd import distillation_loss, inference_teacher
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.analysis.plotting import pyplot, save, style
+from fedmpq_flwr.analysis.plotting import pyplot, save, spread, style
 from fedmpq_flwr.config import defaults
 from fedmpq_flwr.dataset import FederatedData, client_loader, eval_loader, load_data
 from fedmpq_flwr.models import build_model
@@ -443,12 +443,16 @@ def plot_main(summary: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True)
     for ax, bits in zip(axes[0], panels):
         labels = (["float"] if "float" in main else []) + [label for label in main if label.startswith(f"{bits}-bit ")]
-        for i, label in enumerate(labels):
-            mean = np.asarray(main[label]["mean"]) * 100
+        means = [np.asarray(main[label]["mean"]) * 100 for label in labels]
+        for i, (label, mean) in enumerate(zip(labels, means)):
             x = np.arange(len(mean))
             ax.plot(x, mean, label=f"{label} (n={len(main[label]['seeds'])})", color="black", **style(i))
-            for xi, yi in zip(x[1:], mean[1:]):
-                ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(4, 3 - 9 * (i % 2)), fontsize=7)
+        gap = max(0.05 * float(np.ptp(np.concatenate(means))), 0.5)
+        for epoch in range(1, len(means[0])):  # every value written to the right of its point, labels kept apart
+            values = [mean[epoch] for mean in means]
+            for value, height in zip(values, spread(values, min_gap=gap)):
+                ax.annotate(f"{value:.1f}", (epoch, value), xytext=(epoch + 0.05, height), fontsize=7, va="center")
+        mean = means[0]
         ax.set_title(f"{bits}-bit student" if bits != "float" else "float")
         ax.set_xlabel("epoch")
         ax.set_xticks(np.arange(len(mean)))
@@ -462,14 +466,14 @@ def plot_kd(summary: dict[str, Any], path: Path) -> None:
     """Distillation rows: mean accuracy with std bars, every seed as a dot, the mean written above."""
     kd = summary["kd"]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(kd), 3.8))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(kd), 3.8))
     for i, (key, entry) in enumerate(kd.items()):
         mean, std = entry["mean"] * 100, entry["std"] * 100
         ax.bar(i, mean, yerr=std, color="0.8" if "no kd" in key else "0.5", edgecolor="black", capsize=3)
         ax.scatter([i] * len(entry["accuracy"]), np.asarray(entry["accuracy"]) * 100, color="black", s=8, zorder=3)
         ax.text(i, mean + std + 0.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(kd)))
-    ax.set_xticklabels([key.replace(" ", "\n", 1) for key in kd], fontsize=7)
+    ax.set_xticklabels([key.replace(" ", "\n", 2 if " client-of-" in key else 1) for key in kd], fontsize=7)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, axis="y")
     save(fig, path)
@@ -553,9 +557,11 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
         "merged_from": args.merge,
-        "parts": [{k: p[k] for k in ("command", "settings", "date", "machine", "seconds")} for p in parts],
+        "parts": [{k: p.get(k) for k in ("command", "settings", "date", "machine", "seconds")} for p in parts],
         "rows": [row for p in parts for row in p["rows"]],
-        "teacher": [p["teacher"] for p in parts if p.get("teacher")],
+        "teacher": list(
+            {json.dumps(p["teacher"]["history"]): p["teacher"] for p in parts if p.get("teacher")}.values()
+        ),  # one entry per distinct teacher (the parts that loaded a checkpoint repeat it)
         "kd_rows": [row for p in parts for row in p.get("kd_rows", [])],
     }
 
