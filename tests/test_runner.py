@@ -232,8 +232,25 @@ def test_ablation_files_vary_one_kd_setting_of_the_main_experiment(name: str, tm
 
 
 def test_full_experiment_is_the_design(tmp_path: Path) -> None:
-    """configs/full_experiment.yaml: the main experiment for every method and axes A to G for two."""
-    runs = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
+    """configs/full_experiment.yaml: the main experiment for every method and axes A to G for two,
+    with the faithful scale gradient; beside it, FedMPQ and FedMPQ-KD with the frozen scale in the
+    main experiment and along axis A, each equal to its faithful run but for quant.scale_grad."""
+    expanded = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
+    runs = [r for r in expanded if r["quant"].get("scale_grad", "plain") == "plain"]
+    frozen = [r for r in expanded if r not in runs]
+    faithful = {(r["strategy"]["name"], r["axis"], r["train"]["local_epochs"], r["seed"]): flatten(r) for r in runs}
+    assert sorted((r["strategy"]["name"], r["axis"], r["train"]["local_epochs"]) for r in frozen) == sorted(
+        (method, axis, epochs)
+        for method in ("fedmpq", "fedmpq_kd")
+        for axis, epochs in (("", 1), ("train.local_epochs", 2), ("train.local_epochs", 5))
+        for _seed in range(3)
+    )
+    for run in frozen:
+        flat = flatten(run)
+        twin = faithful[run["strategy"]["name"], run["axis"], run["train"]["local_epochs"], run["seed"]]
+        differing = {k for k in flat.keys() | twin.keys() if flat.get(k) != twin.get(k)}
+        assert differing <= {"run_id", "variation", "description", "quant.scale_grad"}, run["run_id"]
+        assert flat["quant.scale_grad"] == "frozen"
     main = [r for r in runs if not r["axis"]]
     methods = ("fedavg", "fedgkd", "fedkd", "fedmpq", "fedmpq_kd", "fedpaq", "fedpq", "qffl")
     assert sorted((r["strategy"]["name"], r["seed"]) for r in main) == [
