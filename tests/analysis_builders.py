@@ -36,6 +36,7 @@ def write_config(
     alpha: float = 0.5,
     budgets: list[float] | None = None,
     local_epochs: int = 1,
+    quant: dict[str, Any] | None = None,
 ) -> None:
     run_dir.mkdir(parents=True)
     config = {
@@ -51,6 +52,7 @@ def write_config(
         "quant": {
             "budgets": budgets if budgets is not None else ([] if strategy == "fedavg" else [2, 6]),
             "avg_bits": 4.0,
+            **(quant or {}),
         },
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -127,12 +129,14 @@ def write_variation(
     costs: bool = True,
     budgets: list[float] | None = None,
     local_epochs: int = 1,
+    quant: dict[str, Any] | None = None,
 ) -> list[Path]:
     """One run per seed (see the module docstring for its accuracies)."""
     run_dirs = []
     for seed, final in finals.items():
         run_dir = root / f"{name}_s{seed}"
-        write_config(run_dir, name, seed, strategy, axis=axis, alpha=alpha, budgets=budgets, local_epochs=local_epochs)
+        settings = {"axis": axis, "alpha": alpha, "budgets": budgets, "local_epochs": local_epochs, "quant": quant}
+        write_config(run_dir, name, seed, strategy, **settings)
         history = []
         for rnd, acc in enumerate((final - 0.2, final - 0.1, final), start=1):
             record = {"run_id": run_dir.name, "round": rnd, "test_accuracy": acc, "test_loss": 1 - acc}

@@ -104,6 +104,47 @@ def test_gaps_overheads_and_rounds_to_target(study: dict[str, Any]) -> None:
     assert m["fedmpq_iid"]["overhead_reference"] is None
 
 
+def test_partners_share_the_scale_mode(tmp_path: Path) -> None:
+    """Variations that differ from their method's faithful run in a setting (quant.scale_grad) are
+    compared like with like: FedMPQ-KD with the frozen scale against FedMPQ with the frozen scale,
+    on the main experiment and along an axis; the best quantized baseline may be either FedMPQ."""
+    frozen = {"scale_grad": "frozen"}
+    write_variation(tmp_path, "fedavg", "fedavg", FEDAVG, round_time=8.0, bits=(32000.0, 32000.0))
+    write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ)
+    write_variation(tmp_path, "fedmpq_scale_frozen", "fedmpq", {0: 0.66, 1: 0.68, 2: 0.70}, quant=frozen)
+    write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", FEDMPQ_KD)
+    write_variation(tmp_path, "fedmpq_kd_scale_frozen", "fedmpq_kd", FEDMPQ_KD, quant=frozen)
+    epochs = {"axis": "train.local_epochs", "local_epochs": 2}
+    write_variation(tmp_path, "fedmpq_epochs2", "fedmpq", FEDMPQ, **epochs)
+    write_variation(tmp_path, "fedmpq_scale_frozen_epochs2", "fedmpq", FEDMPQ, quant=frozen, **epochs)
+    write_variation(tmp_path, "fedmpq_kd_epochs2", "fedmpq_kd", FEDMPQ_KD, **epochs)
+    write_variation(tmp_path, "fedmpq_kd_scale_frozen_epochs2", "fedmpq_kd", FEDMPQ_KD, quant=frozen, **epochs)
+    comp = compare_folder(tmp_path)
+    m = comp["methods"]
+    pairs = {name: (m[name]["fedmpq"], m[name]["full_precision"]) for name in m if name.startswith("fedmpq_kd")}
+    assert pairs == {
+        "fedmpq_kd": ("fedmpq", "fedavg"),
+        "fedmpq_kd_scale_frozen": ("fedmpq_scale_frozen", "fedavg"),  # fedavg never reads quant.*
+        "fedmpq_kd_epochs2": ("fedmpq_epochs2", None),
+        "fedmpq_kd_scale_frozen_epochs2": ("fedmpq_scale_frozen_epochs2", None),
+    }
+    assert m["fedmpq_kd_scale_frozen_epochs2"]["overhead_reference"] == "fedmpq_scale_frozen_epochs2"
+    assert comp["reference"]["best_quantized_baseline"] == "fedmpq_scale_frozen"  # 0.68 > 0.62
+    accuracy = next(c for c in comp["success_criteria"] if c["name"].startswith("accuracy"))
+    assert (accuracy["numbers"]["proposed"], accuracy["numbers"]["baseline"]) == ("fedmpq_kd", "fedmpq_scale_frozen")
+
+
+def test_no_partner_without_the_same_scale_mode(tmp_path: Path) -> None:
+    """A frozen-scale FedMPQ-KD with only a faithful FedMPQ beside it has no FedMPQ partner."""
+    write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ)
+    write_variation(tmp_path, "fedmpq_kd", "fedmpq_kd", FEDMPQ_KD)
+    write_variation(tmp_path, "fedmpq_kd_scale_frozen", "fedmpq_kd", FEDMPQ_KD, quant={"scale_grad": "frozen"})
+    m = compare_folder(tmp_path)["methods"]
+    assert m["fedmpq_kd"]["fedmpq"] == "fedmpq"
+    assert m["fedmpq_kd_scale_frozen"]["fedmpq"] is None
+    assert m["fedmpq_kd_scale_frozen"]["overhead_reference"] is None
+
+
 def test_rounds_to_target_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_variation(tmp_path, "fedavg", "fedavg", FEDAVG, costs=False)
     write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ, costs=False)

@@ -100,24 +100,37 @@ def partner(
     """The variation of `strategy` run in the same setting as variation `name`: itself when it is of
     that strategy; for a main variation the strategy's main variation; for an axis variation the one
     on the same axis at the same value, else the main variation when it sits at that value or the
-    axis does not matter to the strategy."""
+    axis does not matter to the strategy. Either way the partner shares every other axis and setting
+    key (`stats.setting_keys`, e.g. `quant.scale_grad`) that both methods read: fedmpq_kd_scale_frozen
+    pairs with fedmpq_scale_frozen, never with the faithful fedmpq; None when no variation does."""
     var = variations[name]
     if var["strategy"] == strategy:
         return name
-    main = main_variation(variations, strategy)
     axis = var["axis"]
+    mine = axis_values[name]
+    shared = [k for k in mine if k != axis and reads_section(strategy, section_of(k))]
+    shared = [k for k in shared if reads_section(var["strategy"], section_of(k))]
+
+    def agrees(other: str) -> bool:  # same value of every other axis and setting key both methods read
+        return all(same_value(axis_values[other].get(k), mine.get(k)) for k in shared)
+
+    mains = [n for n in sorted(variations) if variations[n]["axis"] == "" and variations[n]["strategy"] == strategy]
+    main = main_variation(variations, strategy)
+    main_pick = main if main is not None and agrees(main) else next((n for n in mains if agrees(n)), None)
     if not axis:
-        return main
-    value = axis_values[name].get(axis)
+        return main_pick
+    value = mine.get(axis)
     same_axis = sorted(
         n
         for n, v in variations.items()
-        if v["strategy"] == strategy and v["axis"] == axis and same_value(axis_values[n].get(axis), value)
+        if v["strategy"] == strategy and v["axis"] == axis and same_value(axis_values[n].get(axis), value) and agrees(n)
     )
     if same_axis:
         return same_axis[0]
-    if main is not None and (not axis_matters(axis, strategy) or same_value(axis_values[main].get(axis), value)):
-        return main
+    if main_pick is not None and (
+        not axis_matters(axis, strategy) or same_value(axis_values[main_pick].get(axis), value)
+    ):
+        return main_pick
     return None
 
 

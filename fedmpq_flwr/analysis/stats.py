@@ -7,6 +7,7 @@ Accuracies stay fractions; differences and gaps are in percentage points ("_poin
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedmpq_flwr.analysis.reference import (
     partner,
 )
 from fedmpq_flwr.analysis.runs import axis_order, axis_point, config_value, json_number
+from fedmpq_flwr.config import defaults, flatten
 from fedmpq_flwr.methods.catalog import spec_of
 
 DEFAULT_TARGET_SHARE = 0.9
@@ -52,12 +54,46 @@ def ratio_minus_one(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b - 1.0
 
 
+RUN_LEVEL_KEYS = frozenset({"run_id", "variation", "description", "axis", "seed", "results_dir"})
+
+
+@cache
+def flatten_defaults() -> dict[str, Any]:
+    """Every config key's default, dotted."""
+    return flatten(defaults())
+
+
+def setting_keys(variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Config keys on which two main variations of one strategy differ (`quant.scale_grad` for
+    fedmpq against fedmpq_scale_frozen): settings a partner must share besides the axes. A key
+    missing from an older saved config counts as its default."""
+    defaults = flatten_defaults()
+    keys: set[str] = set()
+    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    for name, var in variations.items():
+        if var["axis"] == "":
+            by_strategy.setdefault(var["strategy"], []).append(flatten(groups[name][0]["config"]))
+    for configs in by_strategy.values():
+        for key in set().union(*configs) - RUN_LEVEL_KEYS:
+            if len({repr(c.get(key, defaults.get(key))) for c in configs}) > 1:
+                keys.add(key)
+    return sorted(keys)
+
+
 def axis_values(
     variations: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]]
 ) -> dict[str, dict[str, Any]]:
-    """Each variation's value of every axis key present (from its first run's config; inf stays a float)."""
+    """Each variation's value of every axis key present and of every setting key (`setting_keys`),
+    from its first run's config (inf stays a float; a missing setting key counts as its default)."""
     axes = sorted({v["axis"] for v in variations.values() if v["axis"]})
-    return {name: {axis: config_value(groups[name][0]["config"], axis) for axis in axes} for name in variations}
+    settings = [k for k in setting_keys(variations, groups) if k not in axes]
+    defaults = flatten_defaults()
+    values = {}
+    for name in variations:
+        config = groups[name][0]["config"]
+        values[name] = {axis: config_value(config, axis) for axis in axes}
+        values[name].update({key: flatten(config).get(key, defaults.get(key)) for key in settings})
+    return values
 
 
 def choose_target(
