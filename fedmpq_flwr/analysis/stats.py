@@ -120,7 +120,8 @@ def choose_target(
 
 
 def rounds_to_target(rounds: list[int], mean_curve: list[float] | None, target: float | None) -> int | None:
-    """The first round whose mean accuracy over seeds reaches the target (None if never)."""
+    """The first round whose mean accuracy over seeds reaches the target (None if never); `rounds` are
+    the evaluated ones, so with `eval.every` k the answer is known to within k rounds."""
     if target is None or not mean_curve:
         return None
     return next((rnd for rnd, acc in zip(rounds, mean_curve) if acc >= target), None)
@@ -182,7 +183,7 @@ def derive_methods(
         methods[name] = {
             "family": spec.family if spec else None,  # declared in the method catalog
             "distils": spec.distils if spec else None,
-            "rounds_to_target": rounds_to_target(var["rounds"], var["accuracy_per_round_mean"], target),
+            "rounds_to_target": rounds_to_target(var["accuracy_rounds"], var["accuracy_per_round_mean"], target),
             "full_precision": fp,
             "gap_to_full_precision_points": points(fp_final, final),
             "fedmpq": fm,
