@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analysis_builders import approx, write_client_accuracy, write_config, write_history
+import yaml
+from analysis_builders import (
+    FEDMPQ,
+    FEDMPQ_KD,
+    approx,
+    write_client_accuracy,
+    write_config,
+    write_history,
+    write_variation,
+)
 
 from fedmpq_flwr import evaluate
 from fedmpq_flwr.results import auc_accuracy
@@ -102,3 +111,17 @@ def test_report_says_which_rounds_and_figures_are_drawn(analyzed: tuple[Path, di
     for figure in ("accuracy_vs_rounds", "quantized_accuracy_vs_rounds", "auc_accuracy"):
         assert f"images/{figure}.pdf" in comp["figures"]
         assert (root / "images" / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_partners_need_not_share_the_evaluation_cadence(tmp_path: Path) -> None:
+    """eval.every changes what is recorded, not what is trained: a frozen-scale FedMPQ-KD evaluated
+    every round still pairs with the frozen-scale FedMPQ evaluated every other round."""
+    frozen = {"scale_grad": "frozen"}
+    write_variation(tmp_path, "fedmpq", "fedmpq", FEDMPQ)
+    for run_dir in write_variation(tmp_path, "fedmpq_scale_frozen", "fedmpq", FEDMPQ, quant=frozen):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "eval": {"every": 2}}))
+    write_variation(tmp_path, "fedmpq_kd_scale_frozen", "fedmpq_kd", FEDMPQ_KD, quant=frozen)
+    methods = evaluate.analyze(tmp_path)["methods"]
+    assert methods["fedmpq_kd_scale_frozen"]["fedmpq"] == "fedmpq_scale_frozen"
+    assert methods["fedmpq_kd_scale_frozen"]["overhead_reference"] == "fedmpq_scale_frozen"

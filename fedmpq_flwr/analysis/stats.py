@@ -24,6 +24,7 @@ from fedmpq_flwr.analysis.reference import (
 )
 from fedmpq_flwr.analysis.runs import axis_order, axis_point, config_value, json_number
 from fedmpq_flwr.config import defaults, flatten
+from fedmpq_flwr.config.schema import section_of
 from fedmpq_flwr.methods.catalog import spec_of
 
 DEFAULT_TARGET_SHARE = 0.9
@@ -55,6 +56,8 @@ def ratio_minus_one(a: float | None, b: float | None) -> float | None:
 
 
 RUN_LEVEL_KEYS = frozenset({"run_id", "variation", "description", "axis", "seed", "results_dir"})
+# How often the server evaluates changes what is recorded, not what is trained: no setting key.
+RECORDING_SECTIONS = ("eval",)
 
 
 @cache
@@ -75,6 +78,8 @@ def setting_keys(variations: dict[str, dict[str, Any]], groups: dict[str, list[d
             by_strategy.setdefault(var["strategy"], []).append(flatten(groups[name][0]["config"]))
     for configs in by_strategy.values():
         for key in set().union(*configs) - RUN_LEVEL_KEYS:
+            if section_of(key) in RECORDING_SECTIONS:
+                continue
             if len({repr(c.get(key, defaults.get(key))) for c in configs}) > 1:
                 keys.add(key)
     return sorted(keys)
