@@ -3,7 +3,8 @@
 Pure Python (no torch), so the analyzer can read runs without importing training code.
 Layout of one run, `<results_dir>/<run_id>/`:
   config.yaml     the resolved config
-  metrics.jsonl   one JSON object per round, flushed as the round ends
+  metrics.jsonl   one JSON object per round, flushed as the round ends (accuracy keys only in the
+                  rounds that evaluated, `eval.every` / `eval.quant_every`; the last round always)
   results.json    history, final/best/auc accuracy and metadata; written last, with status
                   (completed, or failed with its reason) and run facts such as `flipped_labels`
   final_model.pt  see `fedmpq_flwr.models.load_final_model`
@@ -84,8 +85,16 @@ def auc_accuracy(rounds: Sequence[float], accuracies: Sequence[float]) -> float:
     return float(area / (rounds[-1] - rounds[0]))
 
 
+def evaluated(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of rounds that evaluated the float global model: all of them with `eval.every` 1;
+    else every `eval.every`-th round and the last, which every run evaluates."""
+    return [rec for rec in history if isinstance(rec.get("test_accuracy"), (int, float))]
+
+
 def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """final, best and AUC test accuracy of a list of per-round records."""
+    """final, best and AUC test accuracy over the evaluated rounds of a list of per-round records
+    (the AUC's trapezoids span the rounds without evaluation)."""
+    history = evaluated(history)
     if not history:
         return {"final_accuracy": math.nan, "best_accuracy": math.nan, "auc_accuracy": math.nan}
     rounds = [rec["round"] for rec in history]
@@ -232,8 +241,10 @@ class RunRecorder:
 
     def fail(self, reason: str, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write results.json with status `failed` and the one-line `reason` (the rounds recorded so far
-        stay in `history`; accuracies are those rounds' or null) and return it."""
-        accuracies = summarize_history(self.history) if self.history else dict.fromkeys(summarize_history([]))
+        stay in `history`; accuracies are those of its evaluated rounds, or null) and return it."""
+        accuracies = (
+            summarize_history(self.history) if evaluated(self.history) else dict.fromkeys(summarize_history([]))
+        )
         results = {
             "run_id": self.run_id,
             "status": STATUS_FAILED,

@@ -13,6 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+# (images, labels) batches to evaluate on: a DataLoader, or batches staged on the device once
+# (`data.loaders.eval_batches`; moving them to the device is then a no-op).
+EvalBatches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # A loss function returns named terms: "loss" is what is minimised, the others are logged.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -102,7 +105,7 @@ def train_epochs(
 
 
 def _evaluation_pass(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int | None
+    model: nn.Module, loader: EvalBatches, device: torch.device, num_classes: int | None
 ) -> tuple[float, float, list[float | None]]:
     """One pass in eval mode: mean loss, accuracy and (when `num_classes` is given) per-class accuracy."""
     model.eval()
@@ -137,7 +140,7 @@ def _evaluation_pass(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: EvalBatches, device: torch.device) -> tuple[float, float]:
     """Exact loss and top-1 accuracy over the whole loader, in eval mode (BatchNorm running stats).
 
     Over a client's training partition without augmentation (`dataset.eval_loader` of its
@@ -148,7 +151,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tupl
 
 @torch.inference_mode()
 def evaluate_classes(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+    model: nn.Module, loader: EvalBatches, device: torch.device, num_classes: int
 ) -> tuple[float, float, list[float | None]]:
     """`evaluate`'s loss and accuracy plus the top-1 accuracy of every class 0..num_classes-1, from
     the same pass. A class with no example in the loader gets None (JSON null: it has no accuracy,

@@ -28,6 +28,7 @@ def test_defaults_are_the_main_experiment() -> None:
     }
     assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
     assert config["federation"]["dropout"] == 0.0
+    assert config["eval"] == {"every": 1, "quant_every": 1}  # every round, as before the keys existed
     assert config["variation"] == config["run_id"]
 
 
@@ -55,6 +56,17 @@ def test_defaults_are_the_main_experiment() -> None:
         ({"dataset": {"source": "npz"}}, "key 'dataset.path': value '' is empty"),
         ({"strategy": {"fraction_fit": 1.5}}, "key 'strategy.fraction_fit': value 1.5 is out of range"),
         ({"run_id": "a b"}, "key 'run_id': value 'a b' must be"),
+        ({"eval": {"every": 0}}, "key 'eval.every': value 0 is out of range; expected a number in [1, inf)"),
+        ({"eval": {"every": -1}}, "key 'eval.every': value -1 is out of range; expected a number in [1, inf)"),
+        (
+            {"eval": {"every": 1.5}},
+            "key 'eval.every': value 1.5 has type float; expected int, a number in [1, inf)",
+        ),
+        ({"eval": {"quant_every": -1}}, "key 'eval.quant_every': value -1 is out of range; expected a number in [1"),
+        (
+            {"eval": {"quant_every": 1.5}},
+            "key 'eval.quant_every': value 1.5 has type float; expected int, a number in [1, inf)",
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override: dict, fragment: str) -> None:

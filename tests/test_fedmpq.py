@@ -151,7 +151,7 @@ def test_final_features_of_the_float_and_the_most_compressed_model(tmp_path: Pat
     assert features["float_features"].shape == features["quant_features"].shape == (40, 64)
     assert int(features["quant_partition"]) == 0  # budget 2, the smallest
     assert not np.allclose(features["float_features"], features["quant_features"])
-    images, _ = next(iter(strategy.evaluator.test_loader))  # the same images in the same order
+    images, _ = strategy.evaluator.test_batches[0]  # the same images in the same order
     with torch.inference_mode():
         expected = strategy.model.eval().penultimate(images).numpy()
     np.testing.assert_allclose(features["float_features"][: len(images)], expected, rtol=1e-5, atol=1e-6)

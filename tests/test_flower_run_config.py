@@ -38,6 +38,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "quant": {"budgets": [2.5, 4]},
         "kd": {"teacher": "updating", "refresh_every": 2, "temperature": 3.0},
         "train": {"lr": 1e-05, "weight_decay": 5e-4},
+        "eval": {"every": 3, "quant_every": 2},
         "federation": {"num_clients": 2},
         "axis": "kd.temperature",
     },

@@ -42,11 +42,12 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_seeds_expand_and_overrides_apply(tmp_path: Path) -> None:
-    runs = expand_runs(write(tmp_path, TINY), tmp_path / "out", parse_overrides(["train.num_rounds=3"]))
+    overrides = parse_overrides(["train.num_rounds=3", "eval.every=2"])
+    runs = expand_runs(write(tmp_path, TINY), tmp_path / "out", overrides)
     assert [r["run_id"] for r in runs] == ["a_seed0", "a_seed1", "b"]
     assert [r["seed"] for r in runs] == [0, 1, 0]
     assert {r["variation"] for r in runs} == {"a", "b"}
-    assert all(r["train"]["num_rounds"] == 3 for r in runs)
+    assert all(r["train"]["num_rounds"] == 3 and r["eval"] == {"every": 2, "quant_every": 1} for r in runs)
     assert runs[2]["train"]["lr"] == 0.01 and runs[0]["train"]["lr"] == 0.1
     assert runs[0]["results_dir"] == str(tmp_path / "out")
 
@@ -335,7 +336,7 @@ def test_finished_runs_survive_a_package_upgrade(tmp_path: Path) -> None:
     for run_id in ("a_seed0", "a_seed1", "b"):
         path = results / run_id / "config.yaml"
         saved = yaml.safe_load(path.read_text())
-        del saved["train"]["momentum"], saved["kd"]  # a defaulted key and a whole section, both added later
+        del saved["train"]["momentum"], saved["kd"], saved["eval"]  # a defaulted key and sections added later
         saved["quant"]["lambda_b"] = 0.5  # FedAvg never reads quant.*
         path.write_text(yaml.safe_dump(saved))
     before = (results / "b" / RESULTS_FILE).read_text()

@@ -32,7 +32,7 @@ from fedmpq_flwr.analysis.plotting import (
     style,
 )
 from fedmpq_flwr.analysis.reference import is_quantized
-from fedmpq_flwr.analysis.runs import axis_order, axis_point
+from fedmpq_flwr.analysis.runs import axis_order, axis_point, curve_rounds
 
 IMAGES_DIR = "images"
 AXIS_LABELS = {
@@ -74,7 +74,9 @@ def axis_names(axes: list[str]) -> dict[str, str]:
 def _curve_series(
     variations: dict[str, dict[str, Any]], curve: str, scale: float = 1.0, labels: dict[str, str] | None = None
 ) -> list[Series]:
-    """One series per variation that has the curve (a round without a value, NaN or None, is a gap)."""
+    """One series per variation that has the curve, over its rounds (for an accuracy, the rounds every
+    seed evaluated: thinned evaluation draws fewer points, never gaps); a round without a value, NaN or
+    None, is a gap."""
 
     def scaled(values: list[float | None]) -> list[float]:
         return [math.nan if v is None else scale * v for v in values]
@@ -85,7 +87,9 @@ def _curve_series(
         if mean is not None:
             label = (labels or {}).get(name, name) + f" (n={var['n']})"
             series.append(
-                Series(label, var["rounds"], scaled(mean), None if std is None else scaled(std), style_index=i)
+                Series(
+                    label, curve_rounds(var, curve), scaled(mean), None if std is None else scaled(std), style_index=i
+                )
             )
     return series
 

@@ -34,6 +34,36 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    """`rounds 2, 4, 6` or, for many, `rounds 5, 10, 15, …, 50 (10 rounds)`."""
+    if len(rounds) <= 6:
+        return "rounds " + ", ".join(map(str, rounds))
+    return f"rounds {', '.join(map(str, rounds[:3]))}, …, {rounds[-1]} ({len(rounds)} rounds)"
+
+
+def _evaluated_rounds_note(variations: dict[str, dict[str, Any]]) -> list[str]:
+    """A paragraph naming the variations evaluated in only some rounds (`eval.every`,
+    `eval.quant_every`) and what that changes; nothing when every round was evaluated."""
+    thinned = []
+    for name, var in variations.items():
+        parts = [
+            f"{label} in {_rounds_text(var[key])} of {len(var['rounds'])}"
+            for key, label in (("accuracy_rounds", "float"), ("quant_accuracy_rounds", "quantized"))
+            if var[key] and var[key] != var["rounds"]
+        ]
+        if parts:
+            thinned.append(f"{name} ({'; '.join(parts)})")
+    if not thinned:
+        return []
+    return [
+        f"Evaluated in only some rounds: {', '.join(thinned)}. Their AUC, best accuracy, accuracy curves and "
+        "rounds to target are computed over the evaluated rounds only (the AUC by trapezoids between them; "
+        "seeds that evaluated different rounds are compared over the rounds all of them evaluated); final "
+        "accuracy is the last round's, which every run evaluates.",
+        "",
+    ]
+
+
 def _accuracy_table(comparison: dict[str, Any]) -> list[str]:
     rows = []
     for name, var in comparison["variations"].items():
@@ -258,6 +288,7 @@ def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]
         "",
         f"Target accuracy: {_num(target['value'], '.2f', 100)} % ({target['source']}).",
         "",
+        *_evaluated_rounds_note(comparison["variations"]),
         "## Success criteria",
         "",
         *_criteria_block(comparison["success_criteria"]),

@@ -3,6 +3,12 @@
 Accuracies are fractions (0..1) as in metrics.jsonl. Std is the sample std (ddof=1), None for a
 single seed. A per-round field may be missing in older runs or other methods: every number
 derived from one is None when any run of the variation lacks it.
+
+A run may evaluate only some rounds (`eval.every`, `eval.quant_every`; the last round always): costs
+are over all its rounds, accuracies over the evaluated ones. Its best and AUC accuracy are over its
+evaluated rounds (`auc_rounds`) less any round another seed of its variation ran without evaluating,
+so the seeds' numbers cover the same rounds; the accuracy curves are over the rounds every seed
+evaluated (`accuracy_rounds`, `quant_accuracy_rounds`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from fedmpq_flwr.results import (
     ROUND_FROM_CLIENTS,
     STATUS_COMPLETED,
     STATUS_FAILED,
+    evaluated,
     has_completed_status,
     read_metrics,
     read_results,
@@ -81,6 +88,8 @@ CURVES = {
     "grad_norm": "grad_norm",
     "avg_bits": "avg_bits",
 }
+# Curves of evaluations, over the rounds every seed evaluated: curve prefix -> variation key of those rounds.
+EVALUATED_CURVES = {"accuracy": "accuracy_rounds", "quant_accuracy": "quant_accuracy_rounds"}
 RUN_LABELS = ("variation", "description", "strategy", "model", "dataset", "axis", "axis_value", "dataset_alpha")
 INCOMPLETE_REASONS = {
     "failed-no-metrics": "no complete results.json and no metrics recorded (crashed before round 1)",
@@ -159,9 +168,10 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     history = [
         r
         for r in (metrics or (results or {}).get("history") or [])
-        if isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("test_accuracy"), (int, float))
+        if isinstance(r, dict) and isinstance(r.get("round"), int)
     ]
     history.sort(key=lambda r: r["round"])
+    auc_rounds = [r["round"] for r in evaluated(history)]
     failed = (results or {}).get("status") == STATUS_FAILED
     status = (
         STATUS_COMPLETED
@@ -185,7 +195,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "rounds_completed": len(history),
         "num_rounds_planned": (config.get("train") or {}).get("num_rounds"),
         "has_config": bool(config),
-        **(summarize_history(history) if history else dict.fromkeys(ACCURACY_KEYS)),
+        **(summarize_history(history) if auc_rounds else dict.fromkeys(ACCURACY_KEYS)),
+        "auc_rounds": auc_rounds,  # the rounds its best and AUC accuracy are over
         **{name: _over_rounds(history, key, np.mean) for name, key in ROUND_MEANS.items()},
         **{f"total_{key}": _over_rounds(history, key, np.sum) for key in ("bits_up", "bits_down")},
         **{name: _over_rounds(history, key, np.max) for name, key in ROUND_PEAKS.items()},
@@ -238,7 +249,21 @@ def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any
         group.sort(
             key=lambda r: (not isinstance(r["seed"], int), r["seed"] if isinstance(r["seed"], int) else 0, r["run_id"])
         )
+        align_accuracy_rounds(group)
     return dict(sorted(groups.items())), incomplete
+
+
+def align_accuracy_rounds(runs: list[dict[str, Any]]) -> None:
+    """Best and AUC accuracy of each seed again without the rounds another seed ran but did not evaluate
+    (seeds with different `eval.every`), so that a variation's seeds are compared over the same rounds;
+    `auc_rounds` says which. Seeds that evaluated every round they ran keep their numbers."""
+    unevaluated = {rec["round"] for run in runs for rec in run["history"] if rec["round"] not in run["auc_rounds"]}
+    for run in runs:
+        kept = [rec for rec in evaluated(run["history"]) if rec["round"] not in unevaluated]
+        rounds = [rec["round"] for rec in kept]
+        if rounds != run["auc_rounds"]:
+            summary = summarize_history(kept) if kept else dict.fromkeys(ACCURACY_KEYS)
+            run.update(best_accuracy=summary["best_accuracy"], auc_accuracy=summary["auc_accuracy"], auc_rounds=rounds)
 
 
 def mean_std(values: list[float | None]) -> dict[str, float | None]:
@@ -254,11 +279,23 @@ def shared_rounds(runs: list[dict[str, Any]]) -> list[int]:
     return sorted(set.intersection(*({rec["round"] for rec in r["history"]} for r in runs)))
 
 
-def curve_matrix(runs: list[dict[str, Any]], key: str) -> np.ndarray | None:
-    """[seeds, shared rounds] values of a round key, NaN in a round that no run records it in (e.g. the
-    distillation diagnostics of FedGKD's round 1, which has no teacher); None when no round has it or
-    a run lacks it in a round another run records it in."""
-    rounds = shared_rounds(runs)
+def recorded_rounds(runs: list[dict[str, Any]], key: str) -> list[int]:
+    """Rounds in which every run of a variation records `key`: for an accuracy, the rounds all evaluated."""
+    return sorted(
+        set.intersection(*({rec["round"] for rec in r["history"] if round_value(rec, key) is not None} for r in runs))
+    )
+
+
+def curve_rounds(variation: dict[str, Any], curve: str) -> list[int]:
+    """The rounds a variation's curve (a `CURVES` prefix) is over: the evaluated ones for an accuracy."""
+    return variation[EVALUATED_CURVES[curve]] if curve in EVALUATED_CURVES else variation["rounds"]
+
+
+def curve_matrix(runs: list[dict[str, Any]], key: str, rounds: list[int] | None = None) -> np.ndarray | None:
+    """[seeds, rounds] values of a round key over `rounds` (default: the shared rounds), NaN in a round
+    that no run records it in (e.g. the distillation diagnostics of FedGKD's round 1, which has no
+    teacher); None when no round has it or a run lacks it in a round another run records it in."""
+    rounds = shared_rounds(runs) if rounds is None else rounds
     per_run = [{rec["round"]: rec for rec in r["history"]} for r in runs]
     values = [[round_value(records[rnd], key) for rnd in rounds] for records in per_run]
     recorded = [any(row[j] is not None for row in values) for j in range(len(rounds))]
@@ -270,9 +307,11 @@ def curve_matrix(runs: list[dict[str, Any]], key: str) -> np.ndarray | None:
 
 def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Across-seed statistics of the completed runs of one variation (sorted by seed)."""
+    rounds = {"rounds": shared_rounds(runs)}
+    rounds.update({name: recorded_rounds(runs, CURVES[prefix]) for prefix, name in EVALUATED_CURVES.items()})
     curves: dict[str, Any] = {}
     for prefix, key in CURVES.items():
-        values = curve_matrix(runs, key)
+        values = curve_matrix(runs, key, rounds[EVALUATED_CURVES.get(prefix, "rounds")])
         curves[f"{prefix}_per_round_mean"] = None if values is None else values.mean(axis=0).tolist()
         curves[f"{prefix}_per_round_std"] = (
             None if values is None or len(runs) < 2 else values.std(axis=0, ddof=1).tolist()
@@ -283,7 +322,7 @@ def summarize_variation(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": [r["seed"] for r in runs],
         "run_ids": [r["run_id"] for r in runs],
         **{key: mean_std([r[key] for r in runs]) for key in VARIATION_SCALARS},
-        "rounds": shared_rounds(runs),
+        **rounds,
         **curves,
     }
 

@@ -24,6 +24,7 @@ from fedmpq_flwr.analysis.reference import (
 )
 from fedmpq_flwr.analysis.runs import axis_order, axis_point, config_value, json_number
 from fedmpq_flwr.config import defaults, flatten
+from fedmpq_flwr.config.schema import section_of
 from fedmpq_flwr.methods.catalog import spec_of
 
 DEFAULT_TARGET_SHARE = 0.9
@@ -55,6 +56,8 @@ def ratio_minus_one(a: float | None, b: float | None) -> float | None:
 
 
 RUN_LEVEL_KEYS = frozenset({"run_id", "variation", "description", "axis", "seed", "results_dir"})
+# How often the server evaluates changes what is recorded, not what is trained: no setting key.
+RECORDING_SECTIONS = ("eval",)
 
 
 @cache
@@ -75,6 +78,8 @@ def setting_keys(variations: dict[str, dict[str, Any]], groups: dict[str, list[d
             by_strategy.setdefault(var["strategy"], []).append(flatten(groups[name][0]["config"]))
     for configs in by_strategy.values():
         for key in set().union(*configs) - RUN_LEVEL_KEYS:
+            if section_of(key) in RECORDING_SECTIONS:
+                continue
             if len({repr(c.get(key, defaults.get(key))) for c in configs}) > 1:
                 keys.add(key)
     return sorted(keys)
@@ -120,7 +125,8 @@ def choose_target(
 
 
 def rounds_to_target(rounds: list[int], mean_curve: list[float] | None, target: float | None) -> int | None:
-    """The first round whose mean accuracy over seeds reaches the target (None if never)."""
+    """The first round whose mean accuracy over seeds reaches the target (None if never); `rounds` are
+    the evaluated ones, so with `eval.every` k the answer is known to within k rounds."""
     if target is None or not mean_curve:
         return None
     return next((rnd for rnd, acc in zip(rounds, mean_curve) if acc >= target), None)
@@ -182,7 +188,7 @@ def derive_methods(
         methods[name] = {
             "family": spec.family if spec else None,  # declared in the method catalog
             "distils": spec.distils if spec else None,
-            "rounds_to_target": rounds_to_target(var["rounds"], var["accuracy_per_round_mean"], target),
+            "rounds_to_target": rounds_to_target(var["accuracy_rounds"], var["accuracy_per_round_mean"], target),
             "full_precision": fp,
             "gap_to_full_precision_points": points(fp_final, final),
             "fedmpq": fm,

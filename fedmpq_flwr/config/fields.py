@@ -79,8 +79,9 @@ def coerce(key: str, value: Any, field: Field) -> Any:
         value = float(value)
     ok = isinstance(value, field.kind) and not (field.kind is not bool and isinstance(value, bool))
     if not ok:
+        allowed = f", {field.allowed}" if field.allowed else ""  # e.g. "expected int, a number in [1, inf)"
         raise ConfigError(
-            f"key '{key}': value {value!r} has type {type(value).__name__}; expected {field.kind.__name__}"
+            f"key '{key}': value {value!r} has type {type(value).__name__}; expected {field.kind.__name__}{allowed}"
         )
     if field.kind is float and math.isnan(value):
         raise ConfigError(f"key '{key}': value nan is not allowed; expected {field.allowed}")

@@ -58,7 +58,19 @@ FEDERATION: Section = {
     # share of sampled clients that drop after local training, before upload (seeded per round and client)
     "dropout": number(float, 0.0, 0, 1, high_open=True),
 }
-COMMON: dict[str, Section] = {"strategy": STRATEGY, "model": MODEL, "train": TRAIN, "federation": FEDERATION}
+# How often the server evaluates the global model (the last round always): evaluation of a large test
+# set, and of the model quantized to every client's assignment, can cost as much as a round's training.
+EVAL: Section = {
+    "every": number(int, 1, 1),  # the float global model every this many rounds
+    "quant_every": number(int, 1, 1),  # the global model quantized to each client's assignment (quantized methods)
+}
+COMMON: dict[str, Section] = {
+    "strategy": STRATEGY,
+    "model": MODEL,
+    "train": TRAIN,
+    "eval": EVAL,
+    "federation": FEDERATION,
+}
 
 
 def sections() -> dict[str, Section]:

@@ -5,7 +5,7 @@
 - `load`: `load_data` -> `FederatedData` (subset, validation carve, per-process cache)
 - `partition`: `partition_indices` (flwr-datasets), `client_partition`, `flipped_label_counts`
 - `noise`: `flip_labels` (symmetric label noise); numpy only
-- `loaders`: `client_loader`, `eval_loader`
+- `loaders`: `client_loader`, `eval_loader`, `eval_batches` (staged on the device once)
 
 Importing this package imports only the registry (no torch): import the others by module.
 """

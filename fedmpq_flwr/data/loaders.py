@@ -74,6 +74,24 @@ def client_loader(
     return DataLoader(dataset, batch_size, shuffle=True, generator=generator, num_workers=0, drop_last=False)
 
 
+Batches = list[tuple[torch.Tensor, torch.Tensor]]  # (images, labels) pairs, in a fixed order
+
+
+def eval_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> Batches:
+    """`eval_loader`'s batches (the same order and values), normalised once and staged on `device`: the
+    server passes over its test set several times a round (the float model, each quantized assignment),
+    and a DataLoader would collate every batch and copy it to the device again on every pass."""
+    images, labels = to_float(mean, std)(_chw(x)), torch.tensor(y, dtype=torch.int64)
+    # Each batch its own allocation, as the DataLoader's collate makes it: a view into one big tensor
+    # could start at an address whose alignment changes a BLAS kernel's summation order.
+    return [
+        (image_batch.to(device, copy=True), label_batch.to(device, copy=True))
+        for image_batch, label_batch in zip(images.split(batch_size), labels.split(batch_size))
+    ]
+
+
 def eval_loader(
     x: np.ndarray, y: np.ndarray, batch_size: int, *, mean: Sequence[float], std: Sequence[float]
 ) -> DataLoader:

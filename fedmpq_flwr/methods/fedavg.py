@@ -13,7 +13,8 @@ Hooks for other methods. Client: `train` (what is trained and sent). Strategy: `
 (instructions sent with the weights), `fit_arrays` (the arrays sent: the global model, plus what a
 method sends with it), `download_bits`, `upload_bits`, `aggregate`, `client_record`
 (method fields of a participant's entry), `evaluate_extra` (more evaluation of the new global
-model), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a stopped run
+model, in the rounds `eval.quant_every` selects), `round_extra` (method fields of every round's
+record), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a stopped run
 `server_state` / `load_server_state` (what the server keeps between rounds besides the global model
 and the sampler; see `fedmpq_flwr.server.resume`). State a client keeps between rounds goes in
 `self.state` (Flower's `context.state`): it is saved with the run's checkpoint and restored for
@@ -71,7 +72,7 @@ from fedmpq_flwr.results import (
     round_from_clients,
     write_partitions,
 )
-from fedmpq_flwr.server.evaluation import ServerEvaluator, client_label_counts
+from fedmpq_flwr.server.evaluation import EvalSchedule, ServerEvaluator, client_label_counts
 from fedmpq_flwr.server.outcome import RunFailed
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
@@ -178,8 +179,8 @@ class FedAvgClient(NumPyClient):
 
 
 class FedAvgStrategy(Strategy):
-    """Sample-weighted FedAvg over clients sampled by partition id with a seeded RNG; the server
-    evaluates the global model after every round and logs the round."""
+    """Sample-weighted FedAvg over clients sampled by partition id with a seeded RNG; the server logs
+    every round and evaluates the global model after the rounds `eval.every` selects."""
 
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__()
@@ -188,6 +189,8 @@ class FedAvgStrategy(Strategy):
         self.device = resolve_device(config["federation"]["device"])
         self.data: FederatedData = load_data(config["dataset"])
         self.evaluator = ServerEvaluator(self.data, config["train"]["eval_batch_size"], self.device)
+        eval_cfg = config["eval"]
+        self.schedule = EvalSchedule(config["train"]["num_rounds"], eval_cfg["every"], eval_cfg["quant_every"])
         num_clients = config["federation"]["num_clients"]
         write_partitions(recorder.run_dir, client_label_counts(self.data, config["dataset"], num_clients))
         torch.manual_seed(config["seed"])
@@ -238,7 +241,12 @@ class FedAvgStrategy(Strategy):
         return {}
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
-        """More evaluation fields for the round, with `self.model` holding the new global model."""
+        """More evaluation fields for the round, with `self.model` holding the new global model: called
+        in the rounds `eval.quant_every` selects (for the quantized evaluations of quantized methods)."""
+        return {}
+
+    def round_extra(self, server_round: int) -> dict[str, Any]:
+        """Method fields of every round's record that are no evaluation (written after aggregation)."""
         return {}
 
     def progress_fields(self, record: dict[str, Any]) -> str:
@@ -370,12 +378,18 @@ class FedAvgStrategy(Strategy):
         return None, {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
-        """Test (and validation) accuracy of the global model after each round; logs the round."""
+        """Log the round (training, bits, time) to metrics.jsonl, with the test (and validation)
+        accuracy of the global model in the rounds `eval.every` selects and `evaluate_extra`'s in those
+        `eval.quant_every` selects; a round without evaluation has no accuracy keys (and Flower gets None)."""
         if server_round == 0:
             return None
         set_weights(self.model, parameters_to_ndarrays(parameters))
-        record: dict[str, Any] = {"round": server_round, **self.evaluator.float_metrics(self.model)}
-        record.update(self.evaluate_extra(server_round))
+        record: dict[str, Any] = {"round": server_round}
+        if self.schedule.evaluates(server_round):
+            record.update(self.evaluator.float_metrics(self.model))
+        if self.schedule.evaluates_quantized(server_round):
+            record.update(self.evaluate_extra(server_round))
+        record.update(self.round_extra(server_round))
         current, fit = self.current, self.current.fit
         record.update(
             bits_up=fit.bits_up if fit else 0,
@@ -392,4 +406,6 @@ class FedAvgStrategy(Strategy):
         if fit is not None:
             record.update(client_time_s=fit.client_time_s, **fit.fields)
         self.round_log.write(record, self.progress_fields(record))
+        if "test_accuracy" not in record:
+            return None
         return record["test_loss"], {"test_accuracy": record["test_accuracy"]}

@@ -200,10 +200,18 @@ class FedMPQStrategy(FedAvgStrategy):
             "quant_test_accuracy_min": float(np.min(values)),
             "quant_test_accuracy": {str(pid): accuracy for pid, (accuracy, _) in metrics.items()},
             "quant_class_accuracy": {str(pid): classes for pid, (_, classes) in metrics.items()},
-            "next_avg_bits": {str(pid): average_bitwidth(bits, self.layer_sizes) for pid, bits in self.bits.items()},
+        }
+
+    def round_extra(self, server_round: int) -> dict[str, Any]:
+        """Every client's average bits in the next round (re-allocated by `aggregate`, every round)."""
+        return {
+            "next_avg_bits": {str(pid): average_bitwidth(bits, self.layer_sizes) for pid, bits in self.bits.items()}
         }
 
     def progress_fields(self, record: dict[str, Any]) -> str:
+        """The quantized models' mean and worst accuracy, in a round that evaluated them."""
+        if "quant_test_accuracy_mean" not in record:
+            return ""
         return f"  quant_acc mean={record['quant_test_accuracy_mean']:.4f} min={record['quant_test_accuracy_min']:.4f}"
 
     def feature_models(self) -> tuple[dict[str, nn.Module], dict[str, int]]:

@@ -1,13 +1,16 @@
-"""Server-side evaluation: the float global model on the test set (and the validation pool), the
-global model quantized to clients' assignments, the penultimate features saved at the end, and the
-clients' label counts that the fairness analysis weighs the per-class accuracies with.
+"""Server-side evaluation: which rounds evaluate, the float global model on the test set (and the
+validation pool), the global model quantized to clients' assignments, the penultimate features saved
+at the end, and the clients' label counts that the fairness analysis weighs the per-class accuracies with.
 
-Data go to the loaders once, at construction; every evaluation is exact, in eval mode.
+The test set (and validation pool) is normalised and staged on the device once, at construction, as
+fixed-order batches that every pass reuses: the float model's and each quantized assignment's. Every
+evaluation is exact, in eval mode.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.loaders import Batches, eval_batches
 from fedmpq_flwr.dataset import FederatedData, eval_loader, partition_indices
 from fedmpq_flwr.quant import quantize_model
 from fedmpq_flwr.train import evaluate, evaluate_classes, penultimate_features
@@ -23,42 +27,66 @@ from fedmpq_flwr.train import evaluate, evaluate_classes, penultimate_features
 FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
 
 
+@dataclass(frozen=True)
+class EvalSchedule:
+    """The rounds that evaluate (`eval.every`, `eval.quant_every`): every `every`-th round, and always the
+    last one, whose numbers are the run's final accuracies. Evaluating a large test set, and the model
+    quantized to every client's assignment, can cost as much as a round's training."""
+
+    num_rounds: int
+    every: int = 1  # the float global model
+    quant_every: int = 1  # the global model quantized to each client's assignment
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether the float global model is evaluated after `server_round`."""
+        return server_round % self.every == 0 or server_round == self.num_rounds
+
+    def evaluates_quantized(self, server_round: int) -> bool:
+        """Whether the quantized global models are evaluated after `server_round`."""
+        return server_round % self.quant_every == 0 or server_round == self.num_rounds
+
+
 class ServerEvaluator:
-    """Test and validation loaders built once; evaluation of float and quantized global models."""
+    """Test and validation batches staged once; evaluation of float and quantized global models."""
 
     def __init__(self, data: FederatedData, batch_size: int, device: torch.device) -> None:
         self.data = data
         self.batch_size = batch_size
         self.device = device
-        self.test_loader = self.loader(data.x_test, data.y_test)
-        self.val_loader = self.loader(data.x_val, data.y_val) if len(data.y_val) else None
+        self.test_batches = self.batches(data.x_test, data.y_test)
+        self.val_batches = self.batches(data.x_val, data.y_val) if len(data.y_val) else None
+
+    def batches(self, x: np.ndarray, y: np.ndarray) -> Batches:
+        """Fixed-order batches normalised with the dataset's own statistics, on the device."""
+        return eval_batches(x, y, self.batch_size, mean=self.data.mean, std=self.data.std, device=self.device)
 
     def loader(self, x: np.ndarray, y: np.ndarray) -> DataLoader:
-        """Fixed-order batches normalised with the dataset's own statistics."""
+        """The same batches through a DataLoader, on the host (for one pass, like the features')."""
         return eval_loader(x, y, self.batch_size, mean=self.data.mean, std=self.data.std)
 
     def float_metrics(self, model: nn.Module) -> dict[str, Any]:
         """`test_accuracy`, `test_loss` and `class_accuracy` (per class, None for a class the test set
         lacks) from one pass (and `val_loss`, `val_accuracy` with a validation pool)."""
         num_classes = self.data.num_classes
-        test_loss, test_accuracy, class_accuracy = evaluate_classes(model, self.test_loader, self.device, num_classes)
+        test_loss, test_accuracy, class_accuracy = evaluate_classes(model, self.test_batches, self.device, num_classes)
         metrics: dict[str, Any] = {"test_accuracy": test_accuracy, "test_loss": test_loss}
-        if self.val_loader is not None:
-            metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, self.val_loader, self.device)
+        if self.val_batches is not None:
+            metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, self.val_batches, self.device)
         return {**metrics, "class_accuracy": class_accuracy}
 
     def quantized_metrics(
         self, model: nn.Module, assignments: dict[int, dict[str, int]], act_bits: int
     ) -> dict[int, tuple[float, list[float | None]]]:
         """Test accuracy and per-class test accuracy of `model` quantized to each client's assignment
-        (one evaluation per distinct assignment: clients with equal budgets usually share one)."""
+        (one pass over the staged test batches per distinct assignment: clients with equal budgets
+        usually share one)."""
         metrics_of: dict[str, tuple[float, list[float | None]]] = {}
         metrics = {}
         for pid, bits in sorted(assignments.items()):
             key = json.dumps(bits, sort_keys=True)
             if key not in metrics_of:
                 qmodel = quantize_model(model, bits, act_bits)
-                _, accuracy, classes = evaluate_classes(qmodel, self.test_loader, self.device, self.data.num_classes)
+                _, accuracy, classes = evaluate_classes(qmodel, self.test_batches, self.device, self.data.num_classes)
                 metrics_of[key] = (accuracy, classes)
             metrics[pid] = metrics_of[key]
         return metrics

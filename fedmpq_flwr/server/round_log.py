@@ -61,15 +61,26 @@ class RoundLog:
         self.completed_before = completed_rounds
         self.started = time.perf_counter()
 
+    def accuracy_text(self, server_round: int) -> str:
+        """`  test_acc=0.8123` for a round that evaluated the global model; after a round without
+        evaluation (`eval.every`) the latest evaluated accuracy and its round, `  test_acc=0.8123
+        (round 6)`; nothing before the first evaluation."""
+        for record in reversed(self.recorder.history):  # a resumed run's earlier rounds included
+            if "test_accuracy" in record:
+                earlier = "" if record["round"] == server_round else f" (round {record['round']})"
+                return f"  test_acc={record['test_accuracy']:.4f}{earlier}"
+        return ""
+
     def write(self, record: dict[str, Any], progress_extra: str = "") -> None:
-        """Record a finished round (`round`, `test_accuracy`, `round_time_s` ...) and print its progress."""
+        """Record a finished round (`round`, `round_time_s`, `test_accuracy` when evaluated ...) and
+        print its progress."""
         self.recorder.log_round(record)
         server_round = record["round"]
         elapsed = time.perf_counter() - self.started
         eta = elapsed / max(1, server_round - self.completed_before) * (self.num_rounds - server_round)
         log(
             INFO,
-            "[%s] round %d/%d  test_acc=%.4f%s  %.1f s/round  elapsed %s  ETA %s",
-            self.recorder.run_id, server_round, self.num_rounds, record["test_accuracy"], progress_extra,
+            "[%s] round %d/%d%s%s  %.1f s/round  elapsed %s  ETA %s",
+            self.recorder.run_id, server_round, self.num_rounds, self.accuracy_text(server_round), progress_extra,
             record["round_time_s"], format_seconds(elapsed), format_seconds(eta),
         )  # fmt: skip
