@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import yaml
@@ -248,4 +249,61 @@ def test_dropout_and_label_noise_through_flower(tmp_path: Path) -> None:
     deadline = time.monotonic() + 20
     while processes_with_env("FEDMPQ_TEST_MARKER", marker) and time.monotonic() < deadline:
         time.sleep(1)
+    assert processes_with_env("FEDMPQ_TEST_MARKER", marker) == []
+
+
+def test_synthetic100_through_partitioning_training_and_the_analyzer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 100-class stand-in for CIFAR-100 through the runner: a Dirichlet split over 100 classes,
+    FedMPQ for one round, per-class accuracies with 100 entries for the global model and each client's
+    quantized model, and the analyzer's per-client (label-mix) accuracies from them."""
+    marker = f"synthetic100-e2e-{time.time_ns()}"  # inherited by this run's processes only
+    monkeypatch.setenv("FEDMPQ_TEST_MARKER", marker)
+    document = {
+        "defaults": {
+            "model": {"name": "tiny_cnn"},
+            "dataset": {"name": "synthetic100", "synthetic_train_size": 600, "synthetic_test_size": 200},
+            "train": {"num_rounds": 1, "batch_size": 32, "lr": 0.05},
+            "strategy": {"name": "fedmpq"},
+            "quant": {"budgets": [3, 4, 5]},
+            "federation": {"num_clients": 3, "device": "cpu"},
+        },
+        "runs": [{"run_id": "c100", "description": "FedMPQ on the 100-class stand-in", "seed": 0}],
+    }
+    results_dir = tmp_path / "results"
+    run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
+    run_dir = results_dir / "c100"
+    check_results_contract(run_dir, "c100", rounds=1, clients_per_round=3)
+    config = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    y_train = load_data(config["dataset"]).y_train
+
+    partitions = json.loads((run_dir / "partitions.json").read_text())
+    counts = np.array([partitions["label_counts"][pid] for pid in ("0", "1", "2")])
+    assert partitions["num_classes"] == 100 and counts.shape == (3, 100)
+    assert counts.sum(axis=0).tolist() == np.bincount(y_train, minlength=100).tolist()  # every image once
+    assert (counts.sum(axis=0) > 0).all()  # all 100 classes are trained on
+
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # the 200 test images hold each class twice: every class has an accuracy, their mean is the accuracy
+    float_classes = np.array(record["class_accuracy"], dtype=float)
+    assert float_classes.shape == (100,) and float_classes.mean() == pytest.approx(record["test_accuracy"])
+    quant_classes = {pid: np.array(c, dtype=float) for pid, c in record["quant_class_accuracy"].items()}
+    assert sorted(quant_classes) == ["0", "1", "2"]
+    for pid, classes in quant_classes.items():
+        assert classes.shape == (100,) and classes.mean() == pytest.approx(record["quant_test_accuracy"][pid])
+
+    # the analyzer's fairness numbers: each client's accuracy on its own label mix
+    comparison = json.loads((results_dir / "comparison.json").read_text())
+    (run,) = comparison["runs"]
+    shares = {pid: counts[int(pid)] / counts[int(pid)].sum() for pid in ("0", "1", "2")}
+    assert run["per_client_accuracy"] == pytest.approx({pid: s @ float_classes for pid, s in shares.items()})
+    assert run["per_client_quant_accuracy"] == pytest.approx({pid: s @ quant_classes[pid] for pid, s in shares.items()})
+    assert run["client_quant_accuracy_worst"] == pytest.approx(min(run["per_client_quant_accuracy"].values()))
+    assert comparison["methods"]["c100"]["client_accuracy"]["model"] == "quant"
+    report = (results_dir / "report.md").read_text()
+    assert "## Per-client accuracy (final round)" in report and "client's quantized model (the devices')" in report
+    deadline = time.monotonic() + 20  # orphaned Ray actors notice their raylet is gone within seconds
+    while processes_with_env("FEDMPQ_TEST_MARKER", marker) and time.monotonic() < deadline:
+        time.sleep(1.0)
     assert processes_with_env("FEDMPQ_TEST_MARKER", marker) == []

@@ -1,5 +1,7 @@
 """FedMPQ-KD without a Flower runtime: the distillation term, the teacher, and what stays FedMPQ's."""
 
+import linecache
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from flwr.common import RecordDict
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.distillation import distillation_loss, inference_teacher
+from fedmpq_flwr.distillation import distillation_loss, fold_batchnorm_, inference_teacher
 from fedmpq_flwr.methods.fedmpq import FedMPQClient
 from fedmpq_flwr.methods.fedmpq_kd import FedMPQKDClient, ema_update, teacher_round
 from fedmpq_flwr.models import MODELS, build_model
@@ -56,6 +58,55 @@ def test_inference_teacher_gives_the_float_models_logits(name: str) -> None:
             logits = teacher(images.contiguous(memory_format=torch.channels_last))
         torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     assert model.training is False and all(p.requires_grad for p in model.parameters())  # the model is untouched
+
+
+class ConvBN(torch.nn.Module):
+    """A convolution and a BatchNorm wired as `wiring` says: `plain` (BatchNorm right after the
+    convolution), `reused_output` (the convolution's output also feeds a shortcut) or `shared_bn`
+    (one BatchNorm after two convolutions)."""
+
+    def __init__(self, wiring: str) -> None:
+        super().__init__()
+        self.wiring = wiring
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(3, 4, 1)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.wiring == "reused_output":
+            return self.bn(y) + y
+        if self.wiring == "shared_bn":
+            return self.bn(y) + self.bn(self.conv2(x))
+        return self.bn(y)
+
+
+@pytest.mark.parametrize("wiring", ["plain", "reused_output", "shared_bn"])
+def test_fold_batchnorm_folds_only_a_batchnorm_that_alone_follows_its_layer(wiring: str) -> None:
+    torch.manual_seed(0)
+    model = ConvBN(wiring)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batchnorm_(model)
+        assert folded is model and type(model) is ConvBN  # in place, the model keeps its class
+        assert isinstance(model.bn, torch.nn.Identity) == (wiring == "plain")
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_building_teachers_leaves_nothing_in_linecache() -> None:
+    """A client builds a teacher every round: torch.fx's `fuse` registered the generated source of
+    two `GraphModule`s per teacher in `linecache` for the life of the process."""
+    model = build_model("tiny_cnn").eval()
+    inference_teacher(model)
+    before = len(linecache.cache)
+    for _ in range(20):
+        inference_teacher(model)
+    assert len(linecache.cache) == before
 
 
 def test_ema_update_moves_the_teacher_towards_the_dequantized_student() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,18 @@ from fedmpq_flwr.quant import (
 from fedmpq_flwr.results import MODEL_FILE
 
 NAMES = sorted(MODELS)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def documented_counts(path: Path, line_pattern: str) -> dict[str, int]:
+    """`model.name` -> parameter count, read from the lines of a page that match `line_pattern`
+    (groups: the name, the count written with thousands separators)."""
+    found = re.findall(line_pattern, path.read_text(), flags=re.MULTILINE)
+    return {name: int(count.replace(",", "")) for name, count in found}
+
+
+README_COUNTS = documented_counts(REPO / "README.md", r"^- `(\w+)`: ([\d,]+) parameters")
+MODELS_PAGE_COUNTS = documented_counts(REPO / "docs" / "models.md", r"^\| `(\w+)`(?: \(main\))? \| ([\d,]+) \|")
 
 
 def num_params(model: nn.Module) -> int:
@@ -38,10 +51,20 @@ def classifier_of(model: nn.Module) -> nn.Linear:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
+def test_the_docs_list_every_registered_model() -> None:
+    assert sorted(README_COUNTS) == NAMES  # README's "Models" list
+    assert sorted(MODELS_PAGE_COUNTS) == NAMES  # docs/models.md's table
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_documented_parameter_count(name: str) -> None:
-    assert num_params(build_model(name)) == MODELS[name].params
-    assert f"{MODELS[name].params:,}" in MODELS[name].builder.__doc__  # the docstring states the same count
+    """The built model (10 classes) has the count the registry, its docstring, the README's model
+    list and docs/models.md state."""
+    count = num_params(build_model(name))
+    assert count == MODELS[name].params
+    assert f"{count:,}" in MODELS[name].builder.__doc__
+    assert README_COUNTS[name] == count
+    assert MODELS_PAGE_COUNTS[name] == count
 
 
 @pytest.mark.parametrize("name", NAMES)
