@@ -5,6 +5,7 @@
 installation), submits the app with `flwr run --stream`, then stops the SuperLink and everything it
 started. Exit status 0 means the run wrote a complete results.json. Runs launched side by side (the
 runner's `--jobs`) share nothing but the machine; `--ray-cpus K` gives this run's Ray K CPUs.
+RUN_DIR/startup.json says where the time outside the rounds went (`fedmpq_flwr.startup`).
 
 Resuming: an unfinished run with a checkpoint (`RUN_DIR/checkpoint/`) continues after its last
 completed round when the same command is run again; `--overwrite` starts it from round 1.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,11 +39,14 @@ from fedmpq_flwr.config.flower import write_run_config_toml
 from fedmpq_flwr.main import check_results_dir, check_resumable
 from fedmpq_flwr.results import is_complete
 from fedmpq_flwr.signals import Stopped, stop_signals
+from fedmpq_flwr.startup import MARKS_ENV, mark, write_startup
 
 APP_DIR = Path(__file__).resolve().parent.parent
+APP_FILES = ("pyproject.toml", ".gitignore")  # with the package's .py files: what the FAB holds
 DEFAULT_GPU_SHARE = 0.25
 SUPERLINK_ATTEMPTS = 3  # ports tried when another process takes the chosen one first
-HEALTH_POLL_S = 0.2
+HEALTH_POLL_S = 0.05
+SUBMITTED = b"Successfully started run"  # what `flwr run` prints once the SuperLink created the run
 
 
 def free_port() -> int:
@@ -140,13 +145,15 @@ def flower_processes(flwr_home: Path) -> list[psutil.Process]:
     return found
 
 
-def flower_env(flwr_home: Path, port: int, ray_tmpdir: Path | None = None) -> dict[str, str]:
+def flower_env(flwr_home: Path, port: int, ray_tmpdir: Path | None = None, marks: Path | None = None) -> dict[str, str]:
     """Environment for a private SuperLink: own FLWR_HOME and port, offline-safe, venv on PATH;
-    optionally its own Ray temp folder (else Ray's default, or the user's RAY_TMPDIR)."""
+    optionally its own Ray temp folder (else Ray's default, or the user's RAY_TMPDIR) and the file
+    its processes append start-up marks to."""
     bin_dir = Path(sys.executable).parent
     return {
         **os.environ,
         **({"RAY_TMPDIR": str(ray_tmpdir)} if ray_tmpdir else {}),
+        **({MARKS_ENV: str(marks)} if marks else {}),
         "FLWR_HOME": str(flwr_home),
         # `flwr run` (connection "local") uses the SuperLink on this port instead of starting one.
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
@@ -181,6 +188,38 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60.0) 
             pass
         time.sleep(HEALTH_POLL_S)
     raise RuntimeError(f"flower-superlink did not answer on port {port} within {timeout_s:.0f} s")
+
+
+def stage_app(target: Path) -> Path:
+    """A folder with what `flwr run` packs of this checkout (pyproject.toml, .gitignore and the
+    package's .py files, as `fab-include` says). `flwr run` walks every file of its app folder before
+    filtering, and a checkout holds .venv and results: seconds per run spent on files it drops."""
+    files = [APP_DIR / name for name in APP_FILES if (APP_DIR / name).is_file()]
+    files += sorted((APP_DIR / "fedmpq_flwr").rglob("*.py"))
+    for source in files:
+        copy = target / source.relative_to(APP_DIR)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+    return target
+
+
+def submit(run_cmd: list[str], env: dict[str, str], marks: Path) -> int:
+    """Run `flwr run --stream`, passing its output on to this process's stdout, and mark when it
+    reports the run created; its exit status."""
+    process = subprocess.Popen(run_cmd, env=env, cwd=APP_DIR, stdout=subprocess.PIPE)
+    try:
+        submitted = False
+        for line in iter(process.stdout.readline, b""):
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            if not submitted and SUBMITTED in line:
+                mark("run_submitted", marks)
+                submitted = True
+        return process.wait()
+    finally:  # stopped: as subprocess.run does (the shutdown finds it by FLWR_HOME anyway)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def shut_down(superlink: subprocess.Popen | None, flwr_home: Path) -> int:
@@ -268,12 +307,15 @@ def launch(config_path: Path, overwrite: bool = False, ray_cpus: int | None = No
     run_dir, _ = prepare_run_dir(config, overwrite)
     with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home, ray_temp_dir() as ray_dir:
         home = Path(flwr_home)
+        marks = home / "startup_marks.jsonl"
+        mark("launcher_started", marks, when=psutil.Process().create_time())
         superlink: subprocess.Popen | None = None
         stopped_by = 0
         try:
+            app = stage_app(home / "app")
             for attempt in range(1, SUPERLINK_ATTEMPTS + 1):
                 port = free_port()
-                env = flower_env(home, port, Path(ray_dir) if ray_dir else None)
+                env = flower_env(home, port, Path(ray_dir) if ray_dir else None, marks)
                 superlink = subprocess.Popen(
                     superlink_command(port, run_dir / "superlink.log"),
                     env=env,
@@ -281,6 +323,7 @@ def launch(config_path: Path, overwrite: bool = False, ray_cpus: int | None = No
                     stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
+                mark("superlink_started", marks)
                 if wait_healthy(port, superlink):
                     break
                 superlink.wait()
@@ -289,10 +332,11 @@ def launch(config_path: Path, overwrite: bool = False, ray_cpus: int | None = No
                         f"flower-superlink exited with code {superlink.returncode} before it was ready, "
                         f"on {SUPERLINK_ATTEMPTS} ports (see {run_dir / 'superlink.log'})"
                     )
+            mark("superlink_ready", marks)
             run_cmd = [
                 str(Path(sys.executable).parent / "flwr"),
                 "run",
-                str(APP_DIR),
+                str(app),
                 "local",
                 "--stream",
                 *run_config_args(config, home),
@@ -300,11 +344,14 @@ def launch(config_path: Path, overwrite: bool = False, ray_cpus: int | None = No
                 federation_config(config, ray_cpus),
             ]
             print("$ " + shlex.join(run_cmd), file=sys.stderr, flush=True)
-            subprocess.run(run_cmd, env=env, cwd=APP_DIR, check=False)
+            submit(run_cmd, env, marks)
+            mark("flwr_run_finished", marks)
         except Stopped as stop:
             stopped_by = stop.signum
         finally:
             stopped_by = shut_down(superlink, home) or stopped_by
+            mark("shutdown_done", marks)
+            write_startup(run_dir, marks)
     if stopped_by:
         print(stopped_message(config, run_dir, stopped_by, config_path), file=sys.stderr, flush=True)
         return Stopped(stopped_by).exit_code

@@ -319,6 +319,14 @@ def test_two_runs_at_once_compute_what_one_at_a_time_computes(tmp_path: Path) ->
             assert line.startswith(("[left] round ", "[right] round ")) and " ETA " in line, line
     for run_id in ("left", "right"):
         assert [line.split()[2] for line in lines if line.startswith(f"[{run_id}] round ")] == ["1/2", "2/2"]
+        startup = json.loads((results / run_id / "startup.json").read_text())
+        assert set(startup["points_s"]) == {
+            "launcher_started", "superlink_started", "superlink_ready", "run_submitted", "server_app_started",
+            "strategy_ready", "first_round_started", "first_client_started", "first_round_finished",
+            "last_round_finished", "server_app_finished", "flwr_run_finished", "shutdown_done",
+        }  # fmt: skip
+        assert sum(startup["phases_s"].values()) == pytest.approx(startup["points_s"]["shutdown_done"], abs=0.01)
+        assert len(startup["rounds_s"]) == 2
     # the FedMPQ run alone, as --jobs 1 launches it, in another folder
     alone = tmp_path / "jobs1" / "right"
     alone.mkdir(parents=True)
