@@ -11,12 +11,14 @@ clients are seeded by (seed, round, partition) and their updates summed in parti
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from fedmpq_flwr.config import ConfigError
 from fedmpq_flwr.signals import Stopped, stop_received
 
 EPS = 1e-9  # GPU shares are floats: 4 x 0.25 fits one GPU
+WAIT_S = 0.1  # how often the main thread looks whether the workers have ended
 
 
 def check_jobs(jobs: int, client_cpus: int, client_gpus: float, cpus: int, gpus: int) -> None:
@@ -75,9 +77,10 @@ def run_jobs(count: int, jobs: int, run_one: Callable[[int], str]) -> list[str]:
 
     With one job every run runs in this (the main) thread, as the runner always did. With more, each
     of `jobs` worker threads takes the next run until none is left; a worker stops its own run when
-    a stop signal arrives (`stop_received`) and takes no other. The main thread only waits: on a stop
-    signal it waits for the workers and raises JobsStopped. What a worker records, it records itself,
-    so a signal landing anywhere in the main thread loses no run.
+    a stop signal arrives (`stop_received`) and takes no other. The main thread only waits, and on a
+    stop signal waits for the workers and raises JobsStopped. Workers record what they did
+    themselves, and the main thread counts the workers that ended instead of joining them (in Python
+    3.11 a join cut short by a signal marks the thread finished), so a signal loses no run.
     """
     if jobs == 1:
         statuses = []
@@ -90,29 +93,35 @@ def run_jobs(count: int, jobs: int, run_one: Callable[[int], str]) -> list[str]:
     indices = iter(range(count))
     taking = threading.Lock()
     outcomes: dict[int, str | BaseException] = {}
+    ended: list[bool] = []  # one entry per worker that returned
 
     def work() -> None:
-        while not stop_received():
-            with taking:
-                index = next(indices, None)
-            if index is None:
-                return
-            try:
-                outcomes[index] = run_one(index)
-            except BaseException as err:  # Stopped, or a bug that the main thread raises again
-                outcomes[index] = err
-                return
+        try:
+            while not stop_received():
+                with taking:
+                    index = next(indices, None)
+                if index is None:
+                    return
+                try:
+                    outcomes[index] = run_one(index)
+                except BaseException as err:  # Stopped, or a bug that the main thread raises again
+                    outcomes[index] = err
+                    return
+        finally:
+            ended.append(True)
+
+    def busy() -> bool:  # a worker not yet running when the signal came sees it and takes no run
+        return sum(worker.ident is not None for worker in workers) > len(ended)
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(jobs, count))]
     try:
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
+        while busy():
+            time.sleep(WAIT_S)
     except Stopped as stop:
-        for worker in workers:
-            if worker.ident is not None:  # one not yet running sees the signal and takes no run
-                worker.join()
+        while busy():
+            time.sleep(WAIT_S)
         stopped = sorted(index for index, outcome in outcomes.items() if isinstance(outcome, Stopped))
         raise JobsStopped(stop.signum, stopped, len(outcomes)) from None
     errors = [outcome for _, outcome in sorted(outcomes.items()) if isinstance(outcome, BaseException)]

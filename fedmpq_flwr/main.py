@@ -1,4 +1,4 @@
-"""Experiment runner: every run variation of a YAML file, one after another, then the analyzer.
+"""Experiment runner: every run variation of a YAML file, one after another or N at once, then the analyzer.
 
     python -m fedmpq_flwr.main --smoke-test|--full-experiment|--config FILE --results-dir DIR
         [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...] [--jobs N]
@@ -409,8 +409,11 @@ def execute(
 
 
 def stopped_where(run: dict[str, Any], results_dir: Path) -> str:
-    """`run X stopped after round k/N (checkpoint kept in ...)`, or before its first round finished."""
+    """`run X stopped after round k/N (checkpoint kept in ...)`, or before its first round finished,
+    or after its results were complete (stopped while Flower shut down: it will be skipped)."""
     run_dir = results_dir / run["run_id"]
+    if is_complete(run_dir):
+        return f"run {run['run_id']} stopped after its results were complete (it will be skipped)"
     try:
         summary = checkpoint_summary(run_dir)
     except CheckpointError:

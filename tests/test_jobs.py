@@ -134,27 +134,34 @@ def test_run_jobs_starts_in_order_at_most_n_at_once_and_a_failure_stops_nothing(
 
 
 def test_a_stop_signal_stops_the_runs_in_flight_and_starts_no_other() -> None:
-    """SIGTERM to this process while two workers run: each notices (`stop_received`) and stops its
-    run; the run not yet started never starts."""
+    """SIGTERM to the runner (as `kill PID` sends it) while two runs are in flight: each worker notices
+    (`stop_received`) and stops its run, and the runner waits for both, however long each takes (run 0
+    the longest: a worker's end once went unnoticed when the signal cut the main thread's join short);
+    the third run never starts."""
     from fedmpq_flwr.signals import Stopped
 
     started = []
+    in_flight = threading.Barrier(3, timeout=60)  # both runs, and the one who stops them
 
     def run_one(index: int) -> str:
         started.append(index)
-        if index == 0:
-            return "completed"  # finishes before the signal: not among the stopped
-        if index == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+        in_flight.wait()
         deadline = time.monotonic() + 60
         while not stop_received() and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(1.0 if index == 0 else 0.1)  # stopping Flower takes a while
         raise Stopped(stop_received())
 
+    def stop_the_runner() -> None:
+        in_flight.wait()
+        time.sleep(0.3)  # the main thread is waiting for the workers
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_the_runner, daemon=True).start()
     with stop_signals(), pytest.raises(JobsStopped) as info:
-        run_jobs(4, 2, run_one)
+        run_jobs(3, 2, run_one)
     assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
-    assert sorted(info.value.stopped) == [1, 2] and info.value.first_unstarted == 3 and 3 not in started
+    assert info.value.stopped == [0, 1] and info.value.first_unstarted == 2 and 2 not in started
 
 
 def test_jobs_skip_finished_runs_and_run_the_others_side_by_side(tmp_path: Path, monkeypatch, capsys) -> None:
