@@ -7,8 +7,13 @@ RESULTS ?= results
 CIFAR10_DIR ?= ../shared/data/cifar10
 # Use a local CIFAR-10 copy (train.npz/test.npz) when there is one; otherwise the hub.
 DATA_OVERRIDES := $(if $(wildcard $(CIFAR10_DIR)/train.npz),--set dataset.source=npz --set dataset.path=$(CIFAR10_DIR))
+# Runs in flight at once (the runner's --jobs): `make full JOBS=4`. `make quick` takes 2 unless
+# JOBS is given: one run per core of a 2-core machine, each overlapping its Flower/Ray start-up and
+# server-side evaluation with the other's client training.
+JOBS ?= 1
+QUICK_JOBS := $(if $(filter command line environment,$(origin JOBS)),$(JOBS),2)
 
-.PHONY: install smoke full lint test clean
+.PHONY: install smoke quick full lint test clean
 
 # Reinstall when pyproject.toml changed since the last install (a stale venv).
 $(STAMP): pyproject.toml
@@ -20,10 +25,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 smoke: $(STAMP)
-	$(PY) -m fedmpq_flwr.main --smoke-test --results-dir $(RESULTS)/smoke
+	$(PY) -m fedmpq_flwr.main --smoke-test --results-dir $(RESULTS)/smoke --jobs $(JOBS)
+
+quick: $(STAMP)
+	$(PY) -m fedmpq_flwr.main --config configs/quick.yaml --results-dir $(RESULTS)/quick --jobs $(QUICK_JOBS) $(DATA_OVERRIDES)
 
 full: $(STAMP)
-	$(PY) -m fedmpq_flwr.main --full-experiment --results-dir $(RESULTS)/full $(DATA_OVERRIDES)
+	$(PY) -m fedmpq_flwr.main --full-experiment --results-dir $(RESULTS)/full --jobs $(JOBS) $(DATA_OVERRIDES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,14 +1,16 @@
-"""Experiment runner: every run variation of a YAML file, one after another, then the analyzer.
+"""Experiment runner: every run variation of a YAML file, one after another or N at once, then the analyzer.
 
     python -m fedmpq_flwr.main --smoke-test|--full-experiment|--config FILE --results-dir DIR
-        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...]
+        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...] [--jobs N]
 
 The whole file is validated before anything runs. Each run is a subprocess
 (`python -m fedmpq_flwr.launch`) whose output goes to DIR/<run_id>/stdout.log|stderr.log and
 to the console. Finished runs (complete results.json) are skipped unless --overwrite; an
 unfinished run with a checkpoint resumes after its last completed round (--overwrite: from round 1).
+`--jobs N` keeps up to N runs in flight (`fedmpq_flwr.jobs`); the console then shows one progress
+line per round of each run and the runner's events instead of the runs' raw output.
 
-Ctrl-C, SIGTERM and SIGHUP stop the current run cleanly (the launcher stops Flower and Ray; the
+Ctrl-C, SIGTERM and SIGHUP stop the runs in flight cleanly (the launcher stops Flower and Ray; the
 checkpoint stays) and print the command that resumes; the exit status is 128 + the signal number.
 """
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,9 +35,10 @@ from fedmpq_flwr.checkpoint import CheckpointError, checkpoint_summary
 from fedmpq_flwr.config import ConfigError, deep_merge, defaults, dump_yaml, flatten, load_yaml, unflatten, validate
 from fedmpq_flwr.config.schema import section_of
 from fedmpq_flwr.data.registry import DATASETS
+from fedmpq_flwr.jobs import JobsStopped, check_jobs, progress_line, ray_cpus, run_jobs
 from fedmpq_flwr.methods.catalog import reads_section
 from fedmpq_flwr.results import CONFIG_FILE, is_complete, kept_metrics
-from fedmpq_flwr.signals import Stopped, stop_signals
+from fedmpq_flwr.signals import Stopped, stop_received, stop_signals
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FILE_KEYS = {"extends", "defaults", "runs"}
@@ -228,33 +232,81 @@ def update_labels(config_path: Path, run: dict[str, Any]) -> None:
         dump_yaml({**saved, **{key: run[key] for key in LABELS}}, str(config_path))
 
 
-def _pump(source: IO[str], sinks: list[IO[str]]) -> None:
+CONSOLE = threading.Lock()  # whole lines on the console while runs share it (--jobs)
+
+
+def say(text: str, file: IO[str] | None = None) -> None:
+    """Print one line (or block) to the console (stdout by default) without interleaving."""
+    with CONSOLE:
+        print(text, file=file or sys.stdout, flush=True)
+
+
+def _pump(source: IO[str], log: IO[str], echo: Callable[[str], None] | None) -> None:
     for line in iter(source.readline, ""):
-        for sink in sinks:
-            sink.write(line)
-            sink.flush()
+        log.write(line)
+        log.flush()
+        if echo is not None:
+            echo(line)
+
+
+def _raw(stream: IO[str]) -> Callable[[str], None]:
+    def echo(line: str) -> None:
+        stream.write(line)
+        stream.flush()
+
+    return echo
+
+
+def _progress(run_id: str) -> Callable[[str], None]:
+    def echo(line: str) -> None:
+        progress = progress_line(line, run_id)
+        if progress is not None:
+            say(progress)
+
+    return echo
 
 
 CHILD_STOP_S = 60.0  # how long the runner waits for a stopped launcher to shut Flower down
+POLL_S = 0.2  # how often a --jobs worker looks for a stop signal while its run is in flight
 
 
-def run_teed(cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False) -> int:
+def wait_child(process: subprocess.Popen) -> int:
+    """The child's exit status. In the main thread a stop signal interrupts the wait (Stopped); a
+    worker thread (--jobs) cannot be interrupted, so it polls, and raises Stopped itself."""
+    if threading.current_thread() is threading.main_thread():
+        return process.wait()
+    while True:
+        try:
+            return process.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            if signum := stop_received():
+                raise Stopped(signum) from None
+
+
+def run_teed(
+    cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False, quiet_as: str = ""
+) -> int:
     """Run `cmd`, copying its stdout/stderr to the log files (appended to with `append`) and to this
-    process's console. On a stop signal the child gets it too (it may have had it already: the
-    launcher ignores a repeat) and is waited for, so that it stops what it started."""
+    process's console; with `quiet_as` (a run id, under --jobs) only that run's progress lines reach
+    the console. On a stop signal the child gets it too (it may have had it already: the launcher
+    ignores a repeat) and is waited for, so that it stops what it started."""
     mode = "a" if append else "w"
     with open(stdout_log, mode) as out_file, open(stderr_log, mode) as err_file:
         out_file.write(header)
         out_file.flush()
+        if signum := stop_received():  # a --jobs worker about to start a run while the runner stops
+            raise Stopped(signum)
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        echo_out = _progress(quiet_as) if quiet_as else _raw(sys.stdout)
+        echo_err = None if quiet_as else _raw(sys.stderr)
         pumps = [
-            threading.Thread(target=_pump, args=(process.stdout, [out_file, sys.stdout]), daemon=True),
-            threading.Thread(target=_pump, args=(process.stderr, [err_file, sys.stderr]), daemon=True),
+            threading.Thread(target=_pump, args=(process.stdout, out_file, echo_out), daemon=True),
+            threading.Thread(target=_pump, args=(process.stderr, err_file, echo_err), daemon=True),
         ]
         for pump in pumps:
             pump.start()
         try:
-            returncode = process.wait()
+            returncode = wait_child(process)
         except Stopped as stop:
             stop_child(process, stop.signum)
             for pump in pumps:
@@ -279,7 +331,7 @@ def stop_child(process: subprocess.Popen, signum: int) -> None:
 
 
 def emit(event: dict[str, Any]) -> None:
-    print(json.dumps(event), flush=True)
+    say(json.dumps(event))
 
 
 def describe(run: dict[str, Any], position: str) -> str:
@@ -294,8 +346,16 @@ def describe(run: dict[str, Any], position: str) -> str:
     )
 
 
-def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: str) -> str:
-    """Run one variation; return its status: completed, skipped or failed."""
+def execute(
+    run: dict[str, Any],
+    results_dir: Path,
+    overwrite: bool,
+    position: str,
+    quiet: bool = False,
+    ray_cpus: int | None = None,
+) -> str:
+    """Run one variation; return its status: completed, skipped or failed. `quiet` (--jobs > 1):
+    the console gets the run's progress lines and events only; `ray_cpus`: its share of the CPUs."""
     run_dir = results_dir / run["run_id"]
     if is_complete(run_dir) and not overwrite:
         update_labels(run_dir / CONFIG_FILE, run)
@@ -308,7 +368,8 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
     config_path = run_dir / CONFIG_FILE
     dump_yaml(run, str(config_path))
     cmd = [sys.executable, "-m", "fedmpq_flwr.launch", "--config", str(config_path)]
-    print(describe(run, position), flush=True)
+    if not quiet:
+        say(describe(run, position))
     resumed = {"resumed_after_round": completed} if completed else {}
     emit(
         {
@@ -319,12 +380,23 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
             **resumed,
         }
     )
-    header = f"# reproduce: {shlex.join(cmd)}\n"
+    header = f"# reproduce: {shlex.join(cmd)}\n"  # alone, the run has the machine: no --ray-cpus
     if completed:
         header = f"# resumed after round {completed}/{run['train']['num_rounds']}\n" + header
+    if ray_cpus is not None:
+        cmd += ["--ray-cpus", str(ray_cpus)]
     started = time.perf_counter()
-    returncode = run_teed(cmd, run_dir / "stdout.log", run_dir / "stderr.log", header, append=bool(completed))
+    returncode = run_teed(
+        cmd,
+        run_dir / "stdout.log",
+        run_dir / "stderr.log",
+        header,
+        append=bool(completed),
+        quiet_as=run["run_id"] if quiet else "",
+    )
     status = "completed" if returncode == 0 and is_complete(run_dir) else "failed"
+    if quiet and status == "failed":
+        say(f"[{run['run_id']}] failed (exit {returncode}): see {run_dir / 'stderr.log'}", file=sys.stderr)
     emit(
         {
             "event": "run_" + status,
@@ -336,10 +408,12 @@ def execute(run: dict[str, Any], results_dir: Path, overwrite: bool, position: s
     return status
 
 
-def stopped_note(stop: Stopped, argv: list[str], runs: list[dict[str, Any]], current: int, results_dir: Path) -> str:
-    """Where a stopped runner left its current run, and the command(s) that continue."""
-    run = runs[current]
+def stopped_where(run: dict[str, Any], results_dir: Path) -> str:
+    """`run X stopped after round k/N (checkpoint kept in ...)`, or before its first round finished,
+    or after its results were complete (stopped while Flower shut down: it will be skipped)."""
     run_dir = results_dir / run["run_id"]
+    if is_complete(run_dir):
+        return f"run {run['run_id']} stopped after its results were complete (it will be skipped)"
     try:
         summary = checkpoint_summary(run_dir)
     except CheckpointError:
@@ -349,19 +423,26 @@ def stopped_note(stop: Stopped, argv: list[str], runs: list[dict[str, Any]], cur
         if summary
         else "before its first round finished (it will start from round 1)"
     )
+    return f"run {run['run_id']} stopped {where}"
+
+
+def stopped_note(stop: JobsStopped, argv: list[str], runs: list[dict[str, Any]], results_dir: Path) -> str:
+    """Where a stopped runner left the runs it stopped, and the command(s) that continue."""
+    stopped = [runs[index] for index in stop.stopped]
+    where = "; ".join(stopped_where(run, results_dir) for run in stopped) or "no run was in flight"
     runner = [sys.executable, "-m", "fedmpq_flwr.main"]
     if "--overwrite" not in argv:
-        return f"stopped by {stop.name}: run {run['run_id']} stopped {where}. Resume with: {shlex.join(runner + argv)}"
-    # --overwrite would start the stopped run again: resume it without, then rerun the ones after it
+        return f"stopped by {stop.name}: {where}. Resume with: {shlex.join(runner + argv)}"
+    # --overwrite would start the stopped runs again: resume them without, then rerun the ones not started
     kept = [arg for arg in argv if arg != "--overwrite"]
-    later = [r["run_id"] for r in runs[current + 1 :]]
-    note = (
-        f"stopped by {stop.name}: run {run['run_id']} stopped {where}. "
-        f"Resume with: {shlex.join(runner + kept + ['--only', run['run_id']])}"
-    )
+    later = [run["run_id"] for run in runs[stop.first_unstarted :]]
+    commands = []
+    if stopped:
+        commands.append(f"Resume with: {shlex.join(runner + kept + ['--only', *(r['run_id'] for r in stopped)])}")
     if later:
-        note += f"; then run the rest with: {shlex.join(runner + argv + ['--only', *later])}"
-    return note
+        rest = shlex.join(runner + argv + ["--only", *later])
+        commands.append(f"then run the rest with: {rest}" if stopped else f"Run the rest with: {rest}")
+    return f"stopped by {stop.name}: {where}. " + "; ".join(commands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these run_ids or variations")
     parser.add_argument(
         "--overwrite", action="store_true", help="rerun runs that already finished; start unfinished runs from round 1"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs in flight at once (default 1), each with its own SuperLink, ports and Ray and a share "
+        "of the CPUs; with N > 1 the console shows one progress line per round of each run",
     )
     parser.add_argument(
         "--set",
@@ -391,6 +480,24 @@ def main(argv: list[str] | None = None) -> int:
         except Stopped as stop:  # outside a run (validation, the analyzer): nothing of Flower to stop
             print(f"stopped by {stop.name}", file=sys.stderr, flush=True)
             return stop.exit_code
+
+
+def machine_shares(jobs: int, runs: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Check that `jobs` runs fit this machine at once (ConfigError naming --jobs otherwise) and give
+    each run the CPUs its Ray may use (None: the machine, as for one run at a time)."""
+    from fedmpq_flwr.launch import client_gpu_share  # imports torch for client_gpus -1 (auto)
+
+    cpus = os.cpu_count() or 1
+    gpu_shares = {run["run_id"]: client_gpu_share(run) for run in runs}
+    gpus = 0
+    if jobs > 1 and any(gpu_shares.values()):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    client_cpus = {run["run_id"]: run["federation"]["client_cpus"] for run in runs}
+    check_jobs(jobs, max(client_cpus.values()), max(gpu_shares.values()), cpus, gpus)
+    in_flight = min(jobs, len(runs))
+    return {name: ray_cpus(in_flight, cpus, client_cpus[name], gpus, gpu_shares[name]) for name in client_cpus}
 
 
 def run_all(args: argparse.Namespace, argv: list[str]) -> int:
@@ -411,19 +518,25 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> int:
             for run in runs:
                 check_resumable(run, results_dir / run["run_id"])
         preflight(runs)
+        shares = machine_shares(args.jobs, runs)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     results_dir.mkdir(parents=True, exist_ok=True)
-    failed = []
-    for index, run in enumerate(runs):
-        try:
-            status = execute(run, results_dir, args.overwrite, f"{index + 1}/{len(runs)}")
-        except Stopped as stop:
-            print(stopped_note(stop, argv, runs, index, results_dir), file=sys.stderr, flush=True)
-            return stop.exit_code
-        if status == "failed":
-            failed.append(run["run_id"])
+
+    def run_one(index: int) -> str:
+        run = runs[index]
+        position = f"{index + 1}/{len(runs)}"
+        if args.jobs == 1:
+            return execute(run, results_dir, args.overwrite, position)
+        return execute(run, results_dir, args.overwrite, position, quiet=True, ray_cpus=shares[run["run_id"]])
+
+    try:
+        statuses = run_jobs(len(runs), args.jobs, run_one)
+    except JobsStopped as stop:
+        print(stopped_note(stop, argv, runs, results_dir), file=sys.stderr, flush=True)
+        return stop.exit_code
+    failed = [run["run_id"] for run, status in zip(runs, statuses) if status == "failed"]
     analyzer = subprocess.run(
         [sys.executable, "-m", "fedmpq_flwr.evaluate", "--results-dir", str(results_dir)], check=False
     )

@@ -21,6 +21,7 @@ from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
 from fedmpq_flwr.server.outcome import run_rounds
 from fedmpq_flwr.server.resume import CheckpointingStrategy, open_checkpoint
+from fedmpq_flwr.startup import mark
 from fedmpq_flwr.train import resolve_device
 
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
@@ -64,7 +65,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Resolve the config, run the legacy-API strategy for all rounds (those after the checkpoint of
-    a stopped run), then save model and results and drop the checkpoint."""
+    a stopped run), then save model and results and drop the checkpoint. Under the launcher it marks
+    its start-up points (`fedmpq_flwr.startup`)."""
+    mark("server_app_started")
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         config = from_flower_run_config(context.run_config, num_clients=len(list(grid.get_node_ids())))
@@ -82,6 +85,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir, config["run_id"], completed_rounds=checkpoint.round if checkpoint else 0)
     strategy = load_method(config["strategy"]["name"]).strategy(config, recorder)
     rounds = CheckpointingStrategy(strategy, run_dir, started_at, checkpoint)  # Flower's round k is r + k
+    mark("strategy_ready")
     if rounds.remaining:
         run_rounds(start_grid, recorder, grid=grid, strategy=rounds, config=ServerConfig(num_rounds=rounds.remaining))
     strategy.save_outputs()
@@ -90,3 +94,4 @@ def main(grid: Grid, context: Context) -> None:
         extra={"variation": config["variation"], "strategy": config["strategy"]["name"]},
     )
     remove_checkpoint(run_dir)
+    mark("server_app_finished")

@@ -3,7 +3,8 @@
 `timeout`, batch schedulers and `kill -TERM -PGID` signal a whole process group, and Python's
 default SIGTERM action ends a process without running `finally` blocks. Inside `stop_signals()`
 the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP raises `Stopped` in the main thread; later ones are
-ignored, so the cleanup it triggers is not cut short by a second signal.
+ignored, so the cleanup it triggers is not cut short by a second signal. Other threads (the
+runner's `--jobs` workers) cannot be interrupted: they ask `stop_received()`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_received: list[int] = []  # the stop signal that arrived inside the current `stop_signals()` block
 
 
 class Stopped(BaseException):
@@ -35,12 +37,12 @@ class Stopped(BaseException):
 @contextmanager
 def stop_signals() -> Iterator[None]:
     """Within the block, stop signals raise `Stopped` once; the previous handlers come back after it."""
-    stopping: list[int] = []
+    _received.clear()
 
     def handler(signum: int, frame: object) -> None:
-        if stopping:
+        if _received:
             return
-        stopping.append(signum)
+        _received.append(signum)
         raise Stopped(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
@@ -49,3 +51,10 @@ def stop_signals() -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        _received.clear()
+
+
+def stop_received() -> int:
+    """The stop signal that arrived inside `stop_signals()` (0: none): how a thread other than the
+    main one learns that the process is stopping."""
+    return _received[0] if _received else 0

@@ -351,7 +351,9 @@ def test_runner_resumes_a_stopped_run_in_its_folder(tmp_path: Path, monkeypatch,
     run, run_dir = stopped_run(tmp_path, rounds_recorded=3, completed=2)
     launched = []
 
-    def fake_run_teed(cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False) -> int:
+    def fake_run_teed(
+        cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False, quiet_as: str = ""
+    ) -> int:
         launched.append((cmd, header, append))
         return 0
 
@@ -395,17 +397,17 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(
 
 
 def test_stopped_note_names_the_command_that_resumes(tmp_path: Path) -> None:
+    from fedmpq_flwr.jobs import JobsStopped
     from fedmpq_flwr.main import stopped_note
-    from fedmpq_flwr.signals import Stopped
 
     run, _ = stopped_run(tmp_path, rounds_recorded=2, completed=2)
     later = {**run, "run_id": "later"}
     argv = ["--config", "runs.yaml", "--results-dir", "out"]
-    note = stopped_note(Stopped(15), argv, [run, later], 0, tmp_path / "out")
+    note = stopped_note(JobsStopped(15, [0], 1), argv, [run, later], tmp_path / "out")
     assert note.startswith(f"stopped by SIGTERM: run stopped stopped after round 2/4 (checkpoint kept in {tmp_path}")
     assert note.endswith("Resume with: " + " ".join([sys.executable, "-m", "fedmpq_flwr.main", *argv]))
     # with --overwrite the stopped run resumes without it; the runs after it are rerun with it
-    note = stopped_note(Stopped(2), [*argv, "--overwrite"], [run, later], 0, tmp_path / "out")
+    note = stopped_note(JobsStopped(2, [0], 1), [*argv, "--overwrite"], [run, later], tmp_path / "out")
     assert note.startswith("stopped by SIGINT")
     assert f"Resume with: {' '.join([sys.executable, '-m', 'fedmpq_flwr.main', *argv])} --only stopped; " in note
     assert note.endswith(

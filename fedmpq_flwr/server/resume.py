@@ -38,6 +38,7 @@ from fedmpq_flwr.checkpoint import (
 )
 from fedmpq_flwr.client_state import DIR_KEY, TOKEN_KEY
 from fedmpq_flwr.main import check_resumable  # the runner's rule: runner, launcher and server agree
+from fedmpq_flwr.startup import mark
 from fedmpq_flwr.weights import set_weights
 
 
@@ -120,6 +121,7 @@ class CheckpointingStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        mark("round_started")  # start-up marks (fedmpq_flwr.startup): this wrapper sees every round
         instructions = self.strategy.configure_fit(self.true_round(server_round), parameters, client_manager)
         extra: dict[str, Scalar] = {DIR_KEY: str(self.clients_dir), TOKEN_KEY: self.token}
         return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
@@ -146,4 +148,5 @@ class CheckpointingStrategy(Strategy):
         true_round = self.true_round(server_round)
         result = self.strategy.evaluate(true_round, parameters)
         self.save(true_round, parameters_to_ndarrays(parameters))
+        mark("round_finished")
         return result
