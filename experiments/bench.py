@@ -8,6 +8,11 @@ P2  FedMPQ-KD against FedMPQ: mean seconds per round and summed client compute p
     runs made one after the other through the runner with the same data, seed and rounds.
 P3  a quantized training step against a float step, per registry model (experiments/bench_quant_step.py,
     both steps interleaved in one process).
+P4  GPU throughput: seconds per round of FedMPQ-KD (ResNet-20, all --images, 10 clients, each client
+    actor holding --client-gpus of the card) and the projected 50-round run; then --p4-runs short
+    FedMPQ runs through the runner with --jobs 1 and with --jobs --p4-jobs, as runs per hour. The
+    ratio is jobs N over jobs 1 on the same card in one invocation. Meant for a GPU; `--device cpu`
+    runs the same measurements on a CPU (with --client-gpus 0) to check the script itself.
 
     .venv/bin/python experiments/bench.py --out /tmp/bench [--parts P1,P2,P3] [--rounds 3] [--images 10000]
 
@@ -39,14 +44,18 @@ from fedmpq_flwr.methods.registry import load_method  # noqa: E402
 from fedmpq_flwr.results import RunRecorder, read_metrics  # noqa: E402
 
 
-def setting(args: argparse.Namespace, method: str, run_id: str, results_dir: Path) -> dict[str, Any]:
-    """The benchmark's run config: ResNet-20, 10 clients, Dirichlet 0.5, budgets averaging 4 bits."""
+def setting(
+    args: argparse.Namespace, method: str, run_id: str, results_dir: Path, rounds: int | None = None
+) -> dict[str, Any]:
+    """The benchmark's run config: ResNet-20, 10 clients, Dirichlet 0.5, budgets averaging 4 bits, on
+    --device with --client-gpus per client actor (0 on a CPU)."""
     real = (args.data_dir / "train.npz").is_file()
     dataset = (
         {"name": "cifar10", "source": "npz", "path": str(args.data_dir.resolve()), "train_subset": args.images}
         if real
         else {"name": "synthetic", "synthetic_train_size": args.images, "synthetic_test_size": 2000}
     )
+    gpus = args.client_gpus if args.device == "cuda" else 0.0
     return validate(
         {
             "run_id": run_id,
@@ -56,21 +65,22 @@ def setting(args: argparse.Namespace, method: str, run_id: str, results_dir: Pat
             "strategy": {"name": method},
             "model": {"name": args.model},
             "dataset": dataset,
-            "train": {"num_rounds": args.rounds},
+            "train": {"num_rounds": rounds or args.rounds},
             "quant": {"budgets": [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]},
-            "federation": {"num_clients": 10, "client_cpus": 1, "device": "cpu"},
+            "federation": {"num_clients": 10, "client_cpus": 1, "device": args.device, "client_gpus": gpus},
         }
     )
 
 
-def run_through_flower(configs: list[dict[str, Any]], results_dir: Path) -> float:
-    """Run configs through the experiment runner (one after the other); return the wall seconds."""
+def run_through_flower(configs: list[dict[str, Any]], results_dir: Path, jobs: int = 1) -> float:
+    """Run configs through the experiment runner (`jobs` at a time); return the wall seconds."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "bench_runs.yaml"
     runs = [{k: v for k, v in c.items() if k not in ("results_dir", "variation")} for c in configs]
     path.write_text(yaml.safe_dump({"runs": runs}))
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(path), "--results-dir", str(results_dir)]
+    cmd += ["--jobs", str(jobs)]
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
@@ -148,6 +158,31 @@ def p3(args: argparse.Namespace) -> dict[str, Any]:
     return {name: bench_model(step_args, torch.device("cpu"), name) for name in args.models.split(",")}
 
 
+def p4(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    kd_dir = out / "p4_round"
+    kd = setting(args, "fedmpq_kd", "p4_fedmpq_kd", kd_dir)
+    wall = run_through_flower([kd], kd_dir)
+    rounds = round_seconds(kd_dir / "p4_fedmpq_kd")  # after round 1
+    planned = kd["train"]["num_rounds"]
+    per_hour = {}
+    for jobs in (1, args.p4_jobs):
+        jobs_dir = out / f"p4_jobs{jobs}"
+        configs = [setting(args, "fedmpq", f"p4_jobs{jobs}_run{i}", jobs_dir, rounds=2) for i in range(args.p4_runs)]
+        for i, config in enumerate(configs):
+            config["seed"] = i
+        per_hour[jobs] = 3600 * args.p4_runs / run_through_flower(configs, jobs_dir, jobs=jobs)
+    return {
+        "fedmpq_kd_round_s": rounds,
+        "fedmpq_kd_round_s_mean": statistics.mean(rounds),
+        "run_wall_s": wall,
+        "projected_50_round_run_s": wall + (50 - planned) * statistics.mean(rounds),
+        "runs_per_hour": {f"jobs{k}": v for k, v in per_hour.items()},
+        "ratio_jobs": per_hour[args.p4_jobs] / per_hour[1],
+        "note": f"{args.p4_runs} FedMPQ runs of 2 rounds per --jobs setting; client_gpus {args.client_gpus} "
+        f"on {args.device}; the 50-round projection adds the mean steady round to this run's wall time",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and bench.json")
@@ -159,6 +194,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model (P3)")
     parser.add_argument("--plain-threads", type=int, default=2, help="torch threads of P1's plain loop")
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "cifar10")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where clients train (P1, P2, P4)")
+    parser.add_argument("--client-gpus", type=float, default=0.25, help="GPU share per client actor with cuda")
+    parser.add_argument("--p4-jobs", type=int, default=3, help="concurrent runs P4 compares with one")
+    parser.add_argument("--p4-runs", type=int, default=6, help="short runs per --jobs setting in P4")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is not timed")
@@ -176,6 +215,10 @@ def main() -> None:
         report["P2_kd_over_fedmpq"] = p2(args, args.out)
     if "P3" in parts:
         report["P3_quant_over_float_step"] = p3(args)
+    if "P4" in parts:
+        if args.device == "cuda":
+            report["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
+        report["P4_gpu_throughput"] = p4(args, args.out)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
