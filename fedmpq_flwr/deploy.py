@@ -48,6 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmpq_flwr.config import ConfigError, deep_merge, load_yaml, validate
 from fedmpq_flwr.config.flower import app_defaults, write_run_config_toml
+from fedmpq_flwr.launch import terminate_then_kill
 from fedmpq_flwr.results import is_complete
 
 CERT_DAYS = 30
@@ -333,18 +334,7 @@ def stop(pids: Sequence[int], grace_s: float = 10.0, parent: int | None = None) 
                 tree[proc.pid] = proc
         except psutil.NoSuchProcess:
             continue
-    for proc in tree.values():
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(list(tree.values()), timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5.0)
+    terminate_then_kill(list(tree.values()), grace_s)
 
 
 # ---- command line ------------------------------------------------------------------------------------
