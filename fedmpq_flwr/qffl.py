@@ -2,7 +2,8 @@
 ICLR 2020), client and server steps on lists of numpy arrays (no torch, no Flower).
 
 Client k receives the global model w, computes F_k, the mean cross-entropy of w on its whole
-training partition *before* local training, trains to w_k and, with L = 1/lr, returns
+training partition *before* local training, trains to w_k and, with L the Lipschitz estimate (the
+authors' 1/lr by default), returns
 
     Delta_k = F_k^q * L (w - w_k)                                  (one array per trainable entry)
     h_k     = q * F_k^(q-1) * ||L (w - w_k)||^2 + L * F_k^q        (a float)
@@ -32,8 +33,9 @@ Compared with the authors' `flearn/trainers/qffedavg.py` (litian96/fair_flearn, 
 - their local solver is plain SGD, so w - w_k = lr * (sum of the local gradients); this project's
   clients use momentum (and weight decay), which makes w - w_k up to 1/(1 - momentum) times larger,
   so L (w - w_k) overstates the gradient and the first term of h_k grows by that factor squared
-  relative to the second. `client_update` takes `lr` explicitly; the default wiring passes
-  `train.lr` (the authors' rule), which at q = 0 is immaterial (the step is the uniform mean).
+  relative to the second. `client_update` takes L explicitly; the wiring passes
+  `qffl.lipschitz_scale / train.lr`, the authors' rule at scale 1 (L is immaterial at q = 0, where
+  the step is the uniform mean).
 - they sample clients with probability proportional to their data size (`--sampling 2`); here the
   strategy's seeded uniform sampling chooses the participants.
 - arithmetic is float64 on both sides; the uploaded Deltas are float32, like every Flower upload.
@@ -72,17 +74,16 @@ def client_update(
     trainable: Sequence[bool],
     loss: float,
     q: float,
-    lr: float,
+    lipschitz: float,
 ) -> tuple[list[np.ndarray], float]:
     """Client k's upload and h_k: Delta_k = F^q L (w - w_k) (float32) for trainable entries, the local
     value (float32) for the others, and h_k = q F^(q-1) ||L (w - w_k)||^2 + L F^q over the trainable
-    entries, with L = 1/lr and F = max(loss, 1e-10)."""
+    entries, with L = `lipschitz` and F = max(loss, 1e-10)."""
     q, loss = _check_q(q), _check_loss(loss)
-    if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"q-FFL lr must be a finite number > 0, got {lr!r}")
+    if not math.isfinite(lipschitz) or lipschitz <= 0:
+        raise ValueError(f"q-FFL L (lipschitz) must be a finite number > 0, got {lipschitz!r}")
     _check_entries("global_weights", global_weights, trainable)
     _check_entries("local_weights", local_weights, trainable)
-    lipschitz = 1.0 / lr
     try:
         weight = loss**q
     except OverflowError as error:

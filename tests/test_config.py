@@ -53,6 +53,10 @@ def test_defaults_are_the_main_experiment() -> None:
             "key 'model.name': value 'MODEL_PLACEHOLDER' is a leftover placeholder",
         ),
         ({"dataset": {"alpha": 0}}, "key 'dataset.alpha': value 0.0 is out of range"),
+        (
+            {"strategy": {"name": "qffl"}, "qffl": {"lipschitz_scale": 0}},
+            "key 'qffl.lipschitz_scale': value 0.0 is out of range; expected a number in (0, inf)",
+        ),
         ({"dataset": {"source": "npz"}}, "key 'dataset.path': value '' is empty"),
         ({"strategy": {"fraction_fit": 1.5}}, "key 'strategy.fraction_fit': value 1.5 is out of range"),
         ({"run_id": "a b"}, "key 'run_id': value 'a b' must be"),

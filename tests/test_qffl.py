@@ -14,12 +14,13 @@ TRAINABLE = [True, False]
 GLOBAL = [np.array([1.0, 2.0], np.float32), np.array([10.0], np.float32)]
 LOCAL_1 = [np.array([0.5, 2.0], np.float32), np.array([12.0], np.float32)]  # F = 2
 LOCAL_2 = [np.array([1.0, 1.0], np.float32), np.array([14.0], np.float32)]  # F = 1
-LR = 0.5  # L = 2
+LIPSCHITZ = 2.0  # L, the authors' 1/lr at lr = 0.5
 
 
 def run_round(q: float, losses: tuple[float, float] = (2.0, 1.0), **kwargs: object) -> list[np.ndarray]:
     updates = [
-        qffl.client_update(GLOBAL, local, TRAINABLE, loss, q, LR) for local, loss in zip((LOCAL_1, LOCAL_2), losses)
+        qffl.client_update(GLOBAL, local, TRAINABLE, loss, q, LIPSCHITZ)
+        for local, loss in zip((LOCAL_1, LOCAL_2), losses)
     ]
     return qffl.aggregate(GLOBAL, [u for u, _ in updates], [h for _, h in updates], TRAINABLE, **kwargs)
 
@@ -37,7 +38,7 @@ def test_hand_computed_client_update_q1_q2() -> None:
     }
     for (client, q), (delta, h) in expected.items():
         local, loss = (LOCAL_1, 2.0) if client == 1 else (LOCAL_2, 1.0)
-        upload, h_k = qffl.client_update(GLOBAL, local, TRAINABLE, loss, q, LR)
+        upload, h_k = qffl.client_update(GLOBAL, local, TRAINABLE, loss, q, LIPSCHITZ)
         np.testing.assert_allclose(upload[0], delta, rtol=1e-7)
         assert upload[0].dtype == np.float32
         np.testing.assert_array_equal(upload[1], local[1])  # the buffer goes as the local value
@@ -66,12 +67,12 @@ def test_q0_is_uniform_fedavg() -> None:
     global_weights = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     locals_ = [[(w + 0.1 * rng.standard_normal(w.shape)).astype(np.float32) for w in global_weights] for _ in range(5)]
     losses = [0.3, 1.7, 2.2, 0.0, 5.0]
-    updates = [qffl.client_update(global_weights, local, mask, loss, 0.0, 0.05) for local, loss in zip(locals_, losses)]
+    updates = [qffl.client_update(global_weights, local, mask, loss, 0.0, 20.0) for local, loss in zip(locals_, losses)]
     new = qffl.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
     for i, array in enumerate(new):
         fedavg = np.mean([local[i].astype(np.float64) for local in locals_], axis=0)
         np.testing.assert_allclose(array, fedavg, rtol=1e-6, atol=1e-6)
-    assert all(h == pytest.approx(1 / 0.05) for _, h in updates)
+    assert all(h == pytest.approx(20.0) for _, h in updates)  # h_k = L at q = 0
 
 
 def test_larger_loss_gets_more_weight() -> None:
@@ -97,13 +98,13 @@ def test_larger_loss_gets_more_weight() -> None:
 def test_zero_loss_is_safe() -> None:
     """F = 0 is floored at 1e-10: finite Delta and h for q < 1, q = 1 and q > 1."""
     for q in (0.0, 0.5, 1.0, 2.0):
-        upload, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, q, LR)
+        upload, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, q, LIPSCHITZ)
         assert math.isfinite(h) and h > 0
         assert all(np.all(np.isfinite(a)) for a in upload)
         new = run_round(q, losses=(0.0, 0.0))
         assert all(np.all(np.isfinite(a)) for a in new)
     # q = 0.5, F = 0: h = 0.5 * (1e-10)^-0.5 * 1 + 2 * (1e-10)^0.5
-    _, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, 0.5, LR)
+    _, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, 0.5, LIPSCHITZ)
     assert h == pytest.approx(0.5 * 1e5 + 2 * 1e-5, rel=1e-9)
 
 
@@ -115,14 +116,14 @@ def test_weighted_buffers() -> None:
 
 def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, -1.0, LR)
+        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, -1.0, LIPSCHITZ)
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, float("nan"), 1.0, LR)
+        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, float("nan"), 1.0, LIPSCHITZ)
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, 0.0)
+        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, 0.0)  # L must be > 0
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1[:1], TRAINABLE, 1.0, 1.0, LR)
-    upload, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, LR)
+        qffl.client_update(GLOBAL, LOCAL_1[:1], TRAINABLE, 1.0, 1.0, LIPSCHITZ)
+    upload, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, LIPSCHITZ)
     with pytest.raises(ValueError):
         qffl.aggregate(GLOBAL, [upload], [0.0], TRAINABLE)
     with pytest.raises(ValueError):
@@ -130,7 +131,7 @@ def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         qffl.aggregate(GLOBAL, [upload], [h], TRAINABLE, buffer_weights=[0.0])
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 100.0, 200.0, LR)  # 100^200 overflows
+        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 100.0, 200.0, LIPSCHITZ)  # 100^200 overflows
 
 
 def test_one_round_on_a_torch_model() -> None:
@@ -159,7 +160,7 @@ def test_one_round_on_a_torch_model() -> None:
         train_epochs(model, loader, torch.optim.SGD(model.parameters(), lr=lr), 1, device)
         locals_.append(get_weights(model))
     for q in (0.0, 1.0):
-        updates = [qffl.client_update(global_weights, w_k, mask, f, q, lr) for w_k, f in zip(locals_, losses)]
+        updates = [qffl.client_update(global_weights, w_k, mask, f, q, 1 / lr) for w_k, f in zip(locals_, losses)]
         new = qffl.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
         set_weights(model, new)  # shapes and order fit the model
         for i, is_trainable in enumerate(mask):

@@ -40,10 +40,12 @@ def test_q0_equals_uniform_fedavg(fedavg_config, fl) -> None:
     assert not all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(qffl_weights, weighted))
 
 
-def test_client_reports_f_k_of_the_received_model_and_h_k(fedavg_config, fl) -> None:
+@pytest.mark.parametrize("lipschitz_scale", [1.0, 0.1])
+def test_client_reports_f_k_of_the_received_model_and_h_k(fedavg_config, fl, lipschitz_scale) -> None:
+    """h_k uses L = qffl.lipschitz_scale / train.lr (the authors' 1/lr at scale 1)."""
     q, pid = 2.0, 4
-    config = qffl_config(fedavg_config, q)
-    lr = config["train"]["lr"]
+    config = fedavg_config(strategy={"name": "qffl"}, qffl={"q": q, "lipschitz_scale": lipschitz_scale})
+    lipschitz = lipschitz_scale / config["train"]["lr"]
     strategy = fl.strategy(config)
     res = fl.fit_result(QFFLClient(config, pid, 10), strategy, pid)
     # F_k by hand: the global model on the client's whole partition, eval mode, no augmentation
@@ -60,7 +62,7 @@ def test_client_reports_f_k_of_the_received_model_and_h_k(fedavg_config, fl) -> 
     mask = trainable_mask(model)
     deltas = [a.astype(np.float64) for a, t in zip(parameters_to_ndarrays(res.parameters), mask) if t]
     squared = sum(float(np.sum((d / loss**q) ** 2)) for d in deltas)
-    assert res.metrics["qffl_h"] == pytest.approx(q * loss ** (q - 1) * squared + loss**q / lr, rel=1e-4)
+    assert res.metrics["qffl_h"] == pytest.approx(q * loss ** (q - 1) * squared + lipschitz * loss**q, rel=1e-4)
     # the F_k pass costs one forward per image, reported apart from the training FLOPs
     with FlopCounterMode(display=False) as counter:
         model.eval()(torch.zeros(1, 3, 32, 32))

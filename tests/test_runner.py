@@ -389,3 +389,24 @@ def test_quick_study_is_the_main_experiment_on_10000_images_for_20_rounds(tmp_pa
         assert differing == {"description", "dataset.train_subset", "train.num_rounds"}, run["run_id"]
         assert (flat["dataset.train_subset"], flat["train.num_rounds"], flat["seed"]) == (10000, 20, 0)
         assert (flat["dataset.name"], flat["dataset.alpha"], flat["federation.num_clients"]) == ("cifar10", 0.5, 10)
+
+
+def test_qffl_sweep_is_the_main_experiment_in_the_issue13_setting(tmp_path: Path) -> None:
+    """configs/sweeps/qffl.yaml: FedAvg and q-FFL at several (q, lipschitz_scale), each equal to the
+    full file's seed-0 run of its method but for 10,000 images, 10 rounds and the qffl section."""
+    sweep = expand_runs(REPO / "configs" / "sweeps" / "qffl.yaml", tmp_path, {})
+    full = {
+        r["strategy"]["name"]: flatten(r)
+        for r in expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
+        if r["variation"] in ("fedavg", "qffl") and r["seed"] == 0
+    }
+    points = {(r["qffl"]["q"], r["qffl"]["lipschitz_scale"]) for r in sweep if r["strategy"]["name"] == "qffl"}
+    assert (1.0, 1.0) in points and len(points) == len(sweep) - 1  # the authors' point, no repeats
+    for run in sweep:
+        flat, twin = flatten(run), full[run["strategy"]["name"]]
+        differing = {k for k in flat.keys() | twin.keys() if flat.get(k) != twin.get(k)}
+        assert differing <= {
+            "run_id", "variation", "description", "dataset.train_subset", "train.num_rounds", "qffl.q",
+            "qffl.lipschitz_scale",
+        }, run["run_id"]  # fmt: skip
+        assert (flat["dataset.train_subset"], flat["train.num_rounds"], flat["seed"]) == (10000, 10, 0)

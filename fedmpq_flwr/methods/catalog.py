@@ -81,7 +81,10 @@ PAQ: Section = {  # FedPAQ's QSGD quantizer of the upload (fedmpq_flwr.quant.qsg
     "bits": number(int, 4, 2, 8),  # per coordinate, sign included: s = 2^(bits-1) - 1 levels
     "bucket": number(int, 512, 1),  # coordinates per bucket; one float32 norm each
 }
-QFFL: Section = {"q": number(float, 1.0, 0)}  # q-FFL's fairness exponent; q = 0 is uniform FedAvg
+QFFL: Section = {
+    "q": number(float, 1.0, 0),  # q-FFL's fairness exponent; q = 0 is uniform FedAvg
+    "lipschitz_scale": number(float, 1.0, 0, low_open=True),  # L = lipschitz_scale / train.lr; 1 is the authors' rule
+}
 
 
 def _whole_budgets(config: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Client k: first F_k, the mean cross-entropy of the RECEIVED global model w on k's whole training
 partition with the labels it trains on (eval mode, no augmentation, `train.eval_batch_size`); then
-local training exactly as FedAvg; then (`fedmpq_flwr.qffl.client_update`, L = 1/`train.lr`) it uploads
+local training exactly as FedAvg; then (`fedmpq_flwr.qffl.client_update`, with the Lipschitz estimate
+L = `qffl.lipschitz_scale` / `train.lr`, the authors' 1/lr at the default scale 1) it uploads
 Delta_k = F_k^q L (w - w_k) for trainable tensors and its local BatchNorm statistics, and reports
 h_k = q F_k^(q-1) ||L (w - w_k)||^2 + L F_k^q and F_k as fit metrics (`qffl_h`, `qffl_loss`).
 
@@ -68,8 +69,9 @@ class QFFLClient(FedAvgClient):
         received = get_weights(model)
         loss, eval_flops = self.received_loss(model)
         local, metrics = super().train(model, loader, config, seed)
-        q, lr = self.config["qffl"]["q"], self.config["train"]["lr"]
-        upload, h = client_update(received, local, trainable_mask(model), loss, q, lr)
+        qffl = self.config["qffl"]
+        lipschitz = qffl["lipschitz_scale"] / self.config["train"]["lr"]
+        upload, h = client_update(received, local, trainable_mask(model), loss, qffl["q"], lipschitz)
         metrics.update(qffl_h=h, qffl_loss=loss, eval_flops=eval_flops)
         return upload, metrics
 
