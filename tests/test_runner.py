@@ -374,7 +374,8 @@ def test_results_dir_that_is_not_a_folder_is_a_one_line_error(tmp_path: Path, wh
 
 def test_quick_study_is_the_main_experiment_on_10000_images_for_20_rounds(tmp_path: Path) -> None:
     """configs/quick.yaml: the full file's main runs of seed 0 (every method, the frozen-scale pair
-    included), each equal to its full-experiment twin but for 10,000 training images and 20 rounds."""
+    included), each equal to its full-experiment twin but for 10,000 training images, 20 rounds and
+    the quantized models evaluated every 5th round."""
     quick = expand_runs(REPO / "configs" / "quick.yaml", tmp_path, {})
     full = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
     twins = {r["run_id"]: flatten(r) for r in full if not r["axis"] and r["seed"] == 0}
@@ -386,8 +387,10 @@ def test_quick_study_is_the_main_experiment_on_10000_images_for_20_rounds(tmp_pa
     for run in quick:
         flat, twin = flatten(run), twins[run["run_id"]]
         differing = {k for k in flat.keys() | twin.keys() if flat.get(k) != twin.get(k)}
-        assert differing == {"description", "dataset.train_subset", "train.num_rounds"}, run["run_id"]
+        quick_only = {"description", "dataset.train_subset", "train.num_rounds", "eval.quant_every"}
+        assert differing == quick_only, run["run_id"]
         assert (flat["dataset.train_subset"], flat["train.num_rounds"], flat["seed"]) == (10000, 20, 0)
+        assert (flat["eval.every"], flat["eval.quant_every"]) == (1, 5)
         assert (flat["dataset.name"], flat["dataset.alpha"], flat["federation.num_clients"]) == ("cifar10", 0.5, 10)
 
 
