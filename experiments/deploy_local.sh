@@ -119,6 +119,9 @@ LINK="127.0.0.1:${PORTS[0]}"
 
 export PATH="$BIN:$PATH" # flower-superlink and flower-supernode start flower-superexec by name
 export FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
+# The ServerApp runs from Flower's copy of the app: it records this checkout's commit from here.
+FEDMPQ_GIT_COMMIT="$(deploy commit)"
+export FEDMPQ_GIT_COMMIT
 # Flower's anonymous usage events: off unless asked for (offline, each exit waits seconds for them).
 export FLWR_TELEMETRY_ENABLED="${FLWR_TELEMETRY_ENABLED:-0}"
 LINK_ARGS=(--host 127.0.0.1 --port "${PORTS[0]}" --disable-runtime-dependency-installation)

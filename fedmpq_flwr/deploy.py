@@ -49,6 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedmpq_flwr.config import ConfigError, deep_merge, load_yaml, validate
 from fedmpq_flwr.config.flower import app_defaults, write_run_config_toml
 from fedmpq_flwr.launch import terminate_then_kill
+from fedmpq_flwr.provenance import git_commit
 from fedmpq_flwr.results import is_complete
 
 CERT_DAYS = 30
@@ -389,6 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     results = commands.add_parser("check-results", help="exit 0 when RUN_DIR holds a complete results.json")
     results.add_argument("run_dir", type=Path)
 
+    commands.add_parser("commit", help="print the git commit of this checkout, for the ServerApp's results.json")
+
     stop_cmd = commands.add_parser("stop", help="stop processes and their descendants")
     stop_cmd.add_argument("pids", type=int, nargs="*")
     stop_cmd.add_argument("--parent", type=int, help="stop only pids that are still children of this process")
@@ -432,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "stop":
             stop(args.pids, parent=args.parent)
+        elif args.command == "commit":
+            print(git_commit())
     except (ConfigError, RuntimeError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

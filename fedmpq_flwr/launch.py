@@ -37,6 +37,7 @@ from fedmpq_flwr.checkpoint import checkpoint_dir, checkpoint_summary, remove_ch
 from fedmpq_flwr.config import ConfigError, load_yaml, validate
 from fedmpq_flwr.config.flower import write_run_config_toml
 from fedmpq_flwr.main import check_results_dir, check_resumable
+from fedmpq_flwr.provenance import COMMIT_ENV, git_commit
 from fedmpq_flwr.results import is_complete
 from fedmpq_flwr.signals import Stopped, stop_signals
 from fedmpq_flwr.startup import MARKS_ENV, mark, write_startup
@@ -148,10 +149,12 @@ def flower_processes(flwr_home: Path) -> list[psutil.Process]:
 def flower_env(flwr_home: Path, port: int, ray_tmpdir: Path | None = None, marks: Path | None = None) -> dict[str, str]:
     """Environment for a private SuperLink: own FLWR_HOME and port, offline-safe, venv on PATH;
     optionally its own Ray temp folder (else Ray's default, or the user's RAY_TMPDIR) and the file
-    its processes append start-up marks to."""
+    its processes append start-up marks to. The ServerApp runs from Flower's copy of the app, not a git
+    checkout: it gets this checkout's commit through `COMMIT_ENV`."""
     bin_dir = Path(sys.executable).parent
     return {
         **os.environ,
+        COMMIT_ENV: git_commit(),
         **({"RAY_TMPDIR": str(ray_tmpdir)} if ray_tmpdir else {}),
         **({MARKS_ENV: str(marks)} if marks else {}),
         "FLWR_HOME": str(flwr_home),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-import subprocess
 from importlib import metadata as importlib_metadata
 from logging import ERROR
 from pathlib import Path
@@ -18,6 +17,7 @@ from flwr.server.compat import start_grid
 from fedmpq_flwr.checkpoint import remove_checkpoint
 from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
 from fedmpq_flwr.methods.registry import load_method
+from fedmpq_flwr.provenance import git_commit
 from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
 from fedmpq_flwr.server.outcome import run_rounds
 from fedmpq_flwr.server.resume import CheckpointingStrategy, open_checkpoint
@@ -25,21 +25,6 @@ from fedmpq_flwr.startup import mark
 from fedmpq_flwr.train import resolve_device
 
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
-
-
-def git_commit() -> str:
-    """Commit of the checkout this package runs from (with '-dirty' for local changes)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty.strip() else "")
 
 
 def run_metadata(config: dict[str, Any], started_at: str) -> dict[str, Any]:

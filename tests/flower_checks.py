@@ -15,6 +15,7 @@ from fedmpq_flwr.data.registry import get_spec
 from fedmpq_flwr.dataset import eval_loader, load_data
 from fedmpq_flwr.methods.catalog import CATALOG
 from fedmpq_flwr.models import build_model, load_final_model
+from fedmpq_flwr.provenance import checkout_commit
 from fedmpq_flwr.train import evaluate
 from fedmpq_flwr.weights import get_weights
 
@@ -71,6 +72,7 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
         metadata
     )
     assert {"flwr", "torch", "flwr-datasets"} <= set(metadata["versions"])
+    assert metadata["git_commit"] == checkout_commit()  # the launcher's checkout, not Flower's app copy
     # the saved model is the final global model: it reproduces the last round's accuracy
     model = load_final_model(run_dir)
     data = load_data(config["dataset"])
