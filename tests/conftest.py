@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
 
 from fedmpq_flwr.config import deep_merge, validate
@@ -24,6 +25,27 @@ VARYING_KEYS = {
     "client_peak_rss_mb",
     "server_peak_rss_mb",
 }
+
+# A runner file of three tiny runs (a_seed0, a_seed1, b): the runner and --jobs tests expand or run it.
+TINY = {
+    "defaults": {
+        "model": {"name": "tiny_cnn"},
+        "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 50},
+        "train": {"num_rounds": 2},
+        "federation": {"num_clients": 2},
+    },
+    "runs": [
+        {"run_id": "a", "description": "first", "seeds": [0, 1]},
+        {"run_id": "b", "description": "second", "train": {"lr": 0.01}},
+    ],
+}
+
+
+def write(tmp_path: Path, document: object, name: str = "runs.yaml") -> Path:
+    """`document` as the YAML runner file tmp_path/name."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document))
+    return path
 
 
 @pytest.fixture

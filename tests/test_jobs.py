@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import VARYING_KEYS
+from conftest import TINY, VARYING_KEYS, write
 from flower_checks import processes_with_env
 
 from fedmpq_flwr.config import ConfigError, dump_yaml
@@ -24,24 +24,6 @@ from fedmpq_flwr.signals import stop_received, stop_signals
 
 REPO = Path(__file__).resolve().parent.parent
 CPUS = os.cpu_count() or 1
-TINY = {
-    "defaults": {
-        "model": {"name": "tiny_cnn"},
-        "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 50},
-        "train": {"num_rounds": 2},
-        "federation": {"num_clients": 2},
-    },
-    "runs": [
-        {"run_id": "a", "description": "first", "seeds": [0, 1]},
-        {"run_id": "b", "description": "second", "train": {"lr": 0.01}},
-    ],
-}
-
-
-def write(tmp_path: Path, document: dict) -> Path:
-    path = tmp_path / "runs.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 @pytest.mark.parametrize(

@@ -8,31 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY, write
 
 from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, flatten
 from fedmpq_flwr.main import expand_runs, parse_overrides
 from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
 
 REPO = Path(__file__).resolve().parent.parent
-
-TINY = {
-    "defaults": {
-        "model": {"name": "tiny_cnn"},
-        "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 50},
-        "train": {"num_rounds": 2},
-        "federation": {"num_clients": 2},
-    },
-    "runs": [
-        {"run_id": "a", "description": "first", "seeds": [0, 1]},
-        {"run_id": "b", "description": "second", "train": {"lr": 0.01}},
-    ],
-}
-
-
-def write(tmp_path: Path, document: object, name: str = "runs.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
@@ -259,7 +241,10 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
     ]
     by_method = {r["strategy"]["name"]: r for r in main}
     assert by_method["fedpq"]["quant"] == by_method["fedmpq"]["quant"]  # the same budgets
-    assert by_method["fedpaq"]["paq"] == {"bits": 4, "bucket": 512} and by_method["qffl"]["qffl"] == {"q": 1.0}
+    assert by_method["fedpaq"]["paq"] == {"bits": 4, "bucket": 512} and by_method["qffl"]["qffl"] == {
+        "q": 1.0,
+        "lipschitz_scale": 1.0,
+    }
     for run in main:  # one setting: the methods differ only in the sections they own
         assert {k: run[k] for k in ("model", "dataset", "train", "federation")} == {
             k: main[0][k] for k in ("model", "dataset", "train", "federation")
