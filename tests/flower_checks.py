@@ -13,6 +13,7 @@ import yaml
 from fedmpq_flwr.config import validate
 from fedmpq_flwr.data.registry import get_spec
 from fedmpq_flwr.dataset import eval_loader, load_data
+from fedmpq_flwr.launch import terminate_then_kill
 from fedmpq_flwr.methods.catalog import CATALOG
 from fedmpq_flwr.models import build_model, load_final_model
 from fedmpq_flwr.provenance import checkout_commit
@@ -82,13 +83,23 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
     return results
 
 
-def processes_with_env(name: str, value: str) -> list[str]:
-    """Command lines of live processes whose environment has `name=value` (children inherit it)."""
+def _live_with_env(name: str, value: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
             if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.environ().get(name) == value:
-                found.append(" ".join(proc.info["cmdline"] or []))
+                found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def processes_with_env(name: str, value: str) -> list[str]:
+    """Command lines of live processes whose environment has `name=value` (children inherit it)."""
+    return [" ".join(proc.info["cmdline"] or []) for proc in _live_with_env(name, value)]
+
+
+def stop_processes_with_env(name: str, value: str) -> None:
+    """Stop what a test started and left behind (e.g. a timed-out script's SuperLink and SuperNodes),
+    so one failure does not load the machine for the tests after it."""
+    terminate_then_kill(_live_with_env(name, value), grace_s=5.0)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
-from flower_checks import check_results_contract, processes_with_env
+from flower_checks import check_results_contract, processes_with_env, stop_processes_with_env
 
 from fedmpq_flwr.config import ConfigError, validate
 from fedmpq_flwr.deploy import (
@@ -180,6 +180,7 @@ def test_deploy_local_script_runs_the_experiment_with_tls_and_authentication(tmp
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     finally:
         leftovers = processes_with_env(MARKER, marker)
+        stop_processes_with_env(MARKER, marker)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "TLS on, SuperNode authentication on" in proc.stderr
     run_dir = results_dir / "deploy_e2e"
