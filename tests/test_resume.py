@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+import yaml
+from conftest import TINY, write
 from flwr.common import (
     ArrayRecord,
     Code,
@@ -40,7 +42,7 @@ from fedmpq_flwr.checkpoint import (
     save_node_file,
 )
 from fedmpq_flwr.client_state import RESTORED_KEY, arrays_to_state, snapshot, state_to_arrays, unchanged
-from fedmpq_flwr.config import ConfigError
+from fedmpq_flwr.config import ConfigError, deep_merge
 from fedmpq_flwr.main import check_resumable
 from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.results import RunRecorder, kept_metrics
@@ -314,17 +316,10 @@ def stopped_run(tmp_path: Path, rounds_recorded: int, completed: int, **override
     from fedmpq_flwr.main import expand_runs
 
     document = {
-        "defaults": {
-            "model": {"name": "tiny_cnn"},
-            "dataset": {"name": "synthetic", "synthetic_train_size": 200, "synthetic_test_size": 50},
-            "train": {"num_rounds": 4},
-            "federation": {"num_clients": 2},
-        },
+        "defaults": deep_merge(TINY["defaults"], {"train": {"num_rounds": 4}}),
         "runs": [{"run_id": "stopped", "description": "stopped run", **overrides}],
     }
-    path = tmp_path / "runs.yaml"
-    path.write_text(json.dumps(document))
-    (run,) = expand_runs(path, tmp_path / "out", {})
+    (run,) = expand_runs(write(tmp_path, document), tmp_path / "out", {})
     run_dir = tmp_path / "out" / "stopped"
     run_dir.mkdir(parents=True)
     lines = [
@@ -386,9 +381,9 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(
     from fedmpq_flwr.main import main
 
     _, run_dir = stopped_run(tmp_path, rounds_recorded=rounds_recorded, completed=2)
-    document = json.loads((tmp_path / "runs.yaml").read_text())
+    document = yaml.safe_load((tmp_path / "runs.yaml").read_text())
     document["runs"][0].update(overrides)
-    (tmp_path / "runs.yaml").write_text(json.dumps(document))
+    write(tmp_path, document)
     assert main(["--config", str(tmp_path / "runs.yaml"), "--results-dir", str(tmp_path / "out")]) == 2
     expected = message.format(out=tmp_path / "out", metrics=run_dir / "metrics.jsonl")
     stderr = capsys.readouterr().err
