@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,31 @@ MODELS_PAGE_COUNTS = documented_counts(REPO / "docs" / "models.md", r"^\| `(\w+)
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def test_model_names_are_checked_without_torch() -> None:
+    """A launcher validates `model.name` against the registry before any training, without the
+    1.5-2 s of importing torch that every run would otherwise pay twice (runner, launcher)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import fedmpq_flwr.launch
+        from fedmpq_flwr.config import ConfigError, defaults, validate
+        from fedmpq_flwr.models import MODELS
+        for name in MODELS:
+            validate({**defaults(), "model": {"name": name}})
+        try:
+            validate({**defaults(), "model": {"name": "resnet18"}})
+        except ConfigError as err:
+            print(err)
+        print(",".join(sorted(MODELS)))
+        print("torch" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    error, names, torch_loaded = out.stdout.splitlines()
+    assert error.startswith("key 'model.name': value 'resnet18' is not allowed; choose one of resnet20")
+    assert names == ",".join(NAMES) and torch_loaded == "False"
 
 
 def tiny(name: str, num_classes: int = 10) -> nn.Module:
