@@ -12,6 +12,7 @@ from conftest import TINY, write
 
 from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, flatten
 from fedmpq_flwr.main import expand_runs, parse_overrides
+from fedmpq_flwr.methods.catalog import method_names
 from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -377,6 +378,17 @@ def test_quick_study_is_the_main_experiment_on_10000_images_for_20_rounds(tmp_pa
         assert (flat["dataset.train_subset"], flat["train.num_rounds"], flat["seed"]) == (10000, 20, 0)
         assert (flat["eval.every"], flat["eval.quant_every"]) == (1, 5)
         assert (flat["dataset.name"], flat["dataset.alpha"], flat["federation.num_clients"]) == ("cifar10", 0.5, 10)
+
+
+def test_smoke_file_runs_every_method_in_miniature(tmp_path: Path) -> None:
+    """configs/smoke_test.yaml (`make smoke`): every catalog method on synthetic data for 3 rounds;
+    only FedKD's run, which needs models with ResNet stages, leaves the tiny CNN and the full image set."""
+    runs = expand_runs(REPO / "configs" / "smoke_test.yaml", tmp_path, {})
+    assert sorted({r["strategy"]["name"] for r in runs}) == sorted(method_names())
+    for run in runs:
+        assert (run["dataset"]["name"], run["train"]["num_rounds"], run["seed"]) == ("synthetic", 3, 0)
+        sizes = (run["model"]["name"], run["dataset"]["synthetic_train_size"], run["dataset"]["synthetic_test_size"])
+        assert sizes == (("resnet20", 400, 200) if run["strategy"]["name"] == "fedkd" else ("tiny_cnn", 1200, 400))
 
 
 def test_qffl_sweep_is_the_main_experiment_in_the_issue13_setting(tmp_path: Path) -> None:
