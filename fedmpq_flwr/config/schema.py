@@ -19,10 +19,6 @@ def _method_names() -> tuple[str, ...]:
     return method_names()
 
 
-def _model_names() -> tuple[str, ...]:
-    return tuple(MODELS)
-
-
 RUN: Section = {
     "run_id": text("flwr-run"),
     "variation": text(),  # the name shared by the seeds of one setting ("" = run_id)
@@ -36,7 +32,7 @@ STRATEGY: Section = {
     "fraction_fit": number(float, 1.0, 0, 1, low_open=True),
     "weighting": choice("samples", "samples", "uniform"),
 }
-MODEL: Section = {"name": Field(str, "resnet20", choices=_model_names)}
+MODEL: Section = {"name": Field(str, "resnet20", choices=tuple(MODELS))}
 TRAIN: Section = {
     "num_rounds": number(int, 50, 1),
     "local_epochs": number(int, 1, 1),

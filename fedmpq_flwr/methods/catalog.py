@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from fedmpq_flwr.config.fields import ConfigError, Field, Section, choice, number
-from fedmpq_flwr.config.schema import _model_names
+from fedmpq_flwr.models import MODELS
 
 FULL_PRECISION = "full_precision"
 QUANTIZED = "quantized"
@@ -110,7 +110,7 @@ GKD: Section = {  # FedGKD (code README defaults)
     "buffer": number(int, 5, 1),  # global models averaged into the teacher, the current one included
 }
 FEDKD: Section = {  # FedKD (code defaults)
-    "mentor": Field(str, "resnet32", choices=_model_names),  # the private model; needs the mentee's stages
+    "mentor": Field(str, "resnet32", choices=tuple(MODELS)),  # the private model; needs the mentee's stages
     "energy_start": number(float, 0.95, 0, 1, low_open=True),  # SVD energy share kept in round 1
     "energy_end": number(float, 0.98, 0, 1, low_open=True),  # ... and in the last round
 }
