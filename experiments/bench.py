@@ -41,7 +41,7 @@ from bench_quant_step import bench_model  # noqa: E402
 
 from fedmpq_flwr.config import validate  # noqa: E402
 from fedmpq_flwr.methods.registry import load_method  # noqa: E402
-from fedmpq_flwr.results import RunRecorder, read_metrics  # noqa: E402
+from fedmpq_flwr.rundir.results import RunRecorder, read_metrics  # noqa: E402
 
 
 def setting(

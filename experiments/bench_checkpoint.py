@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from flwr.common import ArrayRecord, ConfigRecord, RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedmpq_flwr.checkpoint import ServerCheckpoint, save_node_file
-from fedmpq_flwr.client_state import snapshot, state_to_arrays, unchanged
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers
 from fedmpq_flwr.quant.allocation import initial_bits
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.rundir.checkpoint import ServerCheckpoint, save_node_file
+from fedmpq_flwr.rundir.node_state import snapshot, state_to_arrays, unchanged
+from fedmpq_flwr.training.weights import get_weights
 
 
 def median_seconds(action: Callable[[], object], repeats: int) -> float:

@@ -31,12 +31,12 @@ from bench_quant_step import Stepper, make_batches, timed
 from flwr.common import RecordDict
 
 from fedmpq_flwr.config import validate
-from fedmpq_flwr.distillation import inference_teacher
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.methods.fedmpq_kd import FedMPQKDClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers, quantize_model
-from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.training.distillation import inference_teacher
 
 
 def parse_args() -> argparse.Namespace:

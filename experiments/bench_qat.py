@@ -52,7 +52,8 @@ from torch.utils.data import DataLoader
 
 from fedmpq_flwr.analysis.plotting import pyplot, save, spread, style
 from fedmpq_flwr.config import defaults
-from fedmpq_flwr.dataset import FederatedData, client_loader, eval_loader, load_data
+from fedmpq_flwr.data.load import FederatedData, load_data
+from fedmpq_flwr.data.loaders import client_loader, eval_loader
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import (
     SCALE_GRAD_MODES,
@@ -66,8 +67,8 @@ from fedmpq_flwr.quant import (
     set_scale_grad,
 )
 from fedmpq_flwr.quant.allocation import average_bitwidth, initial_bits
-from fedmpq_flwr.train import evaluate, train_epochs
-from fedmpq_flwr.weights import communicated_keys, set_weights
+from fedmpq_flwr.training.loop import evaluate, train_epochs
+from fedmpq_flwr.training.weights import communicated_keys, set_weights
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cpu")

@@ -112,7 +112,7 @@ def inprocess_run(config: dict[str, Any]) -> list[dict[str, Any]]:
     from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
 
     from fedmpq_flwr.methods.registry import load_method
-    from fedmpq_flwr.results import RunRecorder
+    from fedmpq_flwr.rundir.results import RunRecorder
 
     method = load_method(config["strategy"]["name"])
     strategy = method.strategy(config, RunRecorder(Path(config["results_dir"]) / config["run_id"], config["run_id"]))

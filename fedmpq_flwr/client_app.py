@@ -17,7 +17,7 @@ from flwr.common import Context
 
 from fedmpq_flwr.config import from_flower_run_config
 from fedmpq_flwr.methods.registry import load_method
-from fedmpq_flwr.startup import mark
+from fedmpq_flwr.rundir.startup import mark
 
 DATA_PATH_KEY = "data-path"  # node config key: this node's dataset directory
 
@@ -35,7 +35,7 @@ def run_config(raw: Mapping[str, Any], num_partitions: int, data_path: str = "")
 
 
 def client_fn(context: Context) -> Client:
-    mark("client_started")  # the first one tells when Ray and an actor were up (fedmpq_flwr.startup)
+    mark("client_started")  # the first one tells when Ray and an actor were up (fedmpq_flwr.rundir.startup)
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     data_path = str(context.node_config.get(DATA_PATH_KEY, "") or "")

@@ -14,15 +14,15 @@ from flwr.common import Context, log
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
-from fedmpq_flwr.checkpoint import remove_checkpoint
 from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
 from fedmpq_flwr.methods.registry import load_method
-from fedmpq_flwr.provenance import git_commit
-from fedmpq_flwr.results import CONFIG_FILE, RunRecorder
+from fedmpq_flwr.rundir.checkpoint import remove_checkpoint
+from fedmpq_flwr.rundir.provenance import git_commit
+from fedmpq_flwr.rundir.results import CONFIG_FILE, RunRecorder
+from fedmpq_flwr.rundir.startup import mark
 from fedmpq_flwr.server.outcome import run_rounds
 from fedmpq_flwr.server.resume import CheckpointingStrategy, open_checkpoint
-from fedmpq_flwr.startup import mark
-from fedmpq_flwr.train import resolve_device
+from fedmpq_flwr.training.loop import resolve_device
 
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
 
@@ -51,7 +51,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Resolve the config, run the legacy-API strategy for all rounds (those after the checkpoint of
     a stopped run), then save model and results and drop the checkpoint. Under the launcher it marks
-    its start-up points (`fedmpq_flwr.startup`)."""
+    its start-up points (`fedmpq_flwr.rundir.startup`)."""
     mark("server_app_started")
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:

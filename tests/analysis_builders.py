@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedmpq_flwr import evaluate
+from fedmpq_flwr.analysis import cli as analyzer
 
 LAYERS = {"conv1": 432, "layer1.conv": 2304, "fc": 650}
 ROUNDS = 3
@@ -207,8 +207,8 @@ def write_study(
 
 
 def run_main(root: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[dict[str, Any], str]:
-    """evaluate.main on a folder: (comparison.json as written, stdout)."""
-    assert evaluate.main(["--results-dir", str(root), *args]) == 0
+    """analyzer.main on a folder: (comparison.json as written, stdout)."""
+    assert analyzer.main(["--results-dir", str(root), *args]) == 0
     out = capsys.readouterr().out
     return json.loads((root / "comparison.json").read_text()), out
 

@@ -13,7 +13,7 @@ from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
 
 from fedmpq_flwr.config import deep_merge, validate
 from fedmpq_flwr.methods.registry import load_method
-from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.rundir.results import RunRecorder
 
 # What may differ between two runs of the same computation: times, memory and the run id.
 VARYING_KEYS = {

@@ -11,14 +11,15 @@ import pytest
 import yaml
 
 from fedmpq_flwr.config import validate
+from fedmpq_flwr.data.load import load_data
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.data.registry import get_spec
-from fedmpq_flwr.dataset import eval_loader, load_data
-from fedmpq_flwr.launch import terminate_then_kill
 from fedmpq_flwr.methods.catalog import CATALOG
 from fedmpq_flwr.models import build_model, load_final_model
-from fedmpq_flwr.provenance import checkout_commit
-from fedmpq_flwr.train import evaluate
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.rundir.provenance import checkout_commit
+from fedmpq_flwr.runner.processes import terminate_then_kill
+from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.weights import get_weights
 
 ROUND_KEYS = {
     "run_id",

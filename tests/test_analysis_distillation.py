@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from analysis_builders import FEDAVG, FEDMPQ, FEDMPQ_KD, approx, run_main, write_config, write_history, write_variation
 
-from fedmpq_flwr import evaluate
+from fedmpq_flwr.analysis import cli as analyzer
 from fedmpq_flwr.analysis.figures import _curve_series, _main_or_all
 from fedmpq_flwr.analysis.runs import curve_matrix
 
@@ -65,7 +65,7 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     write_distiller(root, "fedgkd", FEDGKD)
     write_distiller(root, "fedkd", FEDKD)
     with contextlib.redirect_stdout(io.StringIO()):
-        assert evaluate.main(["--results-dir", str(root)]) == 0
+        assert analyzer.main(["--results-dir", str(root)]) == 0
     return root, json.loads((root / "comparison.json").read_text())
 
 

@@ -20,8 +20,8 @@ from analysis_builders import (
     write_variation,
 )
 
-from fedmpq_flwr import evaluate
-from fedmpq_flwr.results import auc_accuracy
+from fedmpq_flwr.analysis import cli as analyzer
+from fedmpq_flwr.rundir.results import auc_accuracy
 
 ROUNDS = 6
 # variation -> seed -> {round: float accuracy}; rounds without an entry did not evaluate
@@ -56,7 +56,7 @@ def write_thinned_runs(root: Path) -> None:
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("thinned")
     write_thinned_runs(root)
-    evaluate.analyze(root, target_accuracy=0.55)
+    analyzer.analyze(root, target_accuracy=0.55)
     return root, json.loads((root / "comparison.json").read_text())
 
 
@@ -122,6 +122,6 @@ def test_partners_need_not_share_the_evaluation_cadence(tmp_path: Path) -> None:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "eval": {"every": 2}}))
     write_variation(tmp_path, "fedmpq_kd_scale_frozen", "fedmpq_kd", FEDMPQ_KD, quant=frozen)
-    methods = evaluate.analyze(tmp_path)["methods"]
+    methods = analyzer.analyze(tmp_path)["methods"]
     assert methods["fedmpq_kd_scale_frozen"]["fedmpq"] == "fedmpq_scale_frozen"
     assert methods["fedmpq_kd_scale_frozen"]["overhead_reference"] == "fedmpq_scale_frozen"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from analysis_builders import approx, run_main, write_client_accuracy, write_variation
 
-from fedmpq_flwr import evaluate
+from fedmpq_flwr.analysis import cli as analyzer
 
 # 3 clients, 4 classes; class 3 is absent from the test set (None): shares renormalise over 0..2.
 COUNTS = {0: [10, 0, 0, 10], 1: [0, 30, 10, 0], 2: [5, 5, 5, 5]}
@@ -59,7 +59,7 @@ def build(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = build(tmp_path_factory.mktemp("fairness"))
-    return evaluate.build_comparison([evaluate.load_run(d) for d in evaluate.find_run_dirs(root)])[0]
+    return analyzer.build_comparison([analyzer.load_run(d) for d in analyzer.find_run_dirs(root)])[0]
 
 
 def test_each_runs_clients_and_their_summary(comparison: dict[str, Any]) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from analysis_builders import FEDAVG, run_main, write_study, write_variation
 
-from fedmpq_flwr import evaluate
 from fedmpq_flwr.analysis import bit_figures, tsne
+from fedmpq_flwr.analysis import cli as analyzer
 from fedmpq_flwr.analysis.figures import axis_names
 from fedmpq_flwr.analysis.plotting import spread
 
@@ -48,7 +48,7 @@ def analyzed_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     root = write_study(tmp_path_factory.mktemp("study"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert evaluate.main(["--results-dir", str(root)]) == 0
+        assert analyzer.main(["--results-dir", str(root)]) == 0
     return root, json.loads((root / "comparison.json").read_text()), out.getvalue()
 
 

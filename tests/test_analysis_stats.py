@@ -25,13 +25,13 @@ from analysis_builders import (
 )
 from scipy import stats as scipy_stats
 
-from fedmpq_flwr import evaluate
+from fedmpq_flwr.analysis import cli as analyzer
 from fedmpq_flwr.methods.catalog import CATALOG, FULL_PRECISION, QUANTIZED, MethodSpec
 
 
 def compare_folder(root: Path, target: float | None = None) -> dict[str, Any]:
     """comparison.json's numbers without drawing figures (fast)."""
-    return evaluate.build_comparison([evaluate.load_run(d) for d in evaluate.find_run_dirs(root)], target)[0]
+    return analyzer.build_comparison([analyzer.load_run(d) for d in analyzer.find_run_dirs(root)], target)[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmpq_flwr.dataset import load_data, partition_indices
-from fedmpq_flwr.results import PARTITIONS_FILE, read_partitions
+from fedmpq_flwr.data.load import load_data
+from fedmpq_flwr.data.partition import partition_indices
+from fedmpq_flwr.rundir.results import PARTITIONS_FILE, read_partitions
 
 
 def check_consistent(class_accuracy: list[float | None], accuracy: float, labels: np.ndarray) -> None:

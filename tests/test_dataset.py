@@ -22,7 +22,7 @@ from fedmpq_flwr.data.loaders import client_loader, eval_loader
 from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.data.registry import CIFAR10_MEAN, CIFAR10_STD, DataSourceError
 from fedmpq_flwr.models import build_model
-from fedmpq_flwr.train import evaluate, train_epochs
+from fedmpq_flwr.training.loop import evaluate, train_epochs
 
 # ../shared/data/cifar10 next to the checkout (or next to a folder holding it, for git worktrees)
 REAL_CIFAR10 = next(

@@ -38,7 +38,7 @@ from fedmpq_flwr.data.registry import (
     register,
 )
 from fedmpq_flwr.models import build_model
-from fedmpq_flwr.train import train_epochs
+from fedmpq_flwr.training.loop import train_epochs
 
 REAL = [name for name, spec in DATASETS.items() if not spec.synthetic]
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from flower_checks import check_results_contract, processes_with_env, stop_processes_with_env
 
 from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.deploy import (
+from fedmpq_flwr.runner.deploy import (
     free_ports,
     online_nodes,
     resolve_run,

@@ -19,13 +19,14 @@ import yaml
 from flower_checks import check_results_contract, flower_processes_since, processes_with_env
 
 from fedmpq_flwr.config import dump_yaml, validate
+from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.data.partition import flipped_label_counts
-from fedmpq_flwr.dataset import load_data
-from fedmpq_flwr.failures import drops_out
-from fedmpq_flwr.launch import flower_env, free_port, stop_process_tree
+from fedmpq_flwr.methods.failures import drops_out
 from fedmpq_flwr.models import build_model
+from fedmpq_flwr.runner.launcher import flower_env, free_port
+from fedmpq_flwr.runner.processes import stop_process_tree
 from fedmpq_flwr.server.sampling import ClientSampler
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.training.weights import get_weights
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

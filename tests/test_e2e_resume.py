@@ -24,8 +24,8 @@ import torch
 import yaml
 from conftest import VARYING_KEYS
 
-from fedmpq_flwr.checkpoint import checkpoint_summary
 from fedmpq_flwr.models import load_final_model
+from fedmpq_flwr.rundir.checkpoint import checkpoint_summary
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "FEDMPQ_TEST_PROCESS_MARKER"

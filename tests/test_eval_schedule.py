@@ -12,9 +12,9 @@ import torch
 
 from fedmpq_flwr.data.loaders import eval_batches, eval_loader
 from fedmpq_flwr.quant import quantize_model
-from fedmpq_flwr.results import RunRecorder, auc_accuracy
+from fedmpq_flwr.rundir.results import RunRecorder, auc_accuracy
 from fedmpq_flwr.server.round_log import RoundLog
-from fedmpq_flwr.train import evaluate, evaluate_classes
+from fedmpq_flwr.training.loop import evaluate, evaluate_classes
 
 FLOAT_KEYS = {"test_accuracy", "test_loss", "class_accuracy"}
 QUANT_KEYS = {"quant_test_accuracy_mean", "quant_test_accuracy_min", "quant_test_accuracy", "quant_class_accuracy"}

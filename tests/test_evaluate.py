@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fedmpq_flwr import evaluate
+from fedmpq_flwr.analysis import cli as analyzer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def analyzed(results_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict[str, Any], str]:
-    assert evaluate.main(["--results-dir", str(results_dir)]) == 0
+    assert analyzer.main(["--results-dir", str(results_dir)]) == 0
     out = capsys.readouterr().out
     return results_dir, json.loads((results_dir / "comparison.json").read_text()), out
 
@@ -229,7 +229,7 @@ def test_stdout_and_figures(analyzed: tuple[Path, dict[str, Any], str]) -> None:
 
 def test_single_seed_std_is_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_run(tmp_path, "solo", 3, [0.1, 0.4])
-    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    assert analyzer.main(["--results-dir", str(tmp_path)]) == 0
     solo = json.loads((tmp_path / "comparison.json").read_text())["variations"]["solo"]
     assert solo["n"] == 1 and solo["seeds"] == [3]
     assert solo["final_accuracy"] == {"mean": approx(0.4), "std": None}
@@ -294,7 +294,7 @@ def test_quantized_results_are_summarised_and_plotted(tmp_path: Path) -> None:
             record.update(quant_test_accuracy_mean=acc, quant_test_accuracy_min=acc / 2, avg_bits=bits)
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_run(tmp_path, "fp", 0, [0.5, 0.7])
-    comp = evaluate.analyze(tmp_path)
+    comp = analyzer.analyze(tmp_path)
     mpq, fp = comp["variations"]["mpq"], comp["variations"]["fp"]
     assert mpq["final_quant_accuracy_mean"] == {"mean": approx(0.4), "std": approx(math.sqrt(0.02))}
     assert mpq["final_quant_accuracy_min"]["mean"] == approx(0.2)
@@ -307,6 +307,6 @@ def test_quantized_results_are_summarised_and_plotted(tmp_path: Path) -> None:
 
 def test_target_accuracy_must_be_a_fraction(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--results-dir", str(tmp_path), "--target-accuracy", "90"])
+        analyzer.main(["--results-dir", str(tmp_path), "--target-accuracy", "90"])
     assert exit_info.value.code == 2
     assert "not an accuracy fraction" in capsys.readouterr().err

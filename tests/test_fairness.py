@@ -1,5 +1,5 @@
-"""Tests of per-class accuracy (fedmpq_flwr.train.evaluate_classes) and the per-client fairness numbers
-(fedmpq_flwr.fairness), against hand computations."""
+"""Tests of per-class accuracy (fedmpq_flwr.training.loop.evaluate_classes) and the per-client fairness numbers
+(fedmpq_flwr.analysis.fairness), against hand computations."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmpq_flwr import fairness
-from fedmpq_flwr.train import evaluate, evaluate_classes
+from fedmpq_flwr.analysis import fairness
+from fedmpq_flwr.training.loop import evaluate, evaluate_classes
 
 # The "images" are the logits themselves (the model is the identity): 7 examples, 4 classes.
 LOGITS = torch.tensor(

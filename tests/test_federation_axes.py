@@ -16,9 +16,9 @@ from analysis_builders import run_main, write_variation
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
 from fedmpq_flwr.config import ConfigError, validate
+from fedmpq_flwr.data.loaders import client_loader
 from fedmpq_flwr.data.partition import flipped_label_counts
-from fedmpq_flwr.dataset import client_loader
-from fedmpq_flwr.failures import (
+from fedmpq_flwr.methods.failures import (
     DROPOUT,
     ERROR,
     ClientDropout,
@@ -30,9 +30,9 @@ from fedmpq_flwr.failures import (
 from fedmpq_flwr.methods.fedavg import FedAvgClient
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, client_budgets
 from fedmpq_flwr.quant.allocation import ClientBits, allocate
-from fedmpq_flwr.results import read_results
+from fedmpq_flwr.rundir.results import read_results
 from fedmpq_flwr.server.outcome import RunFailed, run_rounds
-from fedmpq_flwr.train import build_optimizer, round_lr
+from fedmpq_flwr.training.loop import build_optimizer, round_lr
 
 MAIN_BUDGETS = [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
 
@@ -305,7 +305,7 @@ def test_adamw_with_warmup_builds_and_steps(fedmpq_config) -> None:
 
     client.optimizer = optimizer
     from fedmpq_flwr.methods.registry import load_method
-    from fedmpq_flwr.results import RunRecorder
+    from fedmpq_flwr.rundir.results import RunRecorder
 
     strategy = load_method("fedmpq").strategy(config, RunRecorder(Path(config["results_dir"]) / "adamw", "adamw"))
     for server_round in (1, 2):

@@ -13,7 +13,7 @@ from fedmpq_flwr.config import ConfigError, deep_merge, validate
 from fedmpq_flwr.methods.fedkd import FedKDClient, mentor_key, training_step_flops
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant.svd import energy_threshold, matrix_shape, svd_decode, svd_encode
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.training.weights import get_weights
 
 
 def tiny_config(results_dir: Path, method: str = "fedkd", run_id: str = "kd") -> dict:

@@ -13,7 +13,7 @@ from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers
 from fedmpq_flwr.quant.allocation import average_bitwidth
-from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE
+from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE
 
 
 def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path, fedmpq_config, fl) -> None:

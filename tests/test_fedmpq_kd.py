@@ -9,12 +9,12 @@ from flwr.common import RecordDict
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.distillation import distillation_loss, fold_batchnorm_, inference_teacher
 from fedmpq_flwr.methods.fedmpq import FedMPQClient
 from fedmpq_flwr.methods.fedmpq_kd import FedMPQKDClient, ema_update, teacher_round
 from fedmpq_flwr.models import MODELS, build_model
 from fedmpq_flwr.quant import dequantized_state, quantizable_layers, quantize_model
-from fedmpq_flwr.weights import communicated_keys
+from fedmpq_flwr.training.distillation import distillation_loss, fold_batchnorm_, inference_teacher
+from fedmpq_flwr.training.weights import communicated_keys
 
 KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round", "teacher_flops"}
 

@@ -13,7 +13,7 @@ from fedmpq_flwr.config import ConfigError
 from fedmpq_flwr.methods.fedpaq import FedPAQClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant.qsgd import decode_model_update
-from fedmpq_flwr.weights import communicated_keys, trainable_mask
+from fedmpq_flwr.training.weights import communicated_keys, trainable_mask
 
 
 def paq_config(fedavg_config, weighting: str = "samples", **overrides):

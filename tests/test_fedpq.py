@@ -14,8 +14,8 @@ from fedmpq_flwr.methods.fedpq import FedPQClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers
 from fedmpq_flwr.quant.payload import upload_bits
-from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE
-from fedmpq_flwr.weights import communicated_keys
+from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE
+from fedmpq_flwr.training.weights import communicated_keys
 
 BUDGETS = [2, 3, 4, 5]  # fedmpq_config's
 

@@ -15,7 +15,7 @@ from flwr.common.config import get_fused_config_from_dir, parse_config_args
 import fedmpq_flwr.client_app as client_app
 from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config, validate
 from fedmpq_flwr.config.flower import app_defaults, flower_value, to_flower_run_config, write_run_config_toml
-from fedmpq_flwr.launch import run_config_args
+from fedmpq_flwr.runner.launcher import run_config_args
 
 REPO = Path(__file__).resolve().parent.parent
 

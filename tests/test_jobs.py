@@ -18,9 +18,9 @@ from conftest import TINY, VARYING_KEYS, write
 from flower_checks import processes_with_env
 
 from fedmpq_flwr.config import ConfigError, dump_yaml
-from fedmpq_flwr.jobs import JobsStopped, check_jobs, progress_line, ray_cpus, run_jobs
-from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
-from fedmpq_flwr.signals import stop_received, stop_signals
+from fedmpq_flwr.rundir.results import RESULTS_FILE, STATUS_COMPLETED
+from fedmpq_flwr.runner.jobs import JobsStopped, check_jobs, progress_line, ray_cpus, run_jobs
+from fedmpq_flwr.runner.signals import stop_received, stop_signals
 
 REPO = Path(__file__).resolve().parent.parent
 CPUS = os.cpu_count() or 1
@@ -67,7 +67,7 @@ def test_ray_cpus_reach_flower_as_its_init_args(fedavg_config) -> None:
 
     from flwr.cli.run.run import _parse_federation_config_overrides
 
-    from fedmpq_flwr.launch import federation_config
+    from fedmpq_flwr.runner.launcher import federation_config
 
     config = fedavg_config(federation={"num_clients": 4, "client_cpus": 2, "device": "cpu"})
     connection = SimpleNamespace(options=None)
@@ -78,7 +78,7 @@ def test_ray_cpus_reach_flower_as_its_init_args(fedavg_config) -> None:
 
 
 def test_cli_jobs_errors_are_one_line_before_anything_runs(tmp_path: Path, capsys) -> None:
-    from fedmpq_flwr.main import main
+    from fedmpq_flwr.runner.cli import main
 
     config, results = str(write(tmp_path, TINY)), tmp_path / "out"
     assert main(["--config", config, "--results-dir", str(results), "--jobs", "0"]) == 2
@@ -120,7 +120,7 @@ def test_a_stop_signal_stops_the_runs_in_flight_and_starts_no_other() -> None:
     (`stop_received`) and stops its run, and the runner waits for both, however long each takes (run 0
     the longest: a worker's end once went unnoticed when the signal cut the main thread's join short);
     the third run never starts."""
-    from fedmpq_flwr.signals import Stopped
+    from fedmpq_flwr.runner.signals import Stopped
 
     started = []
     in_flight = threading.Barrier(3, timeout=60)  # both runs, and the one who stops them
@@ -150,8 +150,8 @@ def test_jobs_skip_finished_runs_and_run_the_others_side_by_side(tmp_path: Path,
     """--jobs 2 with the real `execute` and a fake launcher: a finished run is skipped, the two others
     are launched together (each told its share of the CPUs), one completes, one fails; the runner
     reports the failure as with one job, and the analyzer still runs."""
-    import fedmpq_flwr.main as runner
-    from fedmpq_flwr.main import expand_runs
+    import fedmpq_flwr.runner.cli as runner
+    from fedmpq_flwr.config.runner_file import expand_runs
 
     results = tmp_path / "out"
     finished = next(r for r in expand_runs(write(tmp_path, TINY), results, {}) if r["run_id"] == "a_seed0")
@@ -191,7 +191,7 @@ def test_jobs_skip_finished_runs_and_run_the_others_side_by_side(tmp_path: Path,
 
 
 def test_quiet_run_teed_shows_only_the_runs_progress_lines(tmp_path: Path, capsys) -> None:
-    from fedmpq_flwr.main import run_teed
+    from fedmpq_flwr.runner.tee import run_teed
 
     child = (
         "import sys\n"
@@ -214,7 +214,7 @@ def test_progress_line_is_what_the_round_log_prints(tmp_path: Path) -> None:
     import io
     import logging
 
-    from fedmpq_flwr.results import RunRecorder
+    from fedmpq_flwr.rundir.results import RunRecorder
     from fedmpq_flwr.server.round_log import RoundLog
 
     stream = io.StringIO()
@@ -249,7 +249,7 @@ server.serve_forever()
 def test_a_superlink_is_ready_only_when_it_is_the_one_answering(tmp_path: Path) -> None:
     """Two runs that chose the same port: the one whose SuperLink lost the port never takes the other's
     for its own (it would submit its run there); one that exited is reported, so another port is tried."""
-    from fedmpq_flwr.launch import wait_healthy
+    from fedmpq_flwr.runner.launcher import wait_healthy
 
     other = subprocess.Popen([sys.executable, "-c", HEALTH_SERVER], stdout=subprocess.PIPE, text=True)
     ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

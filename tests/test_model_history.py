@@ -1,4 +1,4 @@
-"""FedGKD's buffer of global models (fedmpq_flwr.history): the average, the window, when clients
+"""FedGKD's buffer of global models (fedmpq_flwr.methods.model_history): the average, the window, when clients
 distil, and saving and restoring the buffer as arrays plus a small dict."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmpq_flwr.history import ModelHistory, distills
+from fedmpq_flwr.methods.model_history import ModelHistory, distills
 
 
 def model(value: float, seed: int = 0) -> list[np.ndarray]:

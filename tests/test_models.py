@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmpq_flwr.distillation import inference_teacher
 from fedmpq_flwr.models import MODELS, build_model, load_final_model, save_final_model
 from fedmpq_flwr.models.mobilenet import InvertedResidual
 from fedmpq_flwr.quant import (
@@ -23,7 +22,8 @@ from fedmpq_flwr.quant import (
     quantized_param_count,
     rebinarize_model,
 )
-from fedmpq_flwr.results import MODEL_FILE
+from fedmpq_flwr.rundir.results import MODEL_FILE
+from fedmpq_flwr.training.distillation import inference_teacher
 
 NAMES = sorted(MODELS)
 REPO = Path(__file__).resolve().parents[1]

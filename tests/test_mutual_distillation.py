@@ -1,4 +1,4 @@
-"""FedKD's adaptive mutual distillation (fedmpq_flwr.mutual_distillation): the losses against a hand
+"""FedKD's adaptive mutual distillation (fedmpq_flwr.training.mutual_distillation): the losses against a hand
 computation, the adaptive weight, what is detached, the stage outputs of the CIFAR ResNets and one
 training step of a ResNet-20 mentee with a ResNet-32 mentor."""
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.models.resnet import CifarResNet, resnet20
-from fedmpq_flwr.mutual_distillation import (
+from fedmpq_flwr.training.mutual_distillation import (
     hidden_mse,
     kl_divergence,
     mutual_losses,
@@ -21,7 +21,7 @@ from fedmpq_flwr.mutual_distillation import (
     mutual_terms,
     stage_outputs,
 )
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.training.weights import get_weights
 
 STAGE_SHAPES = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
 

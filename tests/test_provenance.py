@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from fedmpq_flwr.launch import flower_env
-from fedmpq_flwr.provenance import COMMIT_ENV, checkout_commit, git_commit
+from fedmpq_flwr.rundir.provenance import COMMIT_ENV, checkout_commit, git_commit
+from fedmpq_flwr.runner.launcher import flower_env
 
 REPO = Path(__file__).resolve().parent.parent
 

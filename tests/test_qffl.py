@@ -1,4 +1,4 @@
-"""Tests of q-FFL / q-FedAvg (fedmpq_flwr.qffl) against hand computations."""
+"""Tests of q-FFL / q-FedAvg (fedmpq_flwr.methods.qffl_update) against hand computations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fedmpq_flwr import qffl
+from fedmpq_flwr.methods import qffl_update
 
 # one trainable entry (2 coordinates) and one buffer entry (a BatchNorm running statistic)
 TRAINABLE = [True, False]
@@ -19,10 +19,10 @@ LIPSCHITZ = 2.0  # L, the authors' 1/lr at lr = 0.5
 
 def run_round(q: float, losses: tuple[float, float] = (2.0, 1.0), **kwargs: object) -> list[np.ndarray]:
     updates = [
-        qffl.client_update(GLOBAL, local, TRAINABLE, loss, q, LIPSCHITZ)
+        qffl_update.client_update(GLOBAL, local, TRAINABLE, loss, q, LIPSCHITZ)
         for local, loss in zip((LOCAL_1, LOCAL_2), losses)
     ]
-    return qffl.aggregate(GLOBAL, [u for u, _ in updates], [h for _, h in updates], TRAINABLE, **kwargs)
+    return qffl_update.aggregate(GLOBAL, [u for u, _ in updates], [h for _, h in updates], TRAINABLE, **kwargs)
 
 
 def test_hand_computed_client_update_q1_q2() -> None:
@@ -38,7 +38,7 @@ def test_hand_computed_client_update_q1_q2() -> None:
     }
     for (client, q), (delta, h) in expected.items():
         local, loss = (LOCAL_1, 2.0) if client == 1 else (LOCAL_2, 1.0)
-        upload, h_k = qffl.client_update(GLOBAL, local, TRAINABLE, loss, q, LIPSCHITZ)
+        upload, h_k = qffl_update.client_update(GLOBAL, local, TRAINABLE, loss, q, LIPSCHITZ)
         np.testing.assert_allclose(upload[0], delta, rtol=1e-7)
         assert upload[0].dtype == np.float32
         np.testing.assert_array_equal(upload[1], local[1])  # the buffer goes as the local value
@@ -67,8 +67,10 @@ def test_q0_is_uniform_fedavg() -> None:
     global_weights = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     locals_ = [[(w + 0.1 * rng.standard_normal(w.shape)).astype(np.float32) for w in global_weights] for _ in range(5)]
     losses = [0.3, 1.7, 2.2, 0.0, 5.0]
-    updates = [qffl.client_update(global_weights, local, mask, loss, 0.0, 20.0) for local, loss in zip(locals_, losses)]
-    new = qffl.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
+    updates = [
+        qffl_update.client_update(global_weights, local, mask, loss, 0.0, 20.0) for local, loss in zip(locals_, losses)
+    ]
+    new = qffl_update.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
     for i, array in enumerate(new):
         fedavg = np.mean([local[i].astype(np.float64) for local in locals_], axis=0)
         np.testing.assert_allclose(array, fedavg, rtol=1e-6, atol=1e-6)
@@ -84,10 +86,10 @@ def test_larger_loss_gets_more_weight() -> None:
     ratios = []
     for q in (0.0, 0.5, 1.0, 2.0, 5.0):
         updates = [
-            qffl.client_update(global_weights, local, [True], loss, q, 0.1)
+            qffl_update.client_update(global_weights, local, [True], loss, q, 0.1)
             for local, loss in ((local_high, 3.0), (local_low, 1.0))
         ]
-        new = qffl.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], [True])[0]
+        new = qffl_update.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], [True])[0]
         assert new[0] > 0 and new[1] > 0
         # by hand: the component towards client k is F_k^q L / sum h, so the ratio is 3^q
         assert new[0] / new[1] == pytest.approx(3.0**q, rel=1e-6)
@@ -98,13 +100,13 @@ def test_larger_loss_gets_more_weight() -> None:
 def test_zero_loss_is_safe() -> None:
     """F = 0 is floored at 1e-10: finite Delta and h for q < 1, q = 1 and q > 1."""
     for q in (0.0, 0.5, 1.0, 2.0):
-        upload, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, q, LIPSCHITZ)
+        upload, h = qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, q, LIPSCHITZ)
         assert math.isfinite(h) and h > 0
         assert all(np.all(np.isfinite(a)) for a in upload)
         new = run_round(q, losses=(0.0, 0.0))
         assert all(np.all(np.isfinite(a)) for a in new)
     # q = 0.5, F = 0: h = 0.5 * (1e-10)^-0.5 * 1 + 2 * (1e-10)^0.5
-    _, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, 0.5, LIPSCHITZ)
+    _, h = qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, 0.0, 0.5, LIPSCHITZ)
     assert h == pytest.approx(0.5 * 1e5 + 2 * 1e-5, rel=1e-9)
 
 
@@ -116,22 +118,22 @@ def test_weighted_buffers() -> None:
 
 def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, -1.0, LIPSCHITZ)
+        qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, -1.0, LIPSCHITZ)
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, float("nan"), 1.0, LIPSCHITZ)
+        qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, float("nan"), 1.0, LIPSCHITZ)
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, 0.0)  # L must be > 0
+        qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, 0.0)  # L must be > 0
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1[:1], TRAINABLE, 1.0, 1.0, LIPSCHITZ)
-    upload, h = qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, LIPSCHITZ)
+        qffl_update.client_update(GLOBAL, LOCAL_1[:1], TRAINABLE, 1.0, 1.0, LIPSCHITZ)
+    upload, h = qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, 1.0, 1.0, LIPSCHITZ)
     with pytest.raises(ValueError):
-        qffl.aggregate(GLOBAL, [upload], [0.0], TRAINABLE)
+        qffl_update.aggregate(GLOBAL, [upload], [0.0], TRAINABLE)
     with pytest.raises(ValueError):
-        qffl.aggregate(GLOBAL, [upload], [h, h], TRAINABLE)
+        qffl_update.aggregate(GLOBAL, [upload], [h, h], TRAINABLE)
     with pytest.raises(ValueError):
-        qffl.aggregate(GLOBAL, [upload], [h], TRAINABLE, buffer_weights=[0.0])
+        qffl_update.aggregate(GLOBAL, [upload], [h], TRAINABLE, buffer_weights=[0.0])
     with pytest.raises(ValueError):
-        qffl.client_update(GLOBAL, LOCAL_1, TRAINABLE, 100.0, 200.0, LIPSCHITZ)  # 100^200 overflows
+        qffl_update.client_update(GLOBAL, LOCAL_1, TRAINABLE, 100.0, 200.0, LIPSCHITZ)  # 100^200 overflows
 
 
 def test_one_round_on_a_torch_model() -> None:
@@ -140,10 +142,11 @@ def test_one_round_on_a_torch_model() -> None:
     set_weights. With q = 0 the result is the uniform mean of the local models, BatchNorm included."""
     import torch
 
-    from fedmpq_flwr.dataset import CIFAR10_MEAN, CIFAR10_STD, eval_loader
+    from fedmpq_flwr.data.loaders import eval_loader
+    from fedmpq_flwr.data.registry import CIFAR10_MEAN, CIFAR10_STD
     from fedmpq_flwr.models import build_model
-    from fedmpq_flwr.train import evaluate, train_epochs
-    from fedmpq_flwr.weights import get_weights, set_weights, trainable_mask
+    from fedmpq_flwr.training.loop import evaluate, train_epochs
+    from fedmpq_flwr.training.weights import get_weights, set_weights, trainable_mask
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -160,8 +163,10 @@ def test_one_round_on_a_torch_model() -> None:
         train_epochs(model, loader, torch.optim.SGD(model.parameters(), lr=lr), 1, device)
         locals_.append(get_weights(model))
     for q in (0.0, 1.0):
-        updates = [qffl.client_update(global_weights, w_k, mask, f, q, 1 / lr) for w_k, f in zip(locals_, losses)]
-        new = qffl.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
+        updates = [
+            qffl_update.client_update(global_weights, w_k, mask, f, q, 1 / lr) for w_k, f in zip(locals_, losses)
+        ]
+        new = qffl_update.aggregate(global_weights, [u for u, _ in updates], [h for _, h in updates], mask)
         set_weights(model, new)  # shapes and order fit the model
         for i, is_trainable in enumerate(mask):
             mean = (locals_[0][i].astype(np.float64) + locals_[1][i]) / 2

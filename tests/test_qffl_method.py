@@ -9,13 +9,15 @@ import torch
 from flwr.common import parameters_to_ndarrays
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedmpq_flwr import qffl
 from fedmpq_flwr.config import ConfigError
-from fedmpq_flwr.dataset import eval_loader, load_data, partition_indices
+from fedmpq_flwr.data.load import load_data
+from fedmpq_flwr.data.loaders import eval_loader
+from fedmpq_flwr.data.partition import partition_indices
+from fedmpq_flwr.methods import qffl_update
 from fedmpq_flwr.methods.qffl import QFFLClient
 from fedmpq_flwr.models import build_model
-from fedmpq_flwr.train import evaluate
-from fedmpq_flwr.weights import set_weights, trainable_mask
+from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.weights import set_weights, trainable_mask
 
 
 def qffl_config(fedavg_config, q: float, **overrides):
@@ -84,7 +86,7 @@ def test_server_step_and_bits(fedavg_config, fl) -> None:
     ]
     hs = [res.metrics["qffl_h"] for _, res in sorted(results, key=lambda r: r[1].metrics["partition_id"])]
     mask = trainable_mask(build_model("tiny_cnn"))
-    expected = qffl.aggregate(sent, uploads, hs, mask)
+    expected = qffl_update.aggregate(sent, uploads, hs, mask)
     for got, want in zip(parameters_to_ndarrays(new), expected):
         np.testing.assert_array_equal(got, want)
     for i, trainable in enumerate(mask):

@@ -245,7 +245,7 @@ def test_model_update_rejects_mismatches() -> None:
 
 def test_trainable_mask_excludes_batchnorm_buffers() -> None:
     from fedmpq_flwr.models import build_model
-    from fedmpq_flwr.weights import communicated_keys, trainable_mask
+    from fedmpq_flwr.training.weights import communicated_keys, trainable_mask
 
     model = build_model("resnet20", 10)
     keys, mask = communicated_keys(model), trainable_mask(model)
@@ -261,7 +261,7 @@ def test_fedpaq_upload_of_a_torch_model() -> None:
     import torch
 
     from fedmpq_flwr.models import build_model
-    from fedmpq_flwr.weights import get_weights, set_weights, trainable_mask
+    from fedmpq_flwr.training.weights import get_weights, set_weights, trainable_mask
 
     torch.manual_seed(0)
     model = build_model("tiny_cnn", 10)

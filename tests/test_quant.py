@@ -37,7 +37,7 @@ from fedmpq_flwr.quant import (
     upload_bits,
 )
 from fedmpq_flwr.quant.bitplanes import plane_values
-from fedmpq_flwr.weights import communicated_keys
+from fedmpq_flwr.training.weights import communicated_keys
 
 # ---------------------------------------------------------------------------------------------
 # helpers (independent of the code under test)

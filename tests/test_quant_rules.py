@@ -26,7 +26,7 @@ from fedmpq_flwr.quant import (
     quantize_model,
     quantized_param_count,
 )
-from fedmpq_flwr.weights import communicated_keys
+from fedmpq_flwr.training.weights import communicated_keys
 
 NAMES = sorted(MODELS)
 RESNET20_QUANT = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in (0, 1, 2) for c in (1, 2)] + ["fc"]

@@ -32,7 +32,9 @@ from flwr.common import (
 )
 from flwr.server.client_proxy import ClientProxy
 
-from fedmpq_flwr.checkpoint import (
+from fedmpq_flwr.config import ConfigError, deep_merge
+from fedmpq_flwr.methods.registry import load_method
+from fedmpq_flwr.rundir.checkpoint import (
     CheckpointError,
     ServerCheckpoint,
     checkpoint_summary,
@@ -41,11 +43,9 @@ from fedmpq_flwr.checkpoint import (
     remove_partial_files,
     save_node_file,
 )
-from fedmpq_flwr.client_state import RESTORED_KEY, arrays_to_state, snapshot, state_to_arrays, unchanged
-from fedmpq_flwr.config import ConfigError, deep_merge
-from fedmpq_flwr.main import check_resumable
-from fedmpq_flwr.methods.registry import load_method
-from fedmpq_flwr.results import RunRecorder, kept_metrics
+from fedmpq_flwr.rundir.node_state import RESTORED_KEY, arrays_to_state, snapshot, state_to_arrays, unchanged
+from fedmpq_flwr.rundir.results import RunRecorder, kept_metrics
+from fedmpq_flwr.rundir.reuse import check_resumable
 from fedmpq_flwr.server import resume
 from fedmpq_flwr.server.resume import CheckpointingStrategy, open_checkpoint
 
@@ -313,7 +313,7 @@ def test_a_resumed_history_teacher_is_the_uninterrupted_ones(
 
 def stopped_run(tmp_path: Path, rounds_recorded: int, completed: int, **overrides: Any) -> tuple[dict, Path]:
     """A runner file with one run, and its folder as a run stopped after `completed` rounds leaves it."""
-    from fedmpq_flwr.main import expand_runs
+    from fedmpq_flwr.config.runner_file import expand_runs
 
     document = {
         "defaults": deep_merge(TINY["defaults"], {"train": {"num_rounds": 4}}),
@@ -341,7 +341,7 @@ def stopped_run(tmp_path: Path, rounds_recorded: int, completed: int, **override
 
 
 def test_runner_resumes_a_stopped_run_in_its_folder(tmp_path: Path, monkeypatch, capsys) -> None:
-    import fedmpq_flwr.main as runner
+    import fedmpq_flwr.runner.cli as runner
 
     run, run_dir = stopped_run(tmp_path, rounds_recorded=3, completed=2)
     launched = []
@@ -378,7 +378,7 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(
 ) -> None:
     """Another config (named by its key), or metrics.jsonl missing checkpointed rounds: the runner
     stops before anything runs and keeps the folder."""
-    from fedmpq_flwr.main import main
+    from fedmpq_flwr.runner.cli import main
 
     _, run_dir = stopped_run(tmp_path, rounds_recorded=rounds_recorded, completed=2)
     document = yaml.safe_load((tmp_path / "runs.yaml").read_text())
@@ -392,8 +392,8 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(
 
 
 def test_stopped_note_names_the_command_that_resumes(tmp_path: Path) -> None:
-    from fedmpq_flwr.jobs import JobsStopped
-    from fedmpq_flwr.main import stopped_note
+    from fedmpq_flwr.runner.cli import stopped_note
+    from fedmpq_flwr.runner.jobs import JobsStopped
 
     run, _ = stopped_run(tmp_path, rounds_recorded=2, completed=2)
     later = {**run, "run_id": "later"}
@@ -414,7 +414,7 @@ def test_stopped_note_names_the_command_that_resumes(tmp_path: Path) -> None:
 CHILD = """
 import os, sys, time
 from pathlib import Path
-from fedmpq_flwr.signals import Stopped, stop_signals
+from fedmpq_flwr.runner.signals import Stopped, stop_signals
 
 with stop_signals():
     try:
@@ -435,8 +435,8 @@ def test_ctrl_c_twice_reaches_the_launcher_which_finishes_its_cleanup(tmp_path: 
     import signal
     import threading
 
-    from fedmpq_flwr.main import run_teed
-    from fedmpq_flwr.signals import Stopped, stop_signals
+    from fedmpq_flwr.runner.signals import Stopped, stop_signals
+    from fedmpq_flwr.runner.tee import run_teed
 
     note = tmp_path / "child.txt"
 
@@ -470,7 +470,7 @@ def gone(pid: int) -> bool:
 
 def test_stop_process_tree_finds_reparented_processes_by_their_flwr_home(tmp_path: Path) -> None:
     """Ray's daemons outlive an abruptly ended parent and leave the tree; they keep FLWR_HOME."""
-    from fedmpq_flwr.launch import stop_process_tree
+    from fedmpq_flwr.runner.processes import stop_process_tree
 
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home")}
     sleep = [sys.executable, "-c", "import time; time.sleep(300)"]

@@ -11,9 +11,9 @@ import yaml
 from conftest import TINY, write
 
 from fedmpq_flwr.config import ConfigError, deep_merge, dump_yaml, flatten
-from fedmpq_flwr.main import expand_runs, parse_overrides
+from fedmpq_flwr.config.runner_file import expand_runs, parse_overrides
 from fedmpq_flwr.methods.catalog import method_names
-from fedmpq_flwr.results import RESULTS_FILE, STATUS_COMPLETED
+from fedmpq_flwr.rundir.results import RESULTS_FILE, STATUS_COMPLETED
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ def test_finished_runs_are_skipped_not_overwritten(tmp_path: Path) -> None:
 
 
 def test_a_failed_run_does_not_stop_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import fedmpq_flwr.main as runner
+    import fedmpq_flwr.runner.cli as runner
 
     executed = []
 
@@ -129,7 +129,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path: Path, monkeypatch: pyte
 
 
 def test_only_selects_a_variation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fedmpq_flwr.main as runner
+    import fedmpq_flwr.runner.cli as runner
 
     executed = []
     monkeypatch.setattr(runner, "execute", lambda run, *_: executed.append(run["run_id"]) or "completed")
@@ -140,7 +140,7 @@ def test_only_selects_a_variation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_run_teed_copies_both_streams(tmp_path: Path, capsys) -> None:
-    from fedmpq_flwr.main import run_teed
+    from fedmpq_flwr.runner.tee import run_teed
 
     code = "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)"
     returncode = run_teed([sys.executable, "-c", code], tmp_path / "o.log", tmp_path / "e.log", "# header\n")

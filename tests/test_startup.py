@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmpq_flwr.startup import MARKS_ENV, POINTS, breakdown, mark, read_marks, write_startup
+from fedmpq_flwr.rundir.startup import MARKS_ENV, POINTS, breakdown, mark, read_marks, write_startup
 
 T0 = 1_700_000_000.0
 MARKS = [  # (name, seconds after the launcher's process was created), in the order processes write them
@@ -74,7 +74,7 @@ def test_the_staged_app_is_the_fab_of_the_checkout(tmp_path: Path) -> None:
     ClientApps load) is byte for byte the one it builds from the checkout."""
     from flwr.cli.build import build_fab_from_disk
 
-    from fedmpq_flwr.launch import APP_DIR, stage_app
+    from fedmpq_flwr.runner.launcher import APP_DIR, stage_app
 
     staged = stage_app(tmp_path / "app")
     assert build_fab_from_disk(staged) == build_fab_from_disk(APP_DIR)

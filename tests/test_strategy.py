@@ -12,8 +12,8 @@ from fedmpq_flwr.methods.fedavg import FedAvgClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress
 from fedmpq_flwr.server.sampling import ClientSampler
-from fedmpq_flwr.train import train_epochs
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.training.loop import train_epochs
+from fedmpq_flwr.training.weights import get_weights
 
 
 def fit_res(weights: list[np.ndarray], num_examples: int, partition_id: int) -> FitRes:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedmpq_flwr.analysis.plotting import HATCHES, Figure, pyplot, save, slug
-from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE
+from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE
 
 BIT_WIDTHS = list(range(1, 9))
 MAX_ANNOTATED_CELLS = 20  # heatmaps up to 20 layers x 20 rounds get their values written in the cells

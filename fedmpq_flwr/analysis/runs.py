@@ -23,7 +23,7 @@ import yaml
 
 from fedmpq_flwr.analysis import fairness
 from fedmpq_flwr.config import flatten
-from fedmpq_flwr.results import (
+from fedmpq_flwr.rundir.results import (
     CONFIG_FILE,
     METRICS_FILE,
     ROUND_FROM_CLIENTS,

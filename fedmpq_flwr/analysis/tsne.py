@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedmpq_flwr.analysis.plotting import MARKERS, Figure, pyplot, save, slug
-from fedmpq_flwr.results import FEATURES_FILE
+from fedmpq_flwr.rundir.results import FEATURES_FILE
 
 MAX_POINTS = 2000  # embedded points, teacher and student samples together
 SEED = 0

@@ -133,7 +133,7 @@ def _stage_problem(mentee: str, mentor: str, image_chw: tuple[int, int, int]) ->
     import torch  # only when a FedKD run is checked
 
     from fedmpq_flwr.models import build_model
-    from fedmpq_flwr.mutual_distillation import STAGES, stage_shapes
+    from fedmpq_flwr.training.mutual_distillation import STAGES, stage_shapes
 
     with torch.random.fork_rng(devices=[]):  # building models must not move the caller's random stream
         shapes = {name: stage_shapes(build_model(name), image_chw) for name in (mentee, mentor)}

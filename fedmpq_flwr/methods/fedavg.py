@@ -5,7 +5,7 @@ partition and send the float32 weights back. Server: average them (by sample cou
 with `strategy.weighting: uniform`).
 
 Failures (every method): a client whose training raises, whose loss or upload is not finite, or which
-drops (`federation.dropout`) raises a `fedmpq_flwr.failures.ClientFailure` from `fit`; the round
+drops (`federation.dropout`) raises a `fedmpq_flwr.methods.failures.ClientFailure` from `fit`; the round
 aggregates the others and records `num_failures`, `dropped_partitions` and `client_errors`. A round
 without any update, or a non-finite global model, ends the run as `failed` (`server/outcome.py`).
 
@@ -18,7 +18,7 @@ record), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a
 `server_state` / `load_server_state` (what the server keeps between rounds besides the global model
 and the sampler; see `fedmpq_flwr.server.resume`). State a client keeps between rounds goes in
 `self.state` (Flower's `context.state`): it is saved with the run's checkpoint and restored for
-free, see `fedmpq_flwr.client_state`.
+free, see `fedmpq_flwr.rundir.node_state`.
 """
 
 from __future__ import annotations
@@ -49,11 +49,10 @@ from flwr.server.strategy.aggregate import aggregate
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.client_state import NodeStateCheckpoint
-from fedmpq_flwr.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
+from fedmpq_flwr.data.load import FederatedData, load_data
+from fedmpq_flwr.data.loaders import client_loader
 from fedmpq_flwr.data.partition import flipped_label_counts
-from fedmpq_flwr.dataset import FederatedData, client_loader, load_data
-from fedmpq_flwr.failures import (
+from fedmpq_flwr.methods.failures import (
     DROPOUT,
     ClientDropout,
     ClientFailure,
@@ -64,7 +63,8 @@ from fedmpq_flwr.failures import (
     non_finite_problem,
 )
 from fedmpq_flwr.models import build_model, save_final_model
-from fedmpq_flwr.results import (
+from fedmpq_flwr.rundir.node_state import NodeStateCheckpoint
+from fedmpq_flwr.rundir.results import (
     FEATURES_FILE,
     MODEL_FILE,
     ROUND_FROM_CLIENTS,
@@ -76,8 +76,9 @@ from fedmpq_flwr.server.evaluation import EvalSchedule, ServerEvaluator, client_
 from fedmpq_flwr.server.outcome import RunFailed
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
-from fedmpq_flwr.train import build_optimizer, resolve_device, round_lr, train_epochs
-from fedmpq_flwr.weights import get_weights, set_weights
+from fedmpq_flwr.training.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
+from fedmpq_flwr.training.loop import build_optimizer, resolve_device, round_lr, train_epochs
+from fedmpq_flwr.training.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
 Update = tuple[int, NDArrays, FitRes]  # (partition id, uploaded arrays, the client's reply)

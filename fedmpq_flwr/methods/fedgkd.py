@@ -2,7 +2,7 @@
 distil from the parameter average of recent global models.
 
 Client: train the received global model with `CE + gkd.gamma * T^2 * KL(teacher || student)`
-(`T` = `gkd.temperature`; `fedmpq_flwr.distillation.TeacherDistillation`, batch mean), the
+(`T` = `gkd.temperature`; `fedmpq_flwr.training.distillation.TeacherDistillation`, batch mean), the
 teacher being a frozen float model (eval mode, BatchNorm folded, `inference_teacher`) that holds
 the average the server sent; the student, optimizer and data are FedAvg's. It uploads its float32
 weights as FedAvg. Server: FedAvg's aggregation (`strategy.weighting`), plus the buffer of the last
@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.distillation import TeacherDistillation, inference_teacher
-from fedmpq_flwr.history import ModelHistory
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTeacherStrategy
-from fedmpq_flwr.results import RunRecorder
-from fedmpq_flwr.train import train_epochs
-from fedmpq_flwr.weights import get_weights
+from fedmpq_flwr.methods.model_history import ModelHistory
+from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.training.distillation import TeacherDistillation, inference_teacher
+from fedmpq_flwr.training.loop import train_epochs
+from fedmpq_flwr.training.weights import get_weights
 
 __all__ = ["FedGKDClient", "FedGKDStrategy"]
 

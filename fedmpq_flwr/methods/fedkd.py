@@ -6,7 +6,7 @@ Client: the shared *mentee* is the configured model (`model.name`); the private 
 `self.state`) under `fedkd.mentor.partition_<id>` between rounds and is never sent. A node's first
 mentor is initialised from the seed `client_seed(seed, 0, partition_id)` (round 0 is no training
 round), without touching the training's random stream. On every batch both models train on the
-same augmented images with adaptive mutual distillation (`fedmpq_flwr.mutual_distillation`: each
+same augmented images with adaptive mutual distillation (`fedmpq_flwr.training.mutual_distillation`: each
 model's loss is its cross-entropy plus (KL towards the other's predictions + stage-output MSE)
 divided by the sum of the two cross-entropies): the step of `mutual_step`, run inside
 `train.train_epochs` (one backward of the two losses, which share no attached tensor, then each
@@ -48,14 +48,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedmpq_flwr.dataset import load_data
+from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, Update, client_seed
 from fedmpq_flwr.models import build_model
-from fedmpq_flwr.mutual_distillation import mutual_terms
 from fedmpq_flwr.quant.svd import energy_threshold, svd_decode, svd_encode, svd_upload_bits
-from fedmpq_flwr.results import RunRecorder
-from fedmpq_flwr.train import train_epochs
-from fedmpq_flwr.weights import get_weights, set_weights
+from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.training.loop import train_epochs
+from fedmpq_flwr.training.mutual_distillation import mutual_terms
+from fedmpq_flwr.training.weights import get_weights, set_weights
 
 __all__ = ["FedKDClient", "FedKDStrategy"]
 

@@ -36,9 +36,9 @@ from fedmpq_flwr.quant import (
     upload_bits,
 )
 from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
-from fedmpq_flwr.results import BIT_ASSIGNMENTS_FILE, RunRecorder
-from fedmpq_flwr.train import train_epochs
-from fedmpq_flwr.weights import communicated_keys
+from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE, RunRecorder
+from fedmpq_flwr.training.loop import train_epochs
+from fedmpq_flwr.training.weights import communicated_keys
 
 
 @dataclass

@@ -27,13 +27,13 @@ from flwr.common import ArrayRecord, ConfigRecord
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.distillation import TeacherDistillation, inference_teacher
-from fedmpq_flwr.history import ModelHistory
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy, ObjectiveExtension
 from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTeacherStrategy
+from fedmpq_flwr.methods.model_history import ModelHistory
 from fedmpq_flwr.quant import dequantized_state
-from fedmpq_flwr.results import RunRecorder
-from fedmpq_flwr.weights import communicated_keys, get_weights, set_weights
+from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.training.distillation import TeacherDistillation, inference_teacher
+from fedmpq_flwr.training.weights import communicated_keys, get_weights, set_weights
 
 __all__ = ["FedMPQKDClient", "FedMPQKDStrategy"]
 

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, Update
 from fedmpq_flwr.quant.qsgd import decode_model_update, encode_model_update, model_update_bits
-from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.rundir.results import RunRecorder
 from fedmpq_flwr.server.round_log import RoundInProgress
-from fedmpq_flwr.weights import get_weights, trainable_mask
+from fedmpq_flwr.training.weights import get_weights, trainable_mask
 
 
 class FedPAQClient(FedAvgClient):

@@ -19,7 +19,7 @@ from torch import nn
 from fedmpq_flwr.methods.fedavg import Update
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.quant import layer_bits
-from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.rundir.results import RunRecorder
 
 
 class FedPQClient(FedMPQClient):

@@ -1,7 +1,7 @@
 """The history teacher of FedGKD and of FedMPQ-KD's `kd.teacher: history`, server and client side.
 
 Server (`HistoryTeacherStrategy`): after aggregating round r it pushes the new global model w_r into
-a `fedmpq_flwr.history.ModelHistory` of length M, so in round t the buffer holds w_{t-1}, ..., w_{t-M}
+a `fedmpq_flwr.methods.model_history.ModelHistory` of length M, so in round t the buffer holds w_{t-1}, ..., w_{t-M}
 (w_0, the initial model, never: there is no teacher in round 1) and counts the model broadcast in
 round t. The teacher is their parameter average (`ModelHistory.teacher`), computed once per round.
 
@@ -25,8 +25,8 @@ import numpy as np
 from flwr.common import NDArrays, Parameters, Scalar
 from torch import nn
 
-from fedmpq_flwr.history import ModelHistory, distills
-from fedmpq_flwr.weights import set_weights
+from fedmpq_flwr.methods.model_history import ModelHistory, distills
+from fedmpq_flwr.training.weights import set_weights
 
 TEACHER_ARRAYS = "teacher_arrays"  # fit instruction: how many of the received arrays (the last ones) are the teacher
 TEACHER_ROUNDS = "teacher_rounds"  # fit instruction: the global rounds the teacher averages (JSON list)

@@ -2,12 +2,12 @@
 
 Client k: first F_k, the mean cross-entropy of the RECEIVED global model w on k's whole training
 partition with the labels it trains on (eval mode, no augmentation, `train.eval_batch_size`); then
-local training exactly as FedAvg; then (`fedmpq_flwr.qffl.client_update`, with the Lipschitz estimate
+local training exactly as FedAvg; then (`fedmpq_flwr.methods.qffl_update.client_update`, with the Lipschitz estimate
 L = `qffl.lipschitz_scale` / `train.lr`, the authors' 1/lr at the default scale 1) it uploads
 Delta_k = F_k^q L (w - w_k) for trainable tensors and its local BatchNorm statistics, and reports
 h_k = q F_k^(q-1) ||L (w - w_k)||^2 + L F_k^q and F_k as fit metrics (`qffl_h`, `qffl_loss`).
 
-Server: w <- w - sum_k Delta_k / sum_k h_k on the trainable tensors (`fedmpq_flwr.qffl.aggregate`,
+Server: w <- w - sum_k Delta_k / sum_k h_k on the trainable tensors (`fedmpq_flwr.methods.qffl_update.aggregate`,
 against the global model sent this round); BatchNorm statistics are averaged uniformly, so q = 0 is
 exactly uniform FedAvg (`strategy.weighting: uniform`). `strategy.weighting` does not apply: the
 clients' weights are q-FFL's F_k^q.
@@ -33,15 +33,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedmpq_flwr.data.load import load_data
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.data.partition import client_partition
-from fedmpq_flwr.dataset import eval_loader, load_data
 from fedmpq_flwr.methods.fedavg import FLOAT_BITS, FedAvgClient, FedAvgStrategy, Update
-from fedmpq_flwr.qffl import aggregate as qffl_aggregate
-from fedmpq_flwr.qffl import client_update
-from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.methods.qffl_update import aggregate as qffl_aggregate
+from fedmpq_flwr.methods.qffl_update import client_update
+from fedmpq_flwr.rundir.results import RunRecorder
 from fedmpq_flwr.server.round_log import RoundInProgress
-from fedmpq_flwr.train import evaluate
-from fedmpq_flwr.weights import get_weights, trainable_mask
+from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.weights import get_weights, trainable_mask
 
 
 class QFFLClient(FedAvgClient):

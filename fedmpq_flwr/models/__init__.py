@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmpq_flwr.results import MODEL_FILE
+from fedmpq_flwr.rundir.results import MODEL_FILE
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ Levels are fixed-length codes (QSGD's Elias coding of the levels is not used), s
 `numel` coordinates costs exactly `numel * bits + 32 * ceil(numel / bucket)` bits.
 
 Upload layout of a whole model update (`encode_model_update`): for the m communicated state arrays
-in order (`fedmpq_flwr.weights.communicated_keys`), one array each,
+in order (`fedmpq_flwr.training.weights.communicated_keys`), one array each,
   - quantized entries (`quantized[i]`, the trainable parameters): int8 signed levels
     sign(d_j) * l_j in [-s, s], in the tensor's shape, of d = local - reference;
   - the other entries (BatchNorm running statistics, other float buffers): the client's local

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmpq_flwr.data.loaders import Batches, eval_batches
-from fedmpq_flwr.dataset import FederatedData, eval_loader, partition_indices
+from fedmpq_flwr.data.load import FederatedData
+from fedmpq_flwr.data.loaders import Batches, eval_batches, eval_loader
+from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.quant import quantize_model
-from fedmpq_flwr.train import evaluate, evaluate_classes, penultimate_features
+from fedmpq_flwr.training.loop import evaluate, evaluate_classes, penultimate_features
 
 FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
 

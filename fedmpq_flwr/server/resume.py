@@ -5,10 +5,10 @@ rounds of `start_grid(..., ServerConfig(num_rounds=N - r))` from 1; a run resume
 must run rounds r+1..N, so the wrapper adds r to every round number Flower passes: the method,
 its records and its clients (whose seeds depend on the round) only ever see the true round. After
 each round's evaluation (which writes the round's record to metrics.jsonl) it saves
-`checkpoint/server.npz` (`fedmpq_flwr.checkpoint.ServerCheckpoint`): the global model, the
+`checkpoint/server.npz` (`fedmpq_flwr.rundir.checkpoint.ServerCheckpoint`): the global model, the
 sampler's and torch's RNG states, the method's `server_state()`, the round. It also adds to every
 client's fit instructions where and under which token nodes save what they keep between rounds
-(`fedmpq_flwr.client_state`).
+(`fedmpq_flwr.rundir.node_state`).
 
 A method needs nothing for this beyond `server_state` / `load_server_state` on its strategy when
 its server keeps something between rounds (FedAvg keeps nothing, FedMPQ its bit assignments).
@@ -29,17 +29,17 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedmpq_flwr.checkpoint import (
+from fedmpq_flwr.rundir.checkpoint import (
     CLIENTS_DIR,
     ServerCheckpoint,
     checkpoint_dir,
     remove_checkpoint,
     remove_partial_files,
 )
-from fedmpq_flwr.client_state import DIR_KEY, TOKEN_KEY
-from fedmpq_flwr.main import check_resumable  # the runner's rule: runner, launcher and server agree
-from fedmpq_flwr.startup import mark
-from fedmpq_flwr.weights import set_weights
+from fedmpq_flwr.rundir.node_state import DIR_KEY, TOKEN_KEY
+from fedmpq_flwr.rundir.reuse import check_resumable  # the runner's rule: runner, launcher and server agree
+from fedmpq_flwr.rundir.startup import mark
+from fedmpq_flwr.training.weights import set_weights
 
 
 def capture(
@@ -121,7 +121,7 @@ class CheckpointingStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        mark("round_started")  # start-up marks (fedmpq_flwr.startup): this wrapper sees every round
+        mark("round_started")  # start-up marks (fedmpq_flwr.rundir.startup): this wrapper sees every round
         instructions = self.strategy.configure_fit(self.true_round(server_round), parameters, client_manager)
         extra: dict[str, Scalar] = {DIR_KEY: str(self.clients_dir), TOKEN_KEY: self.token}
         return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]

@@ -14,7 +14,7 @@ from typing import Any
 
 from flwr.common import log
 
-from fedmpq_flwr.results import RunRecorder
+from fedmpq_flwr.rundir.results import RunRecorder
 
 
 def format_seconds(seconds: float) -> str:

@@ -10,7 +10,7 @@ authors' 1/lr by default), returns
 
 The server sets w <- w - sum_k Delta_k / sum_k h_k on the trainable entries. The norm runs over the
 trainable parameters only (conv/linear weights and biases, BatchNorm affine weights:
-`fedmpq_flwr.weights.trainable_mask`). BatchNorm running statistics (and any other non-trainable
+`fedmpq_flwr.training.weights.trainable_mask`). BatchNorm running statistics (and any other non-trainable
 float) are not part of the objective's gradient: clients send their local values and the server
 averages them as FedAvg does, uniformly by default (`buffer_weights` to change it), because with
 q = 0 the parameter step is the *uniform* mean of the w_k (h_k = L, Delta_k = L (w - w_k)), so the

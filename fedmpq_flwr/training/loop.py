@@ -155,7 +155,7 @@ def evaluate_classes(
 ) -> tuple[float, float, list[float | None]]:
     """`evaluate`'s loss and accuracy plus the top-1 accuracy of every class 0..num_classes-1, from
     the same pass. A class with no example in the loader gets None (JSON null: it has no accuracy,
-    and `fedmpq_flwr.fairness` leaves it out of the clients' expected accuracies)."""
+    and `fedmpq_flwr.analysis.fairness` leaves it out of the clients' expected accuracies)."""
     return _evaluation_pass(model, loader, device, num_classes)
 
 

@@ -3,7 +3,7 @@
 A method keeps per-node state by putting `ArrayRecord`, `ConfigRecord` or `MetricRecord` entries in
 the client's `self.state`; nothing else is needed for a resumed run to get them back. After a fit in
 which the state changed, the client writes it to `checkpoint/clients/partition_<id>.round_<r>.npz`
-(`fedmpq_flwr.checkpoint`); a node that starts with no state (a resumed run's fresh SuperNode)
+(`fedmpq_flwr.rundir.checkpoint`); a node that starts with no state (a resumed run's fresh SuperNode)
 restores the newest file written before the current round by the same run (the run's checkpoint
 token, sent with the fit instructions). Without those instructions (a client driven directly, as
 in unit tests) nothing is saved or restored.
@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import Array
 from flwr.common import ArrayRecord, ConfigRecord, MetricRecord, RecordDict, log
 
-from fedmpq_flwr.checkpoint import load_node_file, save_node_file
+from fedmpq_flwr.rundir.checkpoint import load_node_file, save_node_file
 
 # Keys of the fit instructions that the checkpointing server adds (`fedmpq_flwr.server.resume`).
 DIR_KEY = "checkpoint_clients_dir"

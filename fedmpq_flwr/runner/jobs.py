@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from fedmpq_flwr.config import ConfigError
-from fedmpq_flwr.signals import Stopped, stop_received
+from fedmpq_flwr.runner.signals import Stopped, stop_received
 
 EPS = 1e-9  # GPU shares are floats: 4 x 0.25 fits one GPU
 WAIT_S = 0.1  # how often the main thread looks whether the workers have ended

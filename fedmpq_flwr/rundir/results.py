@@ -19,7 +19,7 @@ Layout of one run, `<results_dir>/<run_id>/`:
   superlink.log   the private SuperLink's log (`fedmpq_flwr.launch`)
   checkpoint/     only while the run is unfinished: `server.npz`, the server after its latest
                   completed round, and `clients/partition_<id>.round_<r>.npz`, state nodes keep
-                  between rounds (see `fedmpq_flwr.checkpoint`). Rerunning the same command resumes
+                  between rounds (see `fedmpq_flwr.rundir.checkpoint`). Rerunning the same command resumes
                   from it; removed once results.json is written
 """
 

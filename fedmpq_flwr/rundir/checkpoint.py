@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmpq_flwr.results import CHECKPOINT_DIR
+from fedmpq_flwr.rundir.results import CHECKPOINT_DIR
 
 FORMAT = 1
 SERVER_FILE = "server.npz"
