@@ -47,10 +47,9 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 from torch import nn
-from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.device_batches import ClientBatches, client_batches
 from fedmpq_flwr.data.load import FederatedData, load_data
-from fedmpq_flwr.data.loaders import client_loader
 from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.methods.failures import (
     DROPOUT,
@@ -77,7 +76,7 @@ from fedmpq_flwr.server.outcome import RunFailed
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress, RoundLog
 from fedmpq_flwr.server.sampling import ClientSampler
 from fedmpq_flwr.training.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
-from fedmpq_flwr.training.loop import build_optimizer, resolve_device, round_lr, train_epochs
+from fedmpq_flwr.training.loop import build_optimizer, resolve_device, round_lr, train_device_settings, train_epochs
 from fedmpq_flwr.training.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
@@ -120,7 +119,7 @@ class FedAvgClient(NumPyClient):
         return build_optimizer(train_cfg["optimizer"], parameters, lr, train_cfg["momentum"], train_cfg["weight_decay"])
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Train the received global model; return what to upload and the metrics to report."""
         epochs = self.config["train"]["local_epochs"]
@@ -161,9 +160,10 @@ class FedAvgClient(NumPyClient):
         dataset_cfg = self.config["dataset"]
         data = load_data(dataset_cfg)
         batch_size = self.config["train"]["batch_size"]
-        loader = client_loader(
+        loader = client_batches(
             data, self.partition_id, self.num_partitions, dataset_cfg, batch_size, seed,
-            label_noise=dataset_cfg["label_noise"],
+            label_noise=dataset_cfg["label_noise"], device=self.device,
+            **train_device_settings(self.config["train"], self.device),
         )  # fmt: skip
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
@@ -176,7 +176,7 @@ class FedAvgClient(NumPyClient):
             peak_rss_mb=peak_rss_mb(),
             **peak_gpu_mb(self.device),
         )
-        return weights, len(loader.dataset), metrics
+        return weights, loader.num_examples, metrics
 
 
 class FedAvgStrategy(Strategy):
@@ -189,7 +189,8 @@ class FedAvgStrategy(Strategy):
         self.recorder = recorder
         self.device = resolve_device(config["federation"]["device"])
         self.data: FederatedData = load_data(config["dataset"])
-        self.evaluator = ServerEvaluator(self.data, config["train"]["eval_batch_size"], self.device)
+        train_device_settings(config["train"], self.device)  # train.amp's device checked before round 1
+        self.evaluator = ServerEvaluator.from_config(self.data, config, self.device)
         eval_cfg = config["eval"]
         self.schedule = EvalSchedule(config["train"]["num_rounds"], eval_cfg["every"], eval_cfg["quant_every"])
         num_clients = config["federation"]["num_clients"]
