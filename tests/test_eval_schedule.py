@@ -17,13 +17,7 @@ from fedmpq_flwr.server.round_log import RoundLog
 from fedmpq_flwr.training.loop import evaluate, evaluate_classes
 
 FLOAT_KEYS = {"test_accuracy", "test_loss", "class_accuracy"}
-QUANT_KEYS = {
-    "quant_test_accuracy_mean",
-    "quant_test_accuracy_min",
-    "quant_test_accuracy",
-    "quant_class_accuracy",
-    "quant_test_images",
-}
+QUANT_KEYS = {"quant_test_accuracy_mean", "quant_test_accuracy_min", "quant_test_accuracy", "quant_class_accuracy"}
 
 
 def test_the_strategy_evaluates_every_kth_round_and_always_the_last(fedmpq_config, fl) -> None:

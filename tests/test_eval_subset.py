@@ -3,9 +3,13 @@ float global model on all of it, and the subset's size in every quantized round'
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from fedmpq_flwr.analysis.report import _quant_subset_note
+from fedmpq_flwr.analysis.runs import load_run, mean_std
 from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.data.loaders import eval_batches
 from fedmpq_flwr.quant import quantize_model
@@ -47,8 +51,15 @@ def test_quantized_passes_use_the_subset_and_the_float_pass_the_whole_set(fedmpq
     assert whole.quant_images == 60 and whole.quant_batches is whole.test_batches
 
 
-def test_every_quantized_round_records_the_subset_size(fedmpq_config, fl) -> None:
-    records, _ = fl.run(fedmpq_config(eval={"quant_test_images": 24}), rounds=2)
+def test_every_quantized_round_records_the_subset_size_and_the_report_says_so(fedmpq_config, fl) -> None:
+    config = fedmpq_config(eval={"quant_test_images": 24})
+    records, _ = fl.run(config, rounds=2)
     assert [r["quant_test_images"] for r in records] == [24, 24]
+    run = load_run(Path(config["results_dir"]) / config["run_id"])
+    assert run["final_quant_test_images"] == 24
+    variations = {"fedmpq": {"final_quant_test_images": mean_std([24])}, "fedavg": {"final_quant_test_images": None}}
+    note = _quant_subset_note(variations)
+    assert "fedmpq (24 images)" in note[0] and "fedavg" not in note[0]
+    assert _quant_subset_note({"fedmpq": {"final_quant_test_images": mean_std([None])}}) == []
     default, _ = fl.run(fedmpq_config(run_id="default"), rounds=1)
-    assert default[0]["quant_test_images"] == 40  # the whole (synthetic) test set
+    assert "quant_test_accuracy_mean" in default[0] and "quant_test_images" not in default[0]  # the whole set

@@ -192,7 +192,7 @@ class FedMPQStrategy(FedAvgStrategy):
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
         """Test accuracy (and per-class test accuracy) of the global model quantized to each client's
-        next-round assignment, and the number of test images it is measured on (`eval.quant_test_images`)."""
+        next-round assignment (and the number of test images, when `eval.quant_test_images` picks a subset)."""
         metrics = self.evaluator.quantized_metrics(self.model, self.bits, self.config["quant"]["act_bits"])
         values = [accuracy for accuracy, _ in metrics.values()]
         return {
@@ -200,7 +200,7 @@ class FedMPQStrategy(FedAvgStrategy):
             "quant_test_accuracy_min": float(np.min(values)),
             "quant_test_accuracy": {str(pid): accuracy for pid, (accuracy, _) in metrics.items()},
             "quant_class_accuracy": {str(pid): classes for pid, (_, classes) in metrics.items()},
-            "quant_test_images": self.evaluator.quant_images,
+            **self.evaluator.subset_fields(),
         }
 
     def round_extra(self, server_round: int) -> dict[str, Any]:

@@ -89,6 +89,11 @@ class ServerEvaluator:
         quant_test_images = config["eval"]["quant_test_images"]
         return cls(data, config["train"]["eval_batch_size"], device, quant_test_images, config["dataset"]["seed"])
 
+    def subset_fields(self) -> dict[str, int]:
+        """What a round evaluating quantized models records about their test images: their number
+        (`quant_test_images`) when they are a subset of the test set, nothing when they are all of it."""
+        return {} if self.quant_batches is self.test_batches else {"quant_test_images": self.quant_images}
+
     def batches(self, x: np.ndarray, y: np.ndarray) -> Batches:
         """Fixed-order batches normalised with the dataset's own statistics, on the device."""
         return eval_batches(x, y, self.batch_size, mean=self.data.mean, std=self.data.std, device=self.device)
