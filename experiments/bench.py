@@ -17,7 +17,10 @@ P4  GPU throughput: seconds per round of FedMPQ-KD (ResNet-20, all --images, 10 
 P7  the client data path: milliseconds per batch of 64 of the per-sample path (torchvision v2 crop, flip
     and normalisation per image in a DataLoader, as before client batches were made on the device)
     and of `data.device_batches` (one partition of --images staged on --device), each against a
-    ResNet-20 training step on a batch already in memory; one torch thread, interleaved.
+    ResNet-20 training step on a batch already in memory; one torch thread, interleaved. Then, with
+    real CIFAR-10, the check from outside: a FedAvg client (one client holding the first --images
+    images, --p7-epochs local epochs, augmentation on, called in this process after the data is
+    cached), its `client_time_s / steps` against that plain step.
 P8  a quantized evaluation pass (ResNet-20 at 4-bit weights and activations) against a float pass,
     over --p8-images test images in batches of 128 with --plain-threads threads, interleaved.
 
@@ -209,7 +212,7 @@ class PerSampleImages(torch.utils.data.Dataset):
 
     def __init__(self, data: FederatedData, count: int) -> None:
         self.images = torch.from_numpy(data.x_train[:count].transpose(0, 3, 1, 2).copy())
-        self.labels = torch.from_numpy(data.y_train[:count])
+        self.labels = torch.tensor(data.y_train[:count])
         crop = v2.RandomCrop(data.image_shape[:2], padding=data.spec.crop_padding)
         self.transform = v2.Compose([crop, v2.RandomHorizontalFlip(), to_float(data.mean, data.std)])
 
@@ -247,7 +250,7 @@ def timed(fn: Any, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def p7(args: argparse.Namespace) -> dict[str, Any]:
+def p7(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     device = torch.device(args.device)
     data = bench_data(args)
@@ -289,13 +292,57 @@ def p7(args: argparse.Namespace) -> dict[str, Any]:
             if i >= 3:
                 times[name].append(seconds)
     ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
+    client = client_step(args, out) if data.name == "cifar10" else {}
     return {
+        "client_round": client or "needs real CIFAR-10 (--data-dir)",
         "ms_per_batch64": ms,
         "per_sample_over_step": ms["per_sample"] / ms["step"],
         "device_batches_over_step": ms["device_batches"] / ms["step"],
         "per_sample_over_device_batches": ms["per_sample"] / ms["device_batches"],
         "note": f"medians of {args.p7_batches} interleaved batches; {count} training images staged on "
         f"{device}; 1 torch thread; the step is ResNet-20 on a batch already on the device",
+    }
+
+
+def client_step(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """A FedAvg client's seconds per step over a whole local round (its `client_time_s / steps`)."""
+    torch.set_num_threads(1)
+    config = validate(
+        {
+            "run_id": "p7_client",
+            "results_dir": str(out),
+            "model": {"name": "resnet20"},
+            "dataset": {"name": "cifar10", "source": "npz", "path": str(args.data_dir.resolve())}
+            | {"train_subset": args.images, "alpha": "inf"},
+            "train": {"num_rounds": 1, "local_epochs": args.p7_epochs, "batch_size": 64},
+            "federation": {"num_clients": 1, "device": args.device},
+        }
+    )
+    method = load_method("fedavg")
+    strategy = method.strategy(config, RunRecorder(out / "p7_client", "p7_client"))  # loads and caches the data
+    _, _, metrics = method.client(config, 0, 1).fit(strategy.latest_parameters, strategy.fit_config(1, 0))
+    steps = int(metrics["steps"])
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10).to(args.device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images = torch.randn(64, 3, 32, 32, device=args.device)
+    labels = torch.randint(0, 10, (64,), device=args.device)
+
+    def plain_steps() -> None:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+
+    plain_s = timed(plain_steps, torch.device(args.device)) / steps
+    client_s = metrics["client_time_s"] / steps
+    return {
+        "client_time_s": metrics["client_time_s"],
+        "steps": steps,
+        "client_s_per_step": client_s,
+        "plain_s_per_step": plain_s,
+        "ratio": client_s / plain_s,
+        "note": "plain: the same number of ResNet-20 steps on one in-memory batch, right after the client round",
     }
 
 
@@ -341,6 +388,7 @@ def main() -> None:
     parser.add_argument("--p4-runs", type=int, default=6, help="short runs per --jobs setting in P4")
     parser.add_argument("--gpu-settings", choices=("off", "on"), default="off", help="train.channels_last/amp")
     parser.add_argument("--p7-batches", type=int, default=30, help="timed batches of each data path (P7)")
+    parser.add_argument("--p7-epochs", type=int, default=2, help="local epochs of P7's client round")
     parser.add_argument("--p8-images", type=int, default=2000, help="test images of each evaluation pass (P8)")
     parser.add_argument("--p8-passes", type=int, default=3, help="timed passes of each model (P8)")
     args = parser.parse_args()
@@ -365,7 +413,7 @@ def main() -> None:
             report["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
         report["P4_gpu_throughput"] = p4(args, args.out)
     if "P7" in parts:
-        report["P7_data_path"] = p7(args)
+        report["P7_data_path"] = p7(args, args.out)
     if "P8" in parts:
         report["P8_quant_over_float_eval"] = p8(args)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
