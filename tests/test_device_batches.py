@@ -215,3 +215,24 @@ def test_config_declares_the_new_keys() -> None:
         validate({"train": {"amp": "fp16"}})
     with pytest.raises(ConfigError, match="eval.quant_test_images"):
         validate({"eval": {"quant_test_images": -1}})
+
+
+def test_batches_with_an_autocast_dtype_run_the_forward_passes_under_autocast() -> None:
+    """The loop's plumbing of `train.amp`, on CPU autocast (the key itself allows CUDA only)."""
+    images = np.zeros((8, 32, 32, 3), np.uint8)
+    seen = []
+
+    def loss_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = model(x)
+        seen.append(logits.dtype)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return {"loss": loss}
+
+    for autocast, expected in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+        batches = ClientBatches(
+            images, np.zeros(8), 4, mean=(0.5,) * 3, std=(0.5,) * 3, padding=0, seed=0, device=CPU, autocast=autocast
+        )
+        model = build_model("tiny_cnn", 10)
+        train_epochs(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), 1, CPU, loss_fn=loss_fn)
+        assert seen[-2:] == [expected, expected]
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())

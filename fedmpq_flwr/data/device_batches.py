@@ -67,7 +67,8 @@ class ClientBatches:
         autocast: torch.dtype | None = None,
         num_flipped: int = 0,
     ) -> None:
-        staged = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+        host = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # copied only if read-only
+        staged = host.to(device).permute(0, 3, 1, 2).contiguous()
         self.size = tuple(staged.shape[2:])
         self.padding = padding
         if padding:
@@ -75,7 +76,7 @@ class ClientBatches:
             self.images[:, :, padding : padding + self.size[0], padding : padding + self.size[1]] = staged
         else:
             self.images = staged
-        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
+        self.labels = torch.tensor(labels, dtype=torch.int64, device=device)
         self.batch_size = batch_size
         self.normalise = to_float(mean, std)
         self.generator = torch.Generator(device=device).manual_seed(seed)
