@@ -14,7 +14,7 @@ from flwr.common import Context, log
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
-from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
+from fedmpq_flwr.config import ConfigError, from_flower_run_config, write_config
 from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.rundir.checkpoint import remove_checkpoint
 from fedmpq_flwr.rundir.provenance import git_commit
@@ -66,7 +66,7 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as err:
         log(ERROR, "cannot resume: %s", err)
         raise
-    dump_yaml(config, str(run_dir / CONFIG_FILE))
+    write_config(config, run_dir / CONFIG_FILE)  # once: the runner has written it already
     recorder = RunRecorder(run_dir, config["run_id"], completed_rounds=checkpoint.round if checkpoint else 0)
     strategy = load_method(config["strategy"]["name"]).strategy(config, recorder)
     rounds = CheckpointingStrategy(strategy, run_dir, started_at, checkpoint)  # Flower's round k is r + k

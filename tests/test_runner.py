@@ -116,7 +116,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path: Path, monkeypatch: pyte
 
     executed = []
 
-    def fake_execute(run: dict, results_dir: Path, overwrite: bool, position: str) -> str:
+    def fake_execute(run: dict, results_dir: Path, overwrite: bool, position: str, **_: object) -> str:
         executed.append((run["run_id"], position))
         return "failed" if run["run_id"] == "a_seed0" else "completed"
 

@@ -31,8 +31,15 @@ from fedmpq_flwr.config import ConfigError, dump_yaml
 from fedmpq_flwr.config.runner_file import CONFIG_DIR, expand_runs, parse_overrides
 from fedmpq_flwr.data.registry import DATASETS
 from fedmpq_flwr.rundir.checkpoint import CheckpointError, checkpoint_summary
-from fedmpq_flwr.rundir.results import CONFIG_FILE, is_complete
-from fedmpq_flwr.rundir.reuse import check_finished_runs, check_results_dir, check_resumable, update_labels
+from fedmpq_flwr.rundir.progress import MetricsFollower
+from fedmpq_flwr.rundir.results import CONFIG_FILE, METRICS_FILE, is_complete
+from fedmpq_flwr.rundir.reuse import (
+    check_finished_runs,
+    check_results_dir,
+    check_resumable,
+    make_results_dir,
+    update_labels,
+)
 from fedmpq_flwr.runner.jobs import JobsStopped, check_jobs, ray_cpus, run_jobs
 from fedmpq_flwr.runner.signals import Stopped, stop_signals
 from fedmpq_flwr.runner.tee import run_teed, say
@@ -83,17 +90,19 @@ def execute(
     results_dir: Path,
     overwrite: bool,
     position: str,
+    resume_after: int = 0,
     quiet: bool = False,
     ray_cpus: int | None = None,
 ) -> str:
-    """Run one variation; return its status: completed, skipped or failed. `quiet` (--jobs > 1):
-    the console gets the run's progress lines and events only; `ray_cpus`: its share of the CPUs."""
+    """Run one variation; return its status: completed, skipped or failed. `resume_after`: the round
+    after which it resumes (`check_resumable`, run before anything started); `quiet` (--jobs > 1): the
+    console gets the run's progress lines and events only; `ray_cpus`: its share of the CPUs."""
     run_dir = results_dir / run["run_id"]
     if is_complete(run_dir) and not overwrite:
         update_labels(run_dir / CONFIG_FILE, run)
         emit({"event": "run_skipped", "run_id": run["run_id"], "reason": "already complete (use --overwrite)"})
         return "skipped"
-    completed = 0 if overwrite else check_resumable(run, run_dir)  # checked before anything ran
+    completed = 0 if overwrite else resume_after
     if run_dir.exists() and not completed:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +133,7 @@ def execute(
         run_dir / "stderr.log",
         header,
         append=bool(completed),
-        quiet_as=run["run_id"] if quiet else "",
+        progress=MetricsFollower(run["run_id"], run_dir / METRICS_FILE, run["train"]["num_rounds"]) if quiet else None,
     )
     status = "completed" if returncode == 0 and is_complete(run_dir) else "failed"
     if quiet and status == "failed":
@@ -245,23 +254,26 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> int:
             if missing:
                 raise ConfigError(f"--only: unknown run_id {missing[0]!r}; known: {', '.join(sorted(names))}")
             runs = [r for r in runs if r["run_id"] in args.only or r["variation"] in args.only]
+        resume_after = dict.fromkeys((run["run_id"] for run in runs), 0)
         if not args.overwrite:
             check_finished_runs(runs, results_dir)
-            for run in runs:
-                check_resumable(run, results_dir / run["run_id"])
+            resume_after = {run["run_id"]: check_resumable(run, results_dir / run["run_id"]) for run in runs}
         preflight(runs)
         shares = machine_shares(args.jobs, runs)
+        make_results_dir(results_dir)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    results_dir.mkdir(parents=True, exist_ok=True)
 
     def run_one(index: int) -> str:
         run = runs[index]
         position = f"{index + 1}/{len(runs)}"
+        resumes = resume_after[run["run_id"]]
         if args.jobs == 1:
-            return execute(run, results_dir, args.overwrite, position)
-        return execute(run, results_dir, args.overwrite, position, quiet=True, ray_cpus=shares[run["run_id"]])
+            return execute(run, results_dir, args.overwrite, position, resume_after=resumes)
+        return execute(
+            run, results_dir, args.overwrite, position, resume_after=resumes, quiet=True, ray_cpus=shares[run["run_id"]]
+        )
 
     try:
         statuses = run_jobs(len(runs), args.jobs, run_one)
