@@ -154,6 +154,10 @@ def case_config(case: str, results_dir: Path, run_id: str) -> dict[str, Any]:
     return validate(deep_merge(base, CASES[case]))
 
 
+def test_every_method_of_the_catalog_is_checked() -> None:
+    assert {(CASES[case].get("strategy") or {}).get("name", case) for case in CASES} == set(CATALOG)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_declared_payload_is_what_the_method_sends(case: str, tmp_path: Path, fl) -> None:
     config = case_config(case, tmp_path, "sent")
