@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -21,6 +21,29 @@ FULL_PRECISION = "full_precision"
 QUANTIZED = "quantized"
 # Config sections every method reads; a method's own sections are listed in its entry.
 COMMON_SECTIONS = ("strategy", "model", "dataset", "train", "eval", "federation")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One direction of a method's round messages, by name. Flower's legacy messages carry one list
+    of arrays and a dict of scalars: `arrays` names the parts of the list in the order sent (a part
+    may be empty in some rounds), `fields` the scalars the receiver acts on: the fit instructions
+    down; up, the reply's sample count and the reports the server decodes, keys or aggregates with.
+    Reports that only feed the run's record (losses, times, FLOPs, memory, distillation
+    diagnostics) are measurements of the study, not protocol, and are not listed:
+    `tests/test_method_payloads.py` checks that the server's next messages and global model do not
+    depend on them, and that the declaration matches what each method sends."""
+
+    arrays: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A method's upload (client to server) and download (server to client) in one round."""
+
+    upload: Message
+    download: Message
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,7 @@ class MethodSpec:
     cost_reference: str | None  # the method its bits, time and FLOPs are compared with (None: none)
     sections: tuple[str, ...]  # config sections it reads besides COMMON_SECTIONS
     summary: str  # one line for reports and the README
+    payload: Callable[[dict[str, Any]], Payload]  # what its round messages carry, given a run's (nested) config
     # checks across keys of a validated run config (nested), raising a one-line ConfigError
     check: Callable[[dict[str, Any]], None] | None = None
 
@@ -163,6 +187,40 @@ def _check_fedkd(config: dict[str, Any]) -> None:
         raise ConfigError(f"key '{key}': {message}")
 
 
+# What the methods' round messages carry (`Message`); the names are those the methods' modules send.
+COMMON_UP = ("num_examples", "partition_id")  # every reply: its sample count, and the partition it is keyed by
+COMMON_DOWN = ("server_round",)
+GLOBAL_MODEL = ("global_model",)  # the float32 global model, one array per state entry
+FLOAT_PAYLOAD = Payload(
+    upload=Message(arrays=("float_weights",), fields=COMMON_UP),
+    download=Message(arrays=GLOBAL_MODEL, fields=COMMON_DOWN),
+)
+BITPLANE_PAYLOAD = Payload(  # int16 codes (float32 for unquantized entries), then one scale per quantized tensor
+    upload=Message(arrays=("codes", "scales"), fields=(*COMMON_UP, "bits", "reductions")),
+    download=Message(arrays=GLOBAL_MODEL, fields=(*COMMON_DOWN, "bits")),
+)
+
+
+def _always(payload: Payload) -> Callable[[dict[str, Any]], Payload]:
+    """The payload of a method whose messages no config key changes."""
+    return lambda config: payload
+
+
+def _with_history_teacher(payload: Payload) -> Payload:
+    """The download also carries the history teacher and says how many arrays and which rounds it holds."""
+    down = payload.download
+    teacher = Message(
+        arrays=(*down.arrays, "history_teacher"), fields=(*down.fields, "teacher_arrays", "teacher_rounds")
+    )
+    return replace(payload, download=teacher)
+
+
+def _fedmpq_kd_payload(config: dict[str, Any]) -> Payload:
+    """FedMPQ's messages (the teacher stays on the client), except that the server sends the history
+    teacher (`kd.teacher: history`)."""
+    return _with_history_teacher(BITPLANE_PAYLOAD) if config["kd"]["teacher"] == "history" else BITPLANE_PAYLOAD
+
+
 CATALOG: dict[str, MethodSpec] = {
     "fedavg": MethodSpec(
         module="fedavg",
@@ -174,6 +232,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference=None,
         sections=(),
         summary="FedAvg (McMahan et al., 2017): full-precision clients, weighted averaging",
+        payload=_always(FLOAT_PAYLOAD),
     ),
     "fedmpq": MethodSpec(
         module="fedmpq",
@@ -185,6 +244,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference="fedavg",
         sections=("quant",),
         summary="FedMPQ (Chen & Vikalo, CVPR 2024): bit-plane clients, pruning, server bit re-allocation",
+        payload=_always(BITPLANE_PAYLOAD),
     ),
     "fedmpq_kd": MethodSpec(
         module="fedmpq_kd",
@@ -196,6 +256,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference="fedmpq",
         sections=("quant", "kd"),
         summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model",
+        payload=_fedmpq_kd_payload,
         check=_check_kd,
     ),
     "fedgkd": MethodSpec(
@@ -208,6 +269,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference="fedavg",
         sections=("gkd",),
         summary="FedGKD (Yao et al., 2021): FedAvg whose clients distil from the average of the last M global models",
+        payload=_always(_with_history_teacher(FLOAT_PAYLOAD)),
     ),
     "fedkd": MethodSpec(
         module="fedkd",
@@ -220,6 +282,12 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("fedkd",),
         summary="FedKD (Wu et al., 2022): a shared mentee and a private mentor in mutual distillation, "
         "SVD-compressed mentee updates",
+        payload=_always(
+            Payload(
+                upload=Message(arrays=("svd_factors",), fields=(*COMMON_UP, "svd_layout")),
+                download=Message(arrays=GLOBAL_MODEL, fields=(*COMMON_DOWN, "svd_energy")),
+            )
+        ),
         check=_check_fedkd,
     ),
     "fedpq": MethodSpec(
@@ -233,6 +301,7 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("quant",),
         summary="FedPQ (AQFL arm of the FedMPQ code): bit-plane clients, every layer at the client's "
         "integer budget, no pruning, no re-allocation",
+        payload=_always(BITPLANE_PAYLOAD),
         check=_whole_budgets,
     ),
     "fedpaq": MethodSpec(
@@ -246,6 +315,9 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("paq",),
         summary="FedPAQ (Reisizadeh et al., AISTATS 2020): full-precision clients upload the QSGD "
         "quantization of their model update",
+        payload=_always(
+            replace(FLOAT_PAYLOAD, upload=Message(arrays=("qsgd_levels", "bucket_norms"), fields=COMMON_UP))
+        ),
     ),
     "qffl": MethodSpec(
         module="qffl",
@@ -258,6 +330,9 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("qffl",),
         summary="q-FFL / q-FedAvg (Li et al., ICLR 2020): full-precision clients, steps reweighted by "
         "the clients' losses to the power q",
+        payload=_always(
+            replace(FLOAT_PAYLOAD, upload=Message(arrays=("scaled_delta",), fields=(*COMMON_UP, "qffl_h")))
+        ),
     ),
 }
 
