@@ -204,3 +204,30 @@ def test_sweep_file_is_the_v1_setting(tmp_path: Path) -> None:
     assert runs["kd_gate_correct"]["kd"]["gate"] == "correct"
     assert runs["kd_gate_confidence"]["kd"]["gate"] == "confidence"
     assert len(set(kd.values())) == 4  # four different kd settings
+
+
+def test_analyzer_shows_the_ablation_variations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hand-made kd_main, kd_ramp2 and kd_gate_correct runs (2 seeds): every variation is in the
+    accuracy table, alpha_t and the gate mean are averaged per round and drawn in kd_weights_vs_rounds."""
+    from analysis_builders import run_main, write_config, write_history
+
+    alphas = {"kd_main": [0.5, 0.5, 0.5], "kd_ramp2": [0.0, 0.25, 0.5], "kd_gate_correct": [0.5, 0.5, 0.5]}
+    gates = {"kd_main": [1.0, 1.0, 1.0], "kd_ramp2": [1.0, 1.0, 1.0], "kd_gate_correct": [0.2, 0.4, 0.6]}
+    for name in alphas:
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{name}_s{seed}"
+            write_config(run_dir, name, seed, "fedmpq_kd")
+            history = [
+                {"run_id": run_dir.name, "round": r, "test_accuracy": 0.1 * r + 0.01 * seed, "kd_loss": 0.3}
+                | {"kd_alpha": alphas[name][r - 1], "kd_gate_mean": gates[name][r - 1] + 0.1 * seed}
+                for r in (1, 2, 3)
+            ]
+            write_history(run_dir, history)
+    comp, out = run_main(tmp_path, capsys)
+    variations = comp["variations"]
+    assert variations["kd_ramp2"]["kd_alpha_per_round_mean"] == [0.0, 0.25, 0.5]
+    assert variations["kd_gate_correct"]["kd_gate_mean_per_round_mean"] == pytest.approx([0.25, 0.45, 0.65])
+    assert "images/kd_weights_vs_rounds.pdf" in comp["figures"]
+    assert (tmp_path / "images" / "kd_weights_vs_rounds.pdf").read_bytes().startswith(b"%PDF")
+    report = (tmp_path / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in alphas)
