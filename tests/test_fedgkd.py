@@ -13,7 +13,7 @@ from fedmpq_flwr.methods.fedgkd import FedGKDClient
 from fedmpq_flwr.methods.history_teacher import TEACHER_ARRAYS, TEACHER_ROUNDS
 
 # Fields only a distilling client reports (and their round-level means/sums).
-KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_flops", "teacher_round", "teacher_models"}
+KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_flops", "teacher_round", "teacher_models", "kd_gate_mean"}
 
 
 def small(fedavg_config, **overrides):
@@ -155,4 +155,9 @@ def test_gkd_keys_are_validated(key: str, value: object, message: str) -> None:
 
 
 def test_gkd_defaults_are_the_reference_readme() -> None:
-    assert validate({"strategy": {"name": "fedgkd"}})["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5}
+    assert validate({"strategy": {"name": "fedgkd"}})["gkd"] == {
+        "gamma": 0.1,
+        "temperature": 1.0,
+        "buffer": 5,
+        "gate": "none",
+    }

@@ -195,6 +195,11 @@ ABLATIONS = {  # file -> the kd setting each of its variations differs in (kd_ma
     "temperature.yaml": {"kd_temp1": {"temperature": 1.0}, "kd_temp4": {"temperature": 4.0}},
     "teacher.yaml": {"kd_updating": {"teacher": "updating"}, "kd_history": {"teacher": "history"}},
     "refresh.yaml": {"kd_refresh5": {"refresh_every": 5}},
+    "kd_schedule.yaml": {
+        "kd_ramp10": {"schedule": "ramp", "schedule_rounds": 10},
+        "kd_decay50": {"schedule": "decay", "schedule_rounds": 50},
+    },
+    "kd_gate.yaml": {"kd_gate_correct": {"gate": "correct"}, "kd_gate_confidence": {"gate": "confidence"}},
 }
 
 

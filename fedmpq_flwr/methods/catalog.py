@@ -100,6 +100,12 @@ KD: Section = {
     "ema_decay": number(float, 0.99, 0, 1),
     "refresh_every": number(int, 1, 1),
     "history": number(int, 5, 1),  # teacher `history`: the average of the last this many global models
+    # alpha_t per round, sent by the server: constant (kd.alpha), ramp (up from 0) or decay (down to 0)
+    "schedule": choice("constant", "constant", "ramp", "decay"),
+    # N, the rounds the ramp or decay takes: an int >= 1 for ramp and decay; 0 (unset) for constant
+    "schedule_rounds": Field(int, 0, lambda v: v >= 0, "an int >= 1 for kd.schedule ramp or decay (0: unset)"),
+    # per-sample weight on the KL term: 1, the teacher's top-1 correctness, or its probability of the label
+    "gate": choice("none", "none", "correct", "confidence"),
 }
 PAQ: Section = {  # FedPAQ's QSGD quantizer of the upload (fedmpq_flwr.quant.qsgd)
     "bits": number(int, 4, 2, 8),  # per coordinate, sign included: s = 2^(bits-1) - 1 levels
@@ -132,6 +138,7 @@ GKD: Section = {  # FedGKD (code README defaults)
     "gamma": number(float, 0.1, 0),
     "temperature": number(float, 1.0, 0, low_open=True),
     "buffer": number(int, 5, 1),  # global models averaged into the teacher, the current one included
+    "gate": choice("none", "none", "correct", "confidence"),  # per-sample weight on the KL term, as kd.gate
 }
 FEDKD: Section = {  # FedKD (code defaults)
     "mentor": Field(str, "resnet32", choices=tuple(MODELS)),  # the private model; needs the mentee's stages
@@ -142,12 +149,23 @@ METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD, "paq": PAQ, "qf
 
 
 def _check_kd(config: dict[str, Any]) -> None:
-    """The history teacher is rebuilt by the server every round: `kd.refresh_every` does not apply."""
+    """The history teacher is rebuilt by the server every round: `kd.refresh_every` does not apply.
+    `kd.schedule_rounds` is set exactly when the schedule ramps or decays."""
     kd = config["kd"]
     if kd["teacher"] == "history" and kd["refresh_every"] != 1:
         raise ConfigError(
             f"key 'kd.refresh_every': value {kd['refresh_every']} needs kd.teacher frozen or updating; "
             "the history teacher (kd.teacher: history) is rebuilt by the server every round"
+        )
+    if kd["schedule"] != "constant" and kd["schedule_rounds"] < 1:
+        raise ConfigError(
+            f"key 'kd.schedule_rounds': value {kd['schedule_rounds']} is unset; kd.schedule {kd['schedule']} "
+            "needs an int >= 1, the rounds over which alpha changes"
+        )
+    if kd["schedule"] == "constant" and kd["schedule_rounds"] != 0:
+        raise ConfigError(
+            f"key 'kd.schedule_rounds': value {kd['schedule_rounds']} needs kd.schedule ramp or decay; "
+            "kd.schedule constant uses kd.alpha in every round"
         )
 
 
@@ -217,8 +235,12 @@ def _with_history_teacher(payload: Payload) -> Payload:
 
 def _fedmpq_kd_payload(config: dict[str, Any]) -> Payload:
     """FedMPQ's messages (the teacher stays on the client), except that the server sends the history
-    teacher (`kd.teacher: history`)."""
-    return _with_history_teacher(BITPLANE_PAYLOAD) if config["kd"]["teacher"] == "history" else BITPLANE_PAYLOAD
+    teacher (`kd.teacher: history`) and, under a `ramp` or `decay` schedule, the round's alpha."""
+    payload = _with_history_teacher(BITPLANE_PAYLOAD) if config["kd"]["teacher"] == "history" else BITPLANE_PAYLOAD
+    if config["kd"]["schedule"] == "constant":
+        return payload
+    down = payload.download
+    return replace(payload, download=Message(arrays=down.arrays, fields=(*down.fields, "kd_alpha")))
 
 
 CATALOG: dict[str, MethodSpec] = {
@@ -255,7 +277,8 @@ CATALOG: dict[str, MethodSpec] = {
         compresses_upload=True,
         cost_reference="fedmpq",
         sections=("quant", "kd"),
-        summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model",
+        summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model "
+        "(optionally with a per-round alpha schedule and a per-sample gate)",
         payload=_fedmpq_kd_payload,
         check=_check_kd,
     ),
