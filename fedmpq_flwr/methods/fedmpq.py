@@ -46,8 +46,8 @@ from fedmpq_flwr.training.weights import communicated_keys
 class ObjectiveExtension:
     """What a subclass adds to a FedMPQ client's local training."""
 
-    # (images, student logits) -> named terms: "loss" is added to what is minimised, the others logged
-    terms: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+    # (images, labels, student logits) -> named terms: "loss" is added to what is minimised, the others logged
+    terms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
     after_step: Callable[[], None] | None = None  # called after every optimizer step and re-binarization
     report: Callable[[dict[str, Any]], None] | None = None  # adds to (or corrects) the metrics after training
 
@@ -83,7 +83,7 @@ class FedMPQClient(FedAvgClient):
             bit_loss = lambda_b * bit_regularizer(net) / total_params
             terms = {"loss": task_loss + bit_loss, "task_loss": task_loss, "bit_loss": bit_loss}
             if extension is not None:
-                extra = extension.terms(images, logits)
+                extra = extension.terms(images, labels, logits)
                 loss = terms["loss"] + extra.pop("loss")
                 terms.update(extra, loss=loss)
             return terms

@@ -25,7 +25,7 @@ and each client reports the mean weight, `kd_gate_mean`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,23 +68,6 @@ def teacher_round(server_round: int, refresh_every: int) -> int:
     return (server_round - 1) // refresh_every * refresh_every
 
 
-class BatchLabels:
-    """A loader that keeps the labels of the batch it yielded last: FedMPQ's loss hands its extension
-    the images and the student's logits, and the gates `correct` and `confidence` also need the labels."""
-
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
-        self.labels: torch.Tensor | None = None
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
-            self.labels = labels
-            yield images, labels
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
 def ema_update(teacher: nn.Module, student: nn.Module, keys: list[str], decay: float) -> Callable[[], None]:
     """A step that moves the teacher's state (`keys`) towards the student's dequantized state."""
     teacher_state = teacher.state_dict()
@@ -99,8 +82,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, keys: list[str], decay: f
 class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
     """A FedMPQ client that adds distillation from a full-precision teacher to its objective, weighted
     by the round's alpha_t (`kd_alpha` in the fit instructions)."""
-
-    batches: BatchLabels | None = None  # the loader being trained on, with its current labels
 
     def teacher_source(self, model: nn.Module, server_round: int) -> tuple[nn.Module, int] | None:
         """The float model to distil from and its (newest) global round: the one just received, the
@@ -139,10 +120,8 @@ class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
             kd_cfg["temperature"],
             kd_cfg["gate"],
         )
-        batches = self.batches
 
-        def terms(images: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-            labels = None if batches is None or batches.labels is None else batches.labels.to(logits.device)
+        def terms(images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
             return distillation.terms(images, logits, labels)
 
         def report(metrics: dict[str, Any]) -> None:
@@ -160,8 +139,7 @@ class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
     def train(
         self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
-        self.batches = BatchLabels(loader)
-        weights, metrics = super().train(model, self.batches, config, seed)
+        weights, metrics = super().train(model, loader, config, seed)
         metrics.setdefault("teacher_flops", 0.0)  # a round without a teacher costs no teacher FLOPs
         return weights, metrics
 
