@@ -27,17 +27,41 @@ from fedmpq_flwr.training.loop import resolve_device
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), or what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str) -> dict[str, str]:
+    """What decides whether a rerun can match digit for digit: the CPU, the vector unit torch's CPU
+    kernels use (e.g. AVX2 or AVX512: other kernels, other rounding), torch's version and the GPU."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+    }
+
+
 def run_metadata(config: dict[str, Any], started_at: str) -> dict[str, Any]:
     """Provenance stored in results.json: what ran, where, with which code and versions."""
     device = str(resolve_device(config["federation"]["device"]))
+    hardware = machine(device)
     if device.startswith("cuda"):
-        device += f" ({torch.cuda.get_device_name(0)})"
+        device += f" ({hardware['device_name']})"
     return {
         "seed": config["seed"],
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), **{p: importlib_metadata.version(p) for p in PACKAGES}},
         "device": device,
         "host": platform.node(),
+        "machine": hardware,
         "num_clients": config["federation"]["num_clients"],
         "start_time": started_at,
         "end_time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
