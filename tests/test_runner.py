@@ -396,7 +396,7 @@ def test_smoke_file_runs_every_method_in_miniature(tmp_path: Path) -> None:
         assert sizes == (("resnet20", 400, 200) if run["strategy"]["name"] == "fedkd" else ("tiny_cnn", 1200, 400))
 
 
-def test_qffl_sweep_is_the_main_experiment_in_the_issue13_setting(tmp_path: Path) -> None:
+def test_qffl_sweep_is_the_main_experiment_in_the_v1_real_data_setting(tmp_path: Path) -> None:
     """configs/sweeps/qffl.yaml: FedAvg and q-FFL at several (q, lipschitz_scale), each equal to the
     full file's seed-0 run of its method but for 10,000 images, 10 rounds and the qffl section."""
     sweep = expand_runs(REPO / "configs" / "sweeps" / "qffl.yaml", tmp_path, {})
