@@ -1,7 +1,7 @@
 """Experiment runner: every run variation of a YAML file, one after another or N at once, then the analyzer.
 
     python -m fedmpq_flwr.main --smoke-test|--full-experiment|--config FILE --results-dir DIR
-        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...] [--jobs N]
+        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...] [--jobs N] [--dry-run]
 
 The whole file is validated before anything runs. Each run is a subprocess
 (`python -m fedmpq_flwr.launch`) whose output goes to DIR/<run_id>/stdout.log|stderr.log and
@@ -9,6 +9,7 @@ to the console. Finished runs (complete results.json) are skipped unless --overw
 unfinished run with a checkpoint resumes after its last completed round (--overwrite: from round 1).
 `--jobs N` keeps up to N runs in flight (`fedmpq_flwr.runner.jobs`); the console then shows one progress
 line per round of each run and the runner's events instead of the runs' raw output.
+`--dry-run` stops after the validation: one line per run (run_id, key settings), nothing run or created.
 
 Ctrl-C, SIGTERM and SIGHUP stop the runs in flight cleanly (the launcher stops Flower and Ray; the
 checkpoint stays) and print the command that resumes; the exit status is 128 + the signal number.
@@ -73,16 +74,27 @@ def emit(event: dict[str, Any]) -> None:
     say(json.dumps(event))
 
 
-def describe(run: dict[str, Any], position: str) -> str:
+def settings(run: dict[str, Any]) -> str:
+    """The run's key settings on one line: `strategy=... model=... dataset=... seed=...`."""
     dataset, train = run["dataset"], run["train"]
     return (
-        f"=== [{position}] {run['run_id']} ===\n{run['description'].strip()}\n"
         f"strategy={run['strategy']['name']} model={run['model']['name']} dataset={dataset['name']}"
         f" (source={'generated' if DATASETS[dataset['name']].synthetic else dataset['source']},"
         f" train_subset={dataset['train_subset'] or 'all'}, alpha={dataset['alpha']})"
         f" clients={run['federation']['num_clients']} rounds={train['num_rounds']}"
         f" local_epochs={train['local_epochs']} batch={train['batch_size']} lr={train['lr']} seed={run['seed']}"
     )
+
+
+def describe(run: dict[str, Any], position: str) -> str:
+    return f"=== [{position}] {run['run_id']} ===\n{run['description'].strip()}\n{settings(run)}"
+
+
+def dry_run(runs: list[dict[str, Any]], results_dir: Path, overwrite: bool) -> None:
+    """One line per validated run: its run_id, its settings, and `(finished: skipped)` where a run would skip it."""
+    for run in runs:
+        skipped = not overwrite and is_complete(results_dir / run["run_id"])
+        print(f"{run['run_id']}: {settings(run)}{' (finished: skipped)' if skipped else ''}", flush=True)
 
 
 def execute(
@@ -213,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config key in every run, e.g. --set train.num_rounds=5",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate everything a run would (file, overrides, data, devices, --jobs), print one line per run "
+        "(run_id and key settings), run nothing",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     with stop_signals():
@@ -260,10 +278,14 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> int:
             resume_after = {run["run_id"]: check_resumable(run, results_dir / run["run_id"]) for run in runs}
         preflight(runs)
         shares = machine_shares(args.jobs, runs)
-        make_results_dir(results_dir)
+        if not args.dry_run:
+            make_results_dir(results_dir)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        dry_run(runs, results_dir, args.overwrite)
+        return 0
 
     def run_one(index: int) -> str:
         run = runs[index]
