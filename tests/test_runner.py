@@ -132,7 +132,7 @@ def test_only_selects_a_variation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import fedmpq_flwr.runner.cli as runner
 
     executed = []
-    monkeypatch.setattr(runner, "execute", lambda run, *_: executed.append(run["run_id"]) or "completed")
+    monkeypatch.setattr(runner, "execute", lambda run, *_, **__: executed.append(run["run_id"]) or "completed")
     assert (
         runner.main(["--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "o"), "--only", "a"]) == 0
     )
@@ -255,7 +255,7 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
         assert {k: run[k] for k in ("model", "dataset", "train", "federation")} == {
             k: main[0][k] for k in ("model", "dataset", "train", "federation")
         }
-    assert main[0]["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5}
+    assert main[0]["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5, "gate": "none"}
     assert main[0]["fedkd"] == {"mentor": "resnet32", "energy_start": 0.95, "energy_end": 0.98}
     setting = main[0]
     assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == (

@@ -206,7 +206,7 @@ def inprocess_round(
     strategy.start_round(server_round, sampled, sent)
     results = []
     for pid in sampled:
-        client = method.client(config, pid, num_clients, states[pid])
+        client = method.build_client(config, pid, num_clients, states[pid])
         weights, n, metrics = client.fit(sent, strategy.fit_config(server_round, pid))
         results.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)))
     strategy.aggregate_fit(server_round, results, [])
