@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RESULTS ?= results
 CIFAR10_DIR ?= ../shared/data/cifar10
-# Use a local CIFAR-10 copy (train.npz/test.npz) when there is one; otherwise the hub.
-DATA_OVERRIDES := $(if $(wildcard $(CIFAR10_DIR)/train.npz),--set dataset.source=npz --set dataset.path=$(CIFAR10_DIR))
+# Use a local CIFAR-10 copy (train.npz/test.npz) when there is one; otherwise the hub. The rule lives in
+# experiments/lib.sh, which the experiment scripts share.
+DATA_OVERRIDES = $(shell CIFAR10_DIR='$(CIFAR10_DIR)' bash -c '. experiments/lib.sh && data_overrides')
 # Runs in flight at once (the runner's --jobs): `make full JOBS=4`, `make smoke JOBS=2` (one at a
 # time echoes every run's output; with N > 1 the console shows one progress line per round).
 # `make quick` takes 2 unless JOBS is given (1 on a 1-core machine): one run per core of a 2-core

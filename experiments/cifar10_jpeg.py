@@ -1,4 +1,4 @@
-"""A copy of CIFAR-10 small enough to travel to a lent GPU machine (64 MiB), and its unpacking there.
+"""A copy of CIFAR-10 small enough to travel with the working tree to a GPU machine (64 MiB), and its unpacking there.
 
     .venv/bin/python experiments/cifar10_jpeg.py pack ../shared/data/cifar10 shared/cifar10_jpeg.npz
     .venv/bin/python experiments/cifar10_jpeg.py unpack shared/cifar10_jpeg.npz /tmp/cifar10  # train/test.npz
@@ -6,7 +6,7 @@
 Lossless compression cannot get there: `np.savez_compressed` keeps 92 % of the 150 MB of training
 images and LZMA with a gradient predictor 66 %. So every image (train and test) is stored as a JPEG
 (quality 85, about 1 KB each, mean absolute pixel error about 1.8 of 255): real images, of the same
-shapes and nearly the same pixels, for throughput measurements (issue 17's P4); not for accuracies
+shapes and nearly the same pixels, for throughput measurements (gpu_check.sh's P4); not for accuracies
 to compare with runs on the original files. `unpack` writes the npz files `dataset.source: npz` reads.
 """
 
@@ -20,7 +20,7 @@ import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
 QUALITY = 85
-LIMIT = 64 * 2**20  # what travels to the device machine
+LIMIT = 64 * 2**20  # what a copy of the working tree may carry to the GPU machine
 
 
 def pack(source: Path, target: Path) -> None:

@@ -40,8 +40,8 @@ def client_fn(context: Context) -> Client:
     num_partitions = int(context.node_config["num-partitions"])
     data_path = str(context.node_config.get(DATA_PATH_KEY, "") or "")
     config = run_config(context.run_config, num_partitions, data_path)
-    client_cls = load_method(config["strategy"]["name"]).client
-    return client_cls(config, partition_id, num_partitions, context.state).to_client()
+    method = load_method(config["strategy"]["name"])
+    return method.build_client(config, partition_id, num_partitions, context.state).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

@@ -14,7 +14,7 @@ from flwr.common import Context, log
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
-from fedmpq_flwr.config import ConfigError, dump_yaml, from_flower_run_config
+from fedmpq_flwr.config import ConfigError, from_flower_run_config, write_config
 from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.rundir.checkpoint import remove_checkpoint
 from fedmpq_flwr.rundir.provenance import git_commit
@@ -27,17 +27,41 @@ from fedmpq_flwr.training.loop import resolve_device
 PACKAGES = ("flwr", "flwr-datasets", "torch", "torchvision", "numpy")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), or what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str) -> dict[str, str]:
+    """What decides whether a rerun can match digit for digit: the CPU, the vector unit torch's CPU
+    kernels use (e.g. AVX2 or AVX512: other kernels, other rounding), torch's version and the GPU."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+    }
+
+
 def run_metadata(config: dict[str, Any], started_at: str) -> dict[str, Any]:
     """Provenance stored in results.json: what ran, where, with which code and versions."""
     device = str(resolve_device(config["federation"]["device"]))
+    hardware = machine(device)
     if device.startswith("cuda"):
-        device += f" ({torch.cuda.get_device_name(0)})"
+        device += f" ({hardware['device_name']})"
     return {
         "seed": config["seed"],
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), **{p: importlib_metadata.version(p) for p in PACKAGES}},
         "device": device,
         "host": platform.node(),
+        "machine": hardware,
         "num_clients": config["federation"]["num_clients"],
         "start_time": started_at,
         "end_time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -66,7 +90,7 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as err:
         log(ERROR, "cannot resume: %s", err)
         raise
-    dump_yaml(config, str(run_dir / CONFIG_FILE))
+    write_config(config, run_dir / CONFIG_FILE)  # once: the runner has written it already
     recorder = RunRecorder(run_dir, config["run_id"], completed_rounds=checkpoint.round if checkpoint else 0)
     strategy = load_method(config["strategy"]["name"]).strategy(config, recorder)
     rounds = CheckpointingStrategy(strategy, run_dir, started_at, checkpoint)  # Flower's round k is r + k

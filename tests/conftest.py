@@ -11,6 +11,7 @@ import pytest
 import yaml
 from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
 
+from fedmpq_flwr.client.guard import GuardedClient
 from fedmpq_flwr.config import deep_merge, validate
 from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.rundir.results import RunRecorder
@@ -102,8 +103,11 @@ class Rounds:
 
     @staticmethod
     def fit_result(client: Any, strategy: Any, pid: int, server_round: int = 1) -> FitRes:
-        """One client's reply to what the strategy sends in a round (`fit_arrays`) and its instructions."""
+        """One client's reply to what the strategy sends in a round (`fit_arrays`) and its instructions,
+        through the guard every client runs in (a bare method client is wrapped)."""
         sent = strategy.fit_arrays(server_round, strategy.latest_parameters)
+        if not isinstance(client, GuardedClient):
+            client = GuardedClient(client)
         weights, n, metrics = client.fit(sent, strategy.fit_config(server_round, pid))
         return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)
 
@@ -123,7 +127,7 @@ class Rounds:
             strategy.start_round(server_round, sampled, strategy.fit_arrays(server_round, strategy.latest_parameters))
             results, failures = [], []
             for pid in sampled:
-                client = method.client(config, pid, num_clients, states[pid])
+                client = method.build_client(config, pid, num_clients, states[pid])
                 try:
                     results.append((None, Rounds.fit_result(client, strategy, pid, server_round)))
                 except Exception as err:  # Flower hands a client's exception to aggregate_fit as a failure

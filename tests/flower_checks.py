@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 import yaml
 
 from fedmpq_flwr.config import validate
@@ -75,6 +76,9 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
     )
     assert {"flwr", "torch", "flwr-datasets"} <= set(metadata["versions"])
     assert metadata["git_commit"] == checkout_commit()  # the launcher's checkout, not Flower's app copy
+    # what decides whether a rerun matches digit for digit
+    assert metadata["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert metadata["machine"]["torch"] == torch.__version__ and metadata["machine"]["cpu"]
     # the saved model is the final global model: it reproduces the last round's accuracy
     model = load_final_model(run_dir)
     data = load_data(config["dataset"])

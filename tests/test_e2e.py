@@ -18,10 +18,10 @@ import pytest
 import yaml
 from flower_checks import check_results_contract, flower_processes_since, processes_with_env
 
+from fedmpq_flwr.client.failures import drops_out
 from fedmpq_flwr.config import dump_yaml, validate
 from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.data.partition import flipped_label_counts
-from fedmpq_flwr.methods.failures import drops_out
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.runner.launcher import flower_env, free_port
 from fedmpq_flwr.runner.processes import stop_process_tree

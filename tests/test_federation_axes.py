@@ -15,10 +15,7 @@ import yaml
 from analysis_builders import run_main, write_variation
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.data.device_batches import client_batches
-from fedmpq_flwr.data.partition import flipped_label_counts
-from fedmpq_flwr.methods.failures import (
+from fedmpq_flwr.client.failures import (
     DROPOUT,
     ERROR,
     ClientDropout,
@@ -27,6 +24,10 @@ from fedmpq_flwr.methods.failures import (
     drops_out,
     non_finite_problem,
 )
+from fedmpq_flwr.client.guard import GuardedClient
+from fedmpq_flwr.config import ConfigError, validate
+from fedmpq_flwr.data.device_batches import client_batches
+from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.methods.fedavg import FedAvgClient
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, client_budgets
 from fedmpq_flwr.quant.allocation import ClientBits, allocate
@@ -174,7 +175,7 @@ def test_a_client_that_raises_is_a_failure_and_the_round_goes_on(fedavg_config, 
 
     monkeypatch.setattr(FedAvgClient, "train", train)
     with pytest.raises(ClientFailure, match=r"^partition 2 failed: ValueError: missing shard \[") as info:
-        FedAvgClient(config, 2, 4).fit(fl.strategy(config).latest_parameters, {"server_round": 1})
+        GuardedClient(FedAvgClient(config, 2, 4)).fit(fl.strategy(config).latest_parameters, {"server_round": 1})
     assert isinstance(info.value.__cause__, ValueError)
     records, _ = fl.run(config, rounds=2)
     for record in records:
@@ -190,7 +191,7 @@ def test_a_nan_or_infinite_loss_is_a_client_failure(fedavg_config, fl, monkeypat
     for bad in (math.nan, math.inf):
         monkeypatch.setattr(FedAvgClient, "train", lambda self, model, *a, bad=bad: ([], {"train_loss": bad}))
         with pytest.raises(ClientFailure, match=rf"^partition 1 failed: non-finite training loss {bad}"):
-            FedAvgClient(config, 1, 10).fit(strategy.latest_parameters, {"server_round": 1})
+            GuardedClient(FedAvgClient(config, 1, 10)).fit(strategy.latest_parameters, {"server_round": 1})
     weights = [np.full(3, np.nan, np.float32), np.zeros(2, np.int8)]
     assert non_finite_problem(0.5, weights) == "3 non-finite values in the update"
     assert non_finite_problem(0.5, [np.zeros(3, np.float32)]) is None

@@ -13,6 +13,7 @@ from fedmpq_flwr.config import ConfigError, deep_merge, validate
 from fedmpq_flwr.methods.fedkd import FedKDClient, mentor_key, training_step_flops
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant.svd import energy_threshold, matrix_shape, svd_decode, svd_encode
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.weights import get_weights
 
 
@@ -76,7 +77,11 @@ def test_bits_up_are_the_analytic_svd_count_of_a_real_update(first_fit) -> None:
     assert any(rank > 0 for rank in layout)  # some matrices were factorised ...
     assert sum(1 if rank == 0 else 3 for rank in layout) == len(arrays)
     expected = analytic_bits(layout, shapes)
-    assert strategy.upload_bits(arrays, res) == expected < 32 * sum(int(np.prod(s)) for s in shapes)  # ... and pay off
+    assert (
+        strategy.upload_bits(ClientUpdate.from_fit_res(res, strategy.encoded_metrics))
+        == expected
+        < 32 * sum(int(np.prod(s)) for s in shapes)
+    )  # ... and pay off
 
 
 def test_the_mentor_never_travels(two_rounds) -> None:

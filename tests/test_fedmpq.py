@@ -14,6 +14,7 @@ from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers
 from fedmpq_flwr.quant.allocation import average_bitwidth
 from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE
+from fedmpq_flwr.server.update import ClientUpdate
 
 
 def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path, fedmpq_config, fl) -> None:
@@ -31,8 +32,7 @@ def test_resnet20_upload_bits_match_the_analytic_count(tmp_path: Path, fedmpq_co
     # BatchNorm: 4 tensors x channels, 7 BN layers per width (with the shortcut BNs); two 1x1 shortcuts
     assert other_floats == 4 * 7 * (16 + 32 + 64) + 16 * 32 + 32 * 64
     expected += 32 * (other_floats + len(quantized))
-    weights = parameters_to_ndarrays(res.parameters)
-    assert strategy.upload_bits(weights, res) == expected
+    assert strategy.upload_bits(ClientUpdate.from_fit_res(res, strategy.encoded_metrics)) == expected
     # the downlink is the float global model
     assert strategy.download_bits(strategy.latest_parameters, 2) == 32 * sum(
         v.numel() for v in state.values() if v.is_floating_point()
@@ -91,7 +91,7 @@ def test_aggregate_decodes_averages_and_reallocates(tmp_path: Path, fedmpq_confi
     record = {"bits_up": strategy.current.fit.bits_up, **strategy.current.fit.fields}
     assert [c["partition_id"] for c in record["clients"]] == [1, 3]
     assert record["clients"][0]["budget"] == 3.0 and record["clients"][1]["bits_up"] == strategy.upload_bits(
-        parameters_to_ndarrays(by_pid[3].parameters), by_pid[3]
+        ClientUpdate.from_fit_res(by_pid[3], strategy.encoded_metrics)
     )
     assert record["bits_up"] == sum(c["bits_up"] for c in record["clients"])
 

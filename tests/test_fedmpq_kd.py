@@ -16,7 +16,7 @@ from fedmpq_flwr.quant import dequantized_state, quantizable_layers, quantize_mo
 from fedmpq_flwr.training.distillation import distillation_loss, fold_batchnorm_, inference_teacher
 from fedmpq_flwr.training.weights import communicated_keys
 
-KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round", "teacher_flops"}
+KD_ONLY_KEYS = {"kd_loss", "agreement", "teacher_round", "teacher_flops", "kd_alpha", "kd_gate_mean"}
 
 
 def test_distillation_loss_matches_a_hand_computation() -> None:
@@ -200,6 +200,9 @@ def test_kd_defaults_are_the_main_method() -> None:
         "ema_decay": 0.99,
         "refresh_every": 1,
         "history": 5,
+        "schedule": "constant",
+        "schedule_rounds": 0,
+        "gate": "none",
     }
 
 
@@ -228,7 +231,8 @@ def test_history_teacher_is_sent_by_the_server(fedmpq_config, fl) -> None:
     assert kd[0]["teacher_flops"] == 0 and "kd_loss" not in kd[0]
     floats = sum(a.size for a in fl.strategy(config).latest_parameters)
     for server_round, (a, b) in enumerate(zip(fedmpq[1:], kd[1:]), start=2):
-        assert b["bits_down"] == a["bits_down"] + len(b["clients"]) * 32 * floats
+        sent = 0 if server_round == 2 else len(b["clients"]) * 32 * floats  # round 2: the received model
+        assert b["bits_down"] == a["bits_down"] + sent
         assert all(c["teacher_round"] == server_round - 1 and c["kd_loss"] > 0 for c in b["clients"])
         assert b["teacher_flops"] > 0
 
@@ -238,7 +242,7 @@ def test_frozen_and_updating_teachers_send_nothing_more(fedmpq_config, fl) -> No
         strategy = fl.strategy(fedmpq_config("fedmpq_kd", kd={"teacher": teacher}))
         assert strategy.history is None
         assert strategy.fit_arrays(3, strategy.latest_parameters) is strategy.latest_parameters
-        assert set(strategy.fit_config(3, 0)) == {"server_round", "bits"}
+        assert set(strategy.fit_config(3, 0)) == {"server_round", "bits"}  # FedMPQ's instructions
 
 
 def test_history_teacher_is_rebuilt_every_round() -> None:

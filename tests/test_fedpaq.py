@@ -13,6 +13,7 @@ from fedmpq_flwr.config import ConfigError
 from fedmpq_flwr.methods.fedpaq import FedPAQClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant.qsgd import decode_model_update
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.weights import communicated_keys, trainable_mask
 
 
@@ -38,7 +39,7 @@ def test_bits_up_equal_the_analytic_count(fedavg_config, fl, bits: int, bucket: 
     strategy = fl.strategy(config)
     res = fl.fit_result(FedPAQClient(config, 3, 10), strategy, 3)
     upload = parameters_to_ndarrays(res.parameters)
-    assert strategy.upload_bits(upload, res) == analytic_bits(bits, bucket)
+    assert strategy.upload_bits(ClientUpdate.from_fit_res(res)) == analytic_bits(bits, bucket)
     fedavg_bits = 32 * sum(a.size for a in strategy.latest_parameters)
     # about paq.bits / 32 of FedAvg: plus a float32 norm per bucket and the raw BatchNorm statistics (1 %)
     assert bits / 32 < analytic_bits(bits, bucket) / fedavg_bits < (bits + 32 / bucket) / 32 + 0.012

@@ -15,6 +15,7 @@ from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers
 from fedmpq_flwr.quant.payload import upload_bits
 from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.weights import communicated_keys
 
 BUDGETS = [2, 3, 4, 5]  # fedmpq_config's
@@ -74,7 +75,11 @@ def test_upload_is_about_budget_over_32_of_fedavg(tmp_path: Path, fedmpq_config,
         weights = parameters_to_ndarrays(res.parameters)
         bits = dict.fromkeys(("conv1", "conv2", "fc"), budget)
         expected = budget * quantized + 32 * (floats - quantized + scales)
-        assert strategy.upload_bits(weights, res) == upload_bits(weights, strategy.float_keys, bits) == expected
+        assert (
+            strategy.upload_bits(ClientUpdate.from_fit_res(res, strategy.encoded_metrics))
+            == upload_bits(weights, strategy.float_keys, bits)
+            == expected
+        )
         fedavg_bits = 32 * floats
         assert budget / 32 < expected / fedavg_bits < budget / 32 + 0.02
         codes = [a for a in weights if a.dtype == np.int16]

@@ -19,7 +19,7 @@ from flower_checks import processes_with_env
 
 from fedmpq_flwr.config import ConfigError, dump_yaml
 from fedmpq_flwr.rundir.results import RESULTS_FILE, STATUS_COMPLETED
-from fedmpq_flwr.runner.jobs import JobsStopped, check_jobs, progress_line, ray_cpus, run_jobs
+from fedmpq_flwr.runner.jobs import JobsStopped, check_jobs, ray_cpus, run_jobs
 from fedmpq_flwr.runner.signals import stop_received, stop_signals
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,13 +163,14 @@ def test_jobs_skip_finished_runs_and_run_the_others_side_by_side(tmp_path: Path,
     together = threading.Barrier(2, timeout=60)
     launched = {}
 
-    def fake_run_teed(cmd, stdout_log, stderr_log, header, append=False, quiet_as=""):
-        launched[quiet_as] = (cmd, header)
+    def fake_run_teed(cmd, stdout_log, stderr_log, header, append=False, progress=None):
+        run_id = progress.run_id
+        launched[run_id] = (cmd, header)
         together.wait()
         run_dir = Path(stdout_log).parent
-        if quiet_as == "b":
+        if run_id == "b":
             return 1
-        record = {"run_id": quiet_as, "round": 1, "test_accuracy": 0.4}
+        record = {"run_id": run_id, "round": 1, "test_accuracy": 0.4}
         (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
         (run_dir / RESULTS_FILE).write_text(json.dumps({"status": STATUS_COMPLETED, "history": [record]}))
         return 0
@@ -190,30 +191,41 @@ def test_jobs_skip_finished_runs_and_run_the_others_side_by_side(tmp_path: Path,
     assert (results / "comparison.json").exists()
 
 
-def test_quiet_run_teed_shows_only_the_runs_progress_lines(tmp_path: Path, capsys) -> None:
+def test_quiet_run_teed_shows_one_line_per_recorded_round(tmp_path: Path, capsys) -> None:
+    """Under --jobs the console gets the progress line of each round the run appends to metrics.jsonl
+    (and none of its output); a round recorded before the run started (resumed) is not shown again."""
+    from fedmpq_flwr.rundir.progress import MetricsFollower
     from fedmpq_flwr.runner.tee import run_teed
 
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"round": 1, "test_accuracy": 0.1, "round_time_s": 2.0}) + "\n")
+    rounds = [{"round": 2, "round_time_s": 3.0}, {"round": 3, "test_accuracy": 0.3, "round_time_s": 1.0}]
     child = (
-        "import sys\n"
-        "print('\\x1b[92mINFO \\x1b[0m:      [ROUND 1]')\n"
-        "print('\\x1b[92mINFO \\x1b[0m:      [x] round 1/2  test_acc=0.2000  1.0 s/round  elapsed 0m01s  ETA 0m01s')\n"
-        'print(\'{"run_id": "x", "round": 1}\')\n'
-        "print('\\x1b[92mINFO \\x1b[0m:      [other] round 1/2  test_acc=0.9000')\n"
+        "import json, sys, time\n"
+        "print('INFO :      [ROUND 2]')\n"
+        f"for record in {rounds!r}:\n"
+        f"    open({str(metrics)!r}, 'a').write(json.dumps(record) + '\\n')\n"
+        "    time.sleep(0.3)\n"
         "print('noise', file=sys.stderr)\n"
     )
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    assert run_teed([sys.executable, "-c", child], out, err, "# header\n", quiet_as="x") == 0
+    progress = MetricsFollower("x", metrics, num_rounds=4)
+    assert run_teed([sys.executable, "-c", child], out, err, "# header\n", progress=progress) == 0
     console = capsys.readouterr()
-    assert console.out == "[x] round 1/2  test_acc=0.2000  1.0 s/round  elapsed 0m01s  ETA 0m01s\n"
+    lines = console.out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["[x] round 2/4", "[x] round 3/4"]
+    assert "test_acc=0.1000 (round 1)  3.0 s/round" in lines[0] and "test_acc=0.3000  1.0 s/round" in lines[1]
+    assert all("elapsed" in line and "ETA" in line for line in lines)
     assert console.err == ""
-    assert len(out.read_text().splitlines()) == 5 and err.read_text() == "noise\n"  # the logs keep everything
+    assert out.read_text() == "# header\nINFO :      [ROUND 2]\n" and err.read_text() == "noise\n"  # the logs keep all
 
 
-def test_progress_line_is_what_the_round_log_prints(tmp_path: Path) -> None:
-    """The runner recognises a run's progress line by the format of server/round_log.py."""
+def test_the_runner_and_the_round_log_print_the_same_line(tmp_path: Path) -> None:
+    """The ServerApp's progress line and the runner's, made from metrics.jsonl, share one format."""
     import io
     import logging
 
+    from fedmpq_flwr.rundir.progress import MetricsFollower
     from fedmpq_flwr.rundir.results import RunRecorder
     from fedmpq_flwr.server.round_log import RoundLog
 
@@ -221,16 +233,16 @@ def test_progress_line_is_what_the_round_log_prints(tmp_path: Path) -> None:
     handler = logging.StreamHandler(stream)
     logger = logging.getLogger("flwr")
     logger.addHandler(handler)
+    recorder = RunRecorder(tmp_path / "r", "fedavg_seed0")
+    follower = MetricsFollower("fedavg_seed0", tmp_path / "r" / "metrics.jsonl", 20)
     try:
-        RoundLog(RunRecorder(tmp_path / "r", "fedavg_seed0"), 20).write(
-            {"round": 3, "test_accuracy": 0.25, "round_time_s": 4.0}
-        )
+        RoundLog(recorder, 20).write({"round": 1, "test_accuracy": 0.25, "round_time_s": 4.0})
     finally:
         logger.removeHandler(handler)
     (line,) = stream.getvalue().splitlines()
-    progress = progress_line("INFO :      " + line, "fedavg_seed0")
-    assert progress is not None and progress.startswith("[fedavg_seed0] round 3/20  test_acc=0.2500")
-    assert "ETA" in progress and progress_line(line, "fedavg") is None
+    (progress,) = follower.poll()
+    assert line.startswith("[fedavg_seed0] round 1/20  test_acc=0.2500  4.0 s/round  elapsed ")
+    assert progress.split("  elapsed")[0] == line.split("  elapsed")[0]
 
 
 HEALTH_SERVER = """

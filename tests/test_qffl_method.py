@@ -106,3 +106,13 @@ def test_q_must_be_non_negative(fedavg_config) -> None:
     assert fedavg_config(strategy={"name": "qffl"})["qffl"]["q"] == 1.0
     with pytest.raises(ConfigError, match=r"^key 'qffl.q': value -0.5 is out of range"):
         qffl_config(fedavg_config, -0.5)
+
+
+def test_h_k_uses_the_learning_rate_of_the_round(fedavg_config, fl) -> None:
+    """With a warm-up the round's lr is not `train.lr`: at q = 0, h_k = L = scale / (the lr the client
+    trained with), round by round."""
+    config = qffl_config(fedavg_config, 0.0, train={"lr": 0.1, "warmup_rounds": 3})
+    records, _ = fl.run(config, rounds=2)
+    for server_round, record in enumerate(records, start=1):
+        lr = 0.1 * server_round / 3  # linear warm-up over the first 3 rounds
+        assert all(c["qffl_h"] == pytest.approx(1 / lr) for c in record["clients"])

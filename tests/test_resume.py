@@ -170,7 +170,7 @@ class NodeProxy(ClientProxy):
     def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
         self.fits.append(int(ins.config["server_round"]))
         num_clients = self.config["federation"]["num_clients"]
-        client = load_method(self.config["strategy"]["name"]).client(
+        client = load_method(self.config["strategy"]["name"]).build_client(
             self.config, self.partition_id, num_clients, self.state
         )
         weights, num_examples, metrics = client.fit(parameters_to_ndarrays(ins.parameters), ins.config)
@@ -347,14 +347,14 @@ def test_runner_resumes_a_stopped_run_in_its_folder(tmp_path: Path, monkeypatch,
     launched = []
 
     def fake_run_teed(
-        cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False, quiet_as: str = ""
+        cmd: list[str], stdout_log: Path, stderr_log: Path, header: str, append: bool = False, progress=None
     ) -> int:
         launched.append((cmd, header, append))
         return 0
 
     monkeypatch.setattr(runner, "run_teed", fake_run_teed)
     assert runner.check_resumable(run, run_dir) == 2
-    assert runner.execute(run, tmp_path / "out", False, "1/1") == "failed"  # (nothing really ran)
+    assert runner.execute(run, tmp_path / "out", False, "1/1", resume_after=2) == "failed"  # (nothing really ran)
     ((cmd, header, append),) = launched
     assert append and header.startswith("# resumed after round 2/4\n# reproduce: ") and cmd[-1].endswith("config.yaml")
     assert (run_dir / "checkpoint" / "server.npz").exists() and (run_dir / "metrics.jsonl").exists()

@@ -116,7 +116,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path: Path, monkeypatch: pyte
 
     executed = []
 
-    def fake_execute(run: dict, results_dir: Path, overwrite: bool, position: str) -> str:
+    def fake_execute(run: dict, results_dir: Path, overwrite: bool, position: str, **_: object) -> str:
         executed.append((run["run_id"], position))
         return "failed" if run["run_id"] == "a_seed0" else "completed"
 
@@ -132,7 +132,7 @@ def test_only_selects_a_variation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import fedmpq_flwr.runner.cli as runner
 
     executed = []
-    monkeypatch.setattr(runner, "execute", lambda run, *_: executed.append(run["run_id"]) or "completed")
+    monkeypatch.setattr(runner, "execute", lambda run, *_, **__: executed.append(run["run_id"]) or "completed")
     assert (
         runner.main(["--config", str(write(tmp_path, TINY)), "--results-dir", str(tmp_path / "o"), "--only", "a"]) == 0
     )
@@ -195,6 +195,11 @@ ABLATIONS = {  # file -> the kd setting each of its variations differs in (kd_ma
     "temperature.yaml": {"kd_temp1": {"temperature": 1.0}, "kd_temp4": {"temperature": 4.0}},
     "teacher.yaml": {"kd_updating": {"teacher": "updating"}, "kd_history": {"teacher": "history"}},
     "refresh.yaml": {"kd_refresh5": {"refresh_every": 5}},
+    "kd_schedule.yaml": {
+        "kd_ramp10": {"schedule": "ramp", "schedule_rounds": 10},
+        "kd_decay50": {"schedule": "decay", "schedule_rounds": 50},
+    },
+    "kd_gate.yaml": {"kd_gate_correct": {"gate": "correct"}, "kd_gate_confidence": {"gate": "confidence"}},
 }
 
 
@@ -250,7 +255,7 @@ def test_full_experiment_is_the_design(tmp_path: Path) -> None:
         assert {k: run[k] for k in ("model", "dataset", "train", "federation")} == {
             k: main[0][k] for k in ("model", "dataset", "train", "federation")
         }
-    assert main[0]["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5}
+    assert main[0]["gkd"] == {"gamma": 0.1, "temperature": 1.0, "buffer": 5, "gate": "none"}
     assert main[0]["fedkd"] == {"mentor": "resnet32", "energy_start": 0.95, "energy_end": 0.98}
     setting = main[0]
     assert (setting["model"]["name"], setting["dataset"]["name"], setting["dataset"]["alpha"]) == (
@@ -397,7 +402,7 @@ def test_smoke_file_runs_every_method_in_miniature(tmp_path: Path) -> None:
         assert sizes == (("resnet20", 400, 200) if run["strategy"]["name"] == "fedkd" else ("tiny_cnn", 1200, 400))
 
 
-def test_qffl_sweep_is_the_main_experiment_in_the_issue13_setting(tmp_path: Path) -> None:
+def test_qffl_sweep_is_the_main_experiment_in_the_v1_real_data_setting(tmp_path: Path) -> None:
     """configs/sweeps/qffl.yaml: FedAvg and q-FFL at several (q, lipschitz_scale), each equal to the
     full file's seed-0 run of its method but for 10,000 images, 10 rounds and the qffl section."""
     sweep = expand_runs(REPO / "configs" / "sweeps" / "qffl.yaml", tmp_path, {})

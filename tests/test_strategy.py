@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
+from fedmpq_flwr.client.guard import GuardedClient
 from fedmpq_flwr.methods.fedavg import FedAvgClient
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.server.round_log import FitSummary, RoundInProgress
@@ -80,7 +81,7 @@ def test_evaluate_logs_a_round_record(tmp_path: Path, fedavg_config, fl) -> None
 def test_client_fit_is_deterministic_and_learns(fedavg_config, fl) -> None:
     config = fedavg_config(train={"local_epochs": 2, "lr": 0.05})
     initial = fl.strategy(config).latest_parameters
-    client = FedAvgClient(config, partition_id=0, num_partitions=2)
+    client = GuardedClient(FedAvgClient(config, partition_id=0, num_partitions=2))
     first, n_first, metrics = client.fit(initial, {"server_round": 1})
     second, n_second, _ = client.fit(initial, {"server_round": 1})
     assert n_first == n_second > 0 and metrics["partition_id"] == 0
@@ -102,7 +103,7 @@ def test_client_costs_are_reported_and_summed_per_round(fedavg_config, fl) -> No
     assert stats["grad_norm"] > 0
 
     strategy = fl.strategy(fedavg_config())
-    res = FedAvgClient(strategy.config, 0, 10).fit(strategy.latest_parameters, {"server_round": 1})[2]
+    res = GuardedClient(FedAvgClient(strategy.config, 0, 10)).fit(strategy.latest_parameters, {"server_round": 1})[2]
     assert res["train_flops"] > 0 and res["peak_rss_mb"] > 50 and "peak_gpu_mb" not in res  # CPU
     shapes = [w.shape for w in strategy.latest_parameters]
     ones = [np.ones(s, np.float32) for s in shapes]

@@ -8,6 +8,7 @@ figures); bar charts show every variation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,38 @@ def curve_figures(ctx: Context) -> list[Figure]:
             "{:.3g}",
         ),
         _kd_losses_figure(main),
+        _kd_weights_figure(main),
     ]
+
+
+def _panels(variations: dict[str, dict[str, Any]], panels: list[tuple[str, str]]) -> Callable[[Path], None]:
+    """Draws one panel per (curve, y label), side by side, each with one line per variation."""
+
+    def draw(path: Path) -> None:
+        plt = pyplot()
+        entries = max(len(_curve_series(variations, c)) for c, _ in panels)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), figure_height(entries)), squeeze=False)
+        for ax, (curve, ylabel) in zip(axes[0], panels):
+            line_plot(ax, _curve_series(variations, curve), "Communication round", ylabel, "{:.3g}")
+        save(fig, path)
+
+    return draw
+
+
+def _kd_weights_figure(variations: dict[str, dict[str, Any]]) -> Figure:
+    """FedMPQ-KD's alpha_t (`kd.schedule`) and mean gate weight (`kd.gate`) per round side by side."""
+    name, caption = "kd_weights_vs_rounds", "distillation weight alpha_t and mean per-sample gate weight per round"
+    panels = [
+        (c, t)
+        for c, t in (
+            ("kd_alpha", "Distillation weight alpha_t"),
+            ("kd_gate_mean", "Mean gate weight (share distilled)"),
+        )
+        if any(v[f"{c}_per_round_mean"] is not None for v in variations.values())
+    ]
+    if not panels:
+        return Figure(name, caption, why="no variation records kd_alpha or kd_gate_mean")
+    return Figure(name, caption, _panels(variations, panels))
 
 
 def _kd_losses_figure(variations: dict[str, dict[str, Any]]) -> Figure:
@@ -149,16 +181,7 @@ def _kd_losses_figure(variations: dict[str, dict[str, Any]]) -> Figure:
         )
         if any(v[f"{c}_per_round_mean"] is not None for v in variations.values())
     ]
-
-    def draw(path: Path) -> None:
-        plt = pyplot()
-        entries = max(len(_curve_series(variations, c)) for c, _ in panels)
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), figure_height(entries)), squeeze=False)
-        for ax, (curve, ylabel) in zip(axes[0], panels):
-            line_plot(ax, _curve_series(variations, curve), "Communication round", ylabel, "{:.3g}")
-        save(fig, path)
-
-    return Figure(name, caption, draw)
+    return Figure(name, caption, _panels(variations, panels))
 
 
 def axis_figures(ctx: Context) -> list[Figure]:

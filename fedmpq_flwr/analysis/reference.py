@@ -1,5 +1,6 @@
 """Which variation each one is compared with: the full-precision reference, FedMPQ, the proposed
-method and the best quantized baseline, and like-with-like partners on the experimental axes.
+method, the best quantized baseline (devices run quantized models) and the best compressed
+full-precision baseline, and like-with-like partners on the experimental axes.
 
 Main-experiment variations have axis ""; an axis variation differs from the main experiment in
 one config key (its `axis`), and the main variation of a method is that method's point on every
@@ -12,9 +13,11 @@ method catalog (`fedmpq_flwr.methods.catalog`), never from its name.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fedmpq_flwr.config.schema import section_of
+from fedmpq_flwr.methods import catalog
 from fedmpq_flwr.methods.catalog import (
     FULL_PRECISION_REFERENCE,
     PROPOSED,
@@ -64,19 +67,25 @@ def main_variation(variations: dict[str, dict[str, Any]], strategy: str) -> str 
 
 
 def is_quantized_baseline(strategy: str | None) -> bool:
-    """A baseline the proposed method must beat on accuracy: per the catalog, a method whose clients
-    compress their upload and do not distil, other than the proposed one (FedMPQ, FedPQ, FedPAQ)."""
+    """A baseline the proposed method must beat on accuracy: per the catalog, a method whose devices
+    run quantized models (family quantized), other than the proposed one (FedMPQ, FedPQ)."""
+    return is_quantized(strategy) and strategy != PROPOSED
+
+
+def is_compressed_baseline(strategy: str | None) -> bool:
+    """A communication-compressed full-precision baseline, reported beside criterion (1) for context:
+    per the catalog, a method whose devices run float models but which compresses its upload (FedPAQ,
+    FedKD)."""
     spec = spec_of(strategy)
-    return spec is not None and spec.compresses_upload and not spec.distils and strategy != PROPOSED
+    return spec is not None and spec.family == catalog.FULL_PRECISION and spec.compresses_upload
 
 
-def best_quantized_baseline(variations: dict[str, dict[str, Any]]) -> str | None:
-    """The main variation of a quantized baseline (`is_quantized_baseline`) with the highest mean final
-    accuracy."""
+def best_main_variation(variations: dict[str, dict[str, Any]], wanted: Callable[[str | None], bool]) -> str | None:
+    """The main variation with the highest mean final accuracy among those whose strategy is `wanted`."""
     candidates = sorted(
         n
         for n, v in variations.items()
-        if v["axis"] == "" and is_quantized_baseline(v["strategy"]) and v["final_accuracy"]["mean"] is not None
+        if v["axis"] == "" and wanted(v["strategy"]) and v["final_accuracy"]["mean"] is not None
     )
     return max(candidates, key=lambda n: variations[n]["final_accuracy"]["mean"]) if candidates else None
 
@@ -87,10 +96,12 @@ def choose_references(variations: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "full_precision": main_variation(variations, FULL_PRECISION),
         "fedmpq": main_variation(variations, FEDMPQ),
         "proposed": main_variation(variations, PROPOSED),
-        "best_quantized_baseline": best_quantized_baseline(variations),
+        "best_quantized_baseline": best_main_variation(variations, is_quantized_baseline),
+        "best_compressed_baseline": best_main_variation(variations, is_compressed_baseline),
         "rule": CHOICE_RULE + "; best quantized baseline: the main variation with the highest mean final "
-        "accuracy among the methods that compress their upload and do not distil (catalog), the proposed "
-        "one excepted",
+        "accuracy among the methods whose devices run quantized models (catalog family quantized), the "
+        "proposed one excepted; best compressed baseline (context only): the same among the full-precision "
+        "methods that compress their upload (catalog)",
     }
 
 

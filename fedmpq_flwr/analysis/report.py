@@ -265,7 +265,10 @@ def _criteria_block(criteria: list[dict[str, Any]]) -> list[str]:
     for i, c in enumerate(criteria, 1):
         lines.append(f"{i}. **{verdict(c['passed'])}** — {c['name']}: {c['why']}")
         if c["numbers"]:
-            numbers = ", ".join(f"{k} = {_num(v, '.4g')}" for k, v in c["numbers"].items())
+            numbers = ", ".join(
+                f"{k} = {'[' + '; '.join(map(str, v)) + ']' if isinstance(v, list) else _num(v, '.4g')}"
+                for k, v in c["numbers"].items()
+            )
             lines.append(f"   - numbers: {numbers}")
     return lines
 
@@ -301,7 +304,8 @@ def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]
         "",
         f"Accuracies in % (mean ± sample std over seeds); differences in percentage points. "
         f"Full-precision reference: {ref['full_precision'] or '–'}; FedMPQ: {ref['fedmpq'] or '–'}; "
-        f"proposed: {ref['proposed'] or '–'}; best quantized baseline: {ref['best_quantized_baseline'] or '–'} "
+        f"proposed: {ref['proposed'] or '–'}; best quantized baseline: {ref['best_quantized_baseline'] or '–'}; "
+        f"best compressed full-precision baseline (context only): {ref['best_compressed_baseline'] or '–'} "
         f"({ref['rule']}).",
         "",
         f"Target accuracy: {_num(target['value'], '.2f', 100)} % ({target['source']}).",

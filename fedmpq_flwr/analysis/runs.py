@@ -88,6 +88,8 @@ CURVES = {
     "agreement": "agreement",
     "grad_norm": "grad_norm",
     "avg_bits": "avg_bits",
+    "kd_alpha": "kd_alpha",  # FedMPQ-KD's distillation weight of the round (kd.schedule)
+    "kd_gate_mean": "kd_gate_mean",  # mean per-sample gate weight: the share of samples distilled (kd.gate)
 }
 # Curves of evaluations, over the rounds every seed evaluated: curve prefix -> variation key of those rounds.
 EVALUATED_CURVES = {"accuracy": "accuracy_rounds", "quant_accuracy": "quant_accuracy_rounds"}

@@ -208,11 +208,14 @@ def welch_tests(
     references: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Tests of each variation against its reference method, and of the proposed method against the
-    best quantized baseline and full precision, on every metric both sides have."""
+    best quantized baseline, the best compressed full-precision baseline and full precision, on every
+    metric both sides have."""
     pairs = [(n, m["overhead_reference"]) for n, m in methods.items() if m["overhead_reference"] not in (None, n)]
     proposed = references["proposed"]
     pairs += [
-        (proposed, references[k]) for k in ("best_quantized_baseline", "full_precision") if proposed and references[k]
+        (proposed, references[k])
+        for k in ("best_quantized_baseline", "best_compressed_baseline", "full_precision")
+        if proposed and references[k]
     ]
     tests = []
     for a, b in dict.fromkeys(pairs):  # ordered, without duplicates

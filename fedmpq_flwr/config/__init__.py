@@ -146,6 +146,20 @@ def dump_yaml(config: Mapping[str, Any], path: str) -> None:
     tmp.replace(path)
 
 
+def write_config(config: Mapping[str, Any], path: str | Path) -> bool:
+    """Write `config` to `path` unless the file already holds exactly it (the runner wrote it before
+    starting the run, and the ServerApp would write the same again); whether it wrote."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            if load_yaml(str(path)) == dict(config):
+                return False
+        except ConfigError:
+            pass  # an unreadable file is replaced
+    dump_yaml(config, str(path))
+    return True
+
+
 def from_flower_run_config(
     run_config: Mapping[str, Any], num_clients: int, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:

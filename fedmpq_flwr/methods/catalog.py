@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -21,6 +21,29 @@ FULL_PRECISION = "full_precision"
 QUANTIZED = "quantized"
 # Config sections every method reads; a method's own sections are listed in its entry.
 COMMON_SECTIONS = ("strategy", "model", "dataset", "train", "eval", "federation")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One direction of a method's round messages, by name. Flower's legacy messages carry one list
+    of arrays and a dict of scalars: `arrays` names the parts of the list in the order sent (a part
+    may be empty in some rounds), `fields` the scalars the receiver acts on: the fit instructions
+    down; up, the reply's sample count and the reports the server decodes, keys or aggregates with.
+    Reports that only feed the run's record (losses, times, FLOPs, memory, distillation
+    diagnostics) are measurements of the study, not protocol, and are not listed:
+    `tests/test_method_payloads.py` checks that the server's next messages and global model do not
+    depend on them, and that the declaration matches what each method sends."""
+
+    arrays: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A method's upload (client to server) and download (server to client) in one round."""
+
+    upload: Message
+    download: Message
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,7 @@ class MethodSpec:
     cost_reference: str | None  # the method its bits, time and FLOPs are compared with (None: none)
     sections: tuple[str, ...]  # config sections it reads besides COMMON_SECTIONS
     summary: str  # one line for reports and the README
+    payload: Callable[[dict[str, Any]], Payload]  # what its round messages carry, given a run's (nested) config
     # checks across keys of a validated run config (nested), raising a one-line ConfigError
     check: Callable[[dict[str, Any]], None] | None = None
 
@@ -76,6 +100,12 @@ KD: Section = {
     "ema_decay": number(float, 0.99, 0, 1),
     "refresh_every": number(int, 1, 1),
     "history": number(int, 5, 1),  # teacher `history`: the average of the last this many global models
+    # alpha_t per round, sent by the server: constant (kd.alpha), ramp (up from 0) or decay (down to 0)
+    "schedule": choice("constant", "constant", "ramp", "decay"),
+    # N, the rounds the ramp or decay takes: an int >= 1 for ramp and decay; 0 (unset) for constant
+    "schedule_rounds": Field(int, 0, lambda v: v >= 0, "an int >= 1 for kd.schedule ramp or decay (0: unset)"),
+    # per-sample weight on the KL term: 1, the teacher's top-1 correctness, or its probability of the label
+    "gate": choice("none", "none", "correct", "confidence"),
 }
 PAQ: Section = {  # FedPAQ's QSGD quantizer of the upload (fedmpq_flwr.quant.qsgd)
     "bits": number(int, 4, 2, 8),  # per coordinate, sign included: s = 2^(bits-1) - 1 levels
@@ -108,6 +138,7 @@ GKD: Section = {  # FedGKD (code README defaults)
     "gamma": number(float, 0.1, 0),
     "temperature": number(float, 1.0, 0, low_open=True),
     "buffer": number(int, 5, 1),  # global models averaged into the teacher, the current one included
+    "gate": choice("none", "none", "correct", "confidence"),  # per-sample weight on the KL term, as kd.gate
 }
 FEDKD: Section = {  # FedKD (code defaults)
     "mentor": Field(str, "resnet32", choices=tuple(MODELS)),  # the private model; needs the mentee's stages
@@ -118,12 +149,23 @@ METHOD_SECTIONS: dict[str, Section] = {"quant": QUANT, "kd": KD, "paq": PAQ, "qf
 
 
 def _check_kd(config: dict[str, Any]) -> None:
-    """The history teacher is rebuilt by the server every round: `kd.refresh_every` does not apply."""
+    """The history teacher is rebuilt by the server every round: `kd.refresh_every` does not apply.
+    `kd.schedule_rounds` is set exactly when the schedule ramps or decays."""
     kd = config["kd"]
     if kd["teacher"] == "history" and kd["refresh_every"] != 1:
         raise ConfigError(
             f"key 'kd.refresh_every': value {kd['refresh_every']} needs kd.teacher frozen or updating; "
             "the history teacher (kd.teacher: history) is rebuilt by the server every round"
+        )
+    if kd["schedule"] != "constant" and kd["schedule_rounds"] < 1:
+        raise ConfigError(
+            f"key 'kd.schedule_rounds': value {kd['schedule_rounds']} is unset; kd.schedule {kd['schedule']} "
+            "needs an int >= 1, the rounds over which alpha changes"
+        )
+    if kd["schedule"] == "constant" and kd["schedule_rounds"] != 0:
+        raise ConfigError(
+            f"key 'kd.schedule_rounds': value {kd['schedule_rounds']} needs kd.schedule ramp or decay; "
+            "kd.schedule constant uses kd.alpha in every round"
         )
 
 
@@ -163,6 +205,44 @@ def _check_fedkd(config: dict[str, Any]) -> None:
         raise ConfigError(f"key '{key}': {message}")
 
 
+# What the methods' round messages carry (`Message`); the names are those the methods' modules send.
+COMMON_UP = ("num_examples", "partition_id")  # every reply: its sample count, and the partition it is keyed by
+COMMON_DOWN = ("server_round",)
+GLOBAL_MODEL = ("global_model",)  # the float32 global model, one array per state entry
+FLOAT_PAYLOAD = Payload(
+    upload=Message(arrays=("float_weights",), fields=COMMON_UP),
+    download=Message(arrays=GLOBAL_MODEL, fields=COMMON_DOWN),
+)
+BITPLANE_PAYLOAD = Payload(  # int16 codes (float32 for unquantized entries), then one scale per quantized tensor
+    upload=Message(arrays=("codes", "scales"), fields=(*COMMON_UP, "bits", "reductions")),
+    download=Message(arrays=GLOBAL_MODEL, fields=(*COMMON_DOWN, "bits")),
+)
+
+
+def _always(payload: Payload) -> Callable[[dict[str, Any]], Payload]:
+    """The payload of a method whose messages no config key changes."""
+    return lambda config: payload
+
+
+def _with_history_teacher(payload: Payload) -> Payload:
+    """The download also carries the history teacher and says how many arrays and which rounds it holds."""
+    down = payload.download
+    teacher = Message(
+        arrays=(*down.arrays, "history_teacher"), fields=(*down.fields, "teacher_arrays", "teacher_rounds")
+    )
+    return replace(payload, download=teacher)
+
+
+def _fedmpq_kd_payload(config: dict[str, Any]) -> Payload:
+    """FedMPQ's messages (the teacher stays on the client), except that the server sends the history
+    teacher (`kd.teacher: history`) and, under a `ramp` or `decay` schedule, the round's alpha."""
+    payload = _with_history_teacher(BITPLANE_PAYLOAD) if config["kd"]["teacher"] == "history" else BITPLANE_PAYLOAD
+    if config["kd"]["schedule"] == "constant":
+        return payload
+    down = payload.download
+    return replace(payload, download=Message(arrays=down.arrays, fields=(*down.fields, "kd_alpha")))
+
+
 CATALOG: dict[str, MethodSpec] = {
     "fedavg": MethodSpec(
         module="fedavg",
@@ -174,6 +254,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference=None,
         sections=(),
         summary="FedAvg (McMahan et al., 2017): full-precision clients, weighted averaging",
+        payload=_always(FLOAT_PAYLOAD),
     ),
     "fedmpq": MethodSpec(
         module="fedmpq",
@@ -185,6 +266,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference="fedavg",
         sections=("quant",),
         summary="FedMPQ (Chen & Vikalo, CVPR 2024): bit-plane clients, pruning, server bit re-allocation",
+        payload=_always(BITPLANE_PAYLOAD),
     ),
     "fedmpq_kd": MethodSpec(
         module="fedmpq_kd",
@@ -195,7 +277,9 @@ CATALOG: dict[str, MethodSpec] = {
         compresses_upload=True,
         cost_reference="fedmpq",
         sections=("quant", "kd"),
-        summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model",
+        summary="FedMPQ-KD: FedMPQ whose clients distil from a frozen full-precision copy of the global model "
+        "(optionally with a per-round alpha schedule and a per-sample gate)",
+        payload=_fedmpq_kd_payload,
         check=_check_kd,
     ),
     "fedgkd": MethodSpec(
@@ -208,6 +292,7 @@ CATALOG: dict[str, MethodSpec] = {
         cost_reference="fedavg",
         sections=("gkd",),
         summary="FedGKD (Yao et al., 2021): FedAvg whose clients distil from the average of the last M global models",
+        payload=_always(_with_history_teacher(FLOAT_PAYLOAD)),
     ),
     "fedkd": MethodSpec(
         module="fedkd",
@@ -220,6 +305,12 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("fedkd",),
         summary="FedKD (Wu et al., 2022): a shared mentee and a private mentor in mutual distillation, "
         "SVD-compressed mentee updates",
+        payload=_always(
+            Payload(
+                upload=Message(arrays=("svd_factors",), fields=(*COMMON_UP, "svd_layout")),
+                download=Message(arrays=GLOBAL_MODEL, fields=(*COMMON_DOWN, "svd_energy")),
+            )
+        ),
         check=_check_fedkd,
     ),
     "fedpq": MethodSpec(
@@ -233,6 +324,7 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("quant",),
         summary="FedPQ (AQFL arm of the FedMPQ code): bit-plane clients, every layer at the client's "
         "integer budget, no pruning, no re-allocation",
+        payload=_always(BITPLANE_PAYLOAD),
         check=_whole_budgets,
     ),
     "fedpaq": MethodSpec(
@@ -246,6 +338,9 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("paq",),
         summary="FedPAQ (Reisizadeh et al., AISTATS 2020): full-precision clients upload the QSGD "
         "quantization of their model update",
+        payload=_always(
+            replace(FLOAT_PAYLOAD, upload=Message(arrays=("qsgd_levels", "bucket_norms"), fields=COMMON_UP))
+        ),
     ),
     "qffl": MethodSpec(
         module="qffl",
@@ -258,6 +353,9 @@ CATALOG: dict[str, MethodSpec] = {
         sections=("qffl",),
         summary="q-FFL / q-FedAvg (Li et al., ICLR 2020): full-precision clients, steps reweighted by "
         "the clients' losses to the power q",
+        payload=_always(
+            replace(FLOAT_PAYLOAD, upload=Message(arrays=("scaled_delta",), fields=(*COMMON_UP, "qffl_h")))
+        ),
     ),
 }
 

@@ -11,9 +11,14 @@ fit instructions as extra arrays (`fedmpq_flwr.methods.history_teacher`): `bits_
 Round 1: no aggregated model exists yet, so no teacher is sent and nobody distils (the reference's
 rule, `worker_fedgkd.py`). Defaults are the code README's: gamma 0.1, M 5, T 1.
 
-Logged per client as for FedMPQ-KD: `kd_loss` (T^2 * KL), `agreement` (student-teacher top-1),
-`teacher_flops` (the teacher's forward FLOPs, apart from `train_flops`; 0 in a round without a
-teacher), `teacher_round` (the newest global round averaged) and `teacher_models` (how many).
+`gkd.gate` (`none` default, `correct`, `confidence`) weights each sample's KL term as FedMPQ-KD's
+`kd.gate` does (`fedmpq_flwr.training.distillation.gate_weights`); gamma has no schedule (round 1
+already trains without a teacher, and the paper keeps gamma constant).
+
+Logged per client as for FedMPQ-KD: `kd_loss` (T^2 * KL, gated), `agreement` (student-teacher top-1),
+`kd_gate_mean` (the mean gate weight), `teacher_flops` (the teacher's forward FLOPs, apart from
+`train_flops`; 0 in a round without a teacher), `teacher_round` (the newest global round averaged) and
+`teacher_models` (how many). The round record has the participants' sample-weighted `kd_gate_mean`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTeacherStrategy
 from fedmpq_flwr.methods.model_history import ModelHistory
 from fedmpq_flwr.rundir.results import RunRecorder
-from fedmpq_flwr.training.distillation import TeacherDistillation, inference_teacher
+from fedmpq_flwr.training.distillation import TeacherDistillation, inference_teacher, round_gate_mean
 from fedmpq_flwr.training.loop import train_epochs
 from fedmpq_flwr.training.weights import get_weights
 
@@ -49,12 +54,12 @@ class FedGKDClient(HistoryTeacherClient, FedAvgClient):
             metrics["teacher_flops"] = 0.0  # no teacher this round
             return weights, metrics
         gkd = self.config["gkd"]
-        distillation = TeacherDistillation(inference_teacher(teacher), gkd["gamma"], gkd["temperature"])
+        distillation = TeacherDistillation(inference_teacher(teacher), gkd["gamma"], gkd["temperature"], gkd["gate"])
 
         def loss_fn(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
             logits = net(images)
             task_loss = F.cross_entropy(logits, labels)
-            terms = distillation.terms(images, logits)
+            terms = distillation.terms(images, logits, labels)
             return {"loss": task_loss + terms.pop("loss"), "task_loss": task_loss, **terms}
 
         epochs = self.config["train"]["local_epochs"]
@@ -71,3 +76,11 @@ class FedGKDStrategy(HistoryTeacherStrategy, FedAvgStrategy):
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__(config, recorder)
         self.history = ModelHistory(config["gkd"]["buffer"])
+
+    def round_extra(self, server_round: int) -> dict[str, Any]:
+        """The participants' sample-weighted `kd_gate_mean` (none in round 1, which has no teacher)."""
+        fit = self.current.fit if self.current is not None else None
+        return {
+            **super().round_extra(server_round),
+            **round_gate_mean(fit.fields.get("clients", []) if fit is not None else []),
+        }

@@ -43,16 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.common import ArrayRecord, FitRes, NDArrays, Scalar
+from flwr.common import ArrayRecord, NDArrays, Scalar
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.data.load import load_data
-from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, Update, client_seed
+from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, client_seed
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant.svd import energy_threshold, svd_decode, svd_encode, svd_upload_bits
 from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.loop import train_epochs
 from fedmpq_flwr.training.mutual_distillation import mutual_terms
 from fedmpq_flwr.training.weights import get_weights, set_weights
@@ -145,12 +146,14 @@ class FedKDClient(FedAvgClient):
         return arrays, metrics
 
 
-def _layout(fit_res: FitRes) -> list[int]:
-    return [int(rank) for rank in json.loads(str(fit_res.metrics[SVD_LAYOUT]))]
+def _layout(update: ClientUpdate) -> list[int]:
+    return [int(rank) for rank in update.decoded[SVD_LAYOUT]]
 
 
 class FedKDStrategy(FedAvgStrategy):
     """FedAvg's server for SVD-compressed updates: decode, average, add to the global mentee."""
+
+    encoded_metrics = (SVD_LAYOUT,)
 
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__(config, recorder)
@@ -164,16 +167,16 @@ class FedKDStrategy(FedAvgStrategy):
     def fit_config(self, server_round: int, partition_id: int) -> dict[str, Scalar]:
         return {**super().fit_config(server_round, partition_id), SVD_ENERGY: self.energy(server_round)}
 
-    def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
+    def upload_bits(self, update: ClientUpdate) -> int:
         """Exactly the factors and raw tensors sent, 32 bits per number."""
-        return svd_upload_bits(weights, _layout(fit_res))
+        return svd_upload_bits(update.arrays, _layout(update))
 
-    def aggregate(self, updates: list[Update]) -> NDArrays:
+    def aggregate(self, updates: list[ClientUpdate]) -> NDArrays:
         """The global mentee plus the (sample-weighted or uniform) mean of the decoded updates."""
-        decoded = [(pid, svd_decode(arrays, _layout(res), self.shapes), res) for pid, arrays, res in updates]
+        decoded = [u.replace_arrays(svd_decode(u.arrays, _layout(u), self.shapes)) for u in updates]
         mean_update = super().aggregate(decoded)
         return [(start + delta).astype(np.float32) for start, delta in zip(self.latest_parameters, mean_update)]
 
-    def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
+    def client_record(self, update: ClientUpdate) -> dict[str, Any]:
         """The rank kept per tensor (0: sent raw)."""
-        return {"svd_ranks": _layout(fit_res)}
+        return {"svd_ranks": _layout(update)}

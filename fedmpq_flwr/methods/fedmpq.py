@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.common import FitRes, NDArrays, Scalar
+from flwr.common import NDArrays, Scalar
 from torch import nn
 
 from fedmpq_flwr.data.device_batches import ClientBatches
-from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, Update
+from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.quant import (
     bit_regularizer,
     decode_update,
@@ -37,6 +37,7 @@ from fedmpq_flwr.quant import (
 )
 from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
 from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE, RunRecorder
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.loop import train_epochs
 from fedmpq_flwr.training.weights import communicated_keys
 
@@ -45,8 +46,8 @@ from fedmpq_flwr.training.weights import communicated_keys
 class ObjectiveExtension:
     """What a subclass adds to a FedMPQ client's local training."""
 
-    # (images, student logits) -> named terms: "loss" is added to what is minimised, the others logged
-    terms: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+    # (images, labels, student logits) -> named terms: "loss" is added to what is minimised, the others logged
+    terms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
     after_step: Callable[[], None] | None = None  # called after every optimizer step and re-binarization
     report: Callable[[dict[str, Any]], None] | None = None  # adds to (or corrects) the metrics after training
 
@@ -82,7 +83,7 @@ class FedMPQClient(FedAvgClient):
             bit_loss = lambda_b * bit_regularizer(net) / total_params
             terms = {"loss": task_loss + bit_loss, "task_loss": task_loss, "bit_loss": bit_loss}
             if extension is not None:
-                extra = extension.terms(images, logits)
+                extra = extension.terms(images, labels, logits)
                 loss = terms["loss"] + extra.pop("loss")
                 terms.update(extra, loss=loss)
             return terms
@@ -123,17 +124,12 @@ def client_budgets(config: dict[str, Any]) -> dict[int, float]:
     return {pid: float(budgets[pid % len(budgets)]) for pid in range(config["federation"]["num_clients"])}
 
 
-def _reported_bits(fit_res: FitRes) -> dict[str, int]:
-    return json.loads(str(fit_res.metrics["bits"]))
-
-
-def _reported_reductions(fit_res: FitRes) -> dict[str, int]:
-    return json.loads(str(fit_res.metrics["reductions"]))
-
-
 class FedMPQStrategy(FedAvgStrategy):
     """Decode-and-average aggregation plus per-client bit re-allocation, keyed by partition id
-    (`next_bits`: FedPQ keeps the assignment fixed)."""
+    (`next_bits`: FedPQ keeps the assignment fixed). A client's `bits` (the per-layer bits it trained,
+    pruned to and sent) and `reductions` (the bits pruned per layer) arrive as JSON, decoded once."""
+
+    encoded_metrics = ("bits", "reductions")
 
     def __init__(self, config: dict[str, Any], recorder: RunRecorder) -> None:
         super().__init__(config, recorder)
@@ -145,30 +141,28 @@ class FedMPQStrategy(FedAvgStrategy):
     def fit_config(self, server_round: int, partition_id: int) -> dict[str, Scalar]:
         return {**super().fit_config(server_round, partition_id), "bits": json.dumps(self.bits[partition_id])}
 
-    def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
-        return upload_bits(weights, self.float_keys, _reported_bits(fit_res))
+    def upload_bits(self, update: ClientUpdate) -> int:
+        return upload_bits(update.arrays, self.float_keys, update.decoded["bits"])
 
-    def next_bits(self, updates: list[Update]) -> dict[int, dict[str, int]]:
+    def next_bits(self, updates: list[ClientUpdate]) -> dict[int, dict[str, int]]:
         """Every client's per-layer bits for the next round: re-allocated from this round's reports; a
         sampled client that sent no update (it dropped or failed) keeps its assignment."""
         reports = [
             ClientBits(
-                num_examples=res.num_examples,
-                budget=self.budgets[pid],
-                bits=_reported_bits(res),
-                reductions=_reported_reductions(res),
+                num_examples=u.num_examples,
+                budget=self.budgets[u.partition_id],
+                bits=u.decoded["bits"],
+                reductions=u.decoded["reductions"],
             )
-            for pid, _, res in updates
+            for u in updates
         ]
-        reported = {pid for pid, _, _ in updates}
+        reported = {u.partition_id for u in updates}
         failed = [pid for pid in (self.current.sampled if self.current else []) if pid not in reported]
         return allocate(self.layer_sizes, reports, self.budgets, keep={pid: self.bits[pid] for pid in failed})
 
-    def aggregate(self, updates: list[Update]) -> NDArrays:
+    def aggregate(self, updates: list[ClientUpdate]) -> NDArrays:
         """Decode every upload to floats, average them, then set all clients' next bits (`next_bits`)."""
-        decoded = [
-            (pid, decode_update(weights, self.float_keys, _reported_bits(res)), res) for pid, weights, res in updates
-        ]
+        decoded = [u.replace_arrays(decode_update(u.arrays, self.float_keys, u.decoded["bits"])) for u in updates]
         self.bits = self.next_bits(updates)
         return super().aggregate(decoded)
 
@@ -179,15 +173,15 @@ class FedMPQStrategy(FedAvgStrategy):
     def load_server_state(self, arrays: NDArrays, meta: dict[str, Any]) -> None:
         self.bits = {int(pid): {layer: int(b) for layer, b in bits.items()} for pid, bits in meta["bits"].items()}
 
-    def client_record(self, partition_id: int, fit_res: FitRes) -> dict[str, Any]:
+    def client_record(self, update: ClientUpdate) -> dict[str, Any]:
         """Budget, the bits the server assigned, the bits the client trained, pruned to and sent."""
-        bits = _reported_bits(fit_res)
+        bits = update.decoded["bits"]
         return {
-            "budget": self.budgets[partition_id],
-            "assigned_bits": self.bits[partition_id],
+            "budget": self.budgets[update.partition_id],
+            "assigned_bits": self.bits[update.partition_id],
             "bits": bits,
             "avg_bits": average_bitwidth(bits, self.layer_sizes),
-            "reductions": _reported_reductions(fit_res),
+            "reductions": update.decoded["reductions"],
         }
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:

@@ -13,7 +13,13 @@ Flower `context.state` under `kd.teacher.partition_<id>`); `teacher: history` (F
 the parameter average of the last `kd.history` global models, kept and sent by the server with the
 fit instructions, `fedmpq_flwr.methods.history_teacher`; an extra download, counted in `bits_down`;
 no distillation in round 1, when no aggregated model exists yet). Without `teacher: history` the
-strategy is exactly FedMPQ's.
+strategy sends what FedMPQ's sends.
+
+With any teacher: `schedule` (`constant`, `ramp`, `decay` over `schedule_rounds` rounds) makes the
+weight a per-round alpha_t that the server computes (`scheduled_alpha`) and sends in the fit
+instructions (`kd_alpha`, also in every round's record); `gate` weights each sample's KL term by the
+teacher's correctness or confidence on its label (`fedmpq_flwr.training.distillation.gate_weights`),
+and each client reports the mean weight, `kd_gate_mean`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.common import ArrayRecord, ConfigRecord
+import torch
+from flwr.common import ArrayRecord, ConfigRecord, Scalar
 from torch import nn
 
 from fedmpq_flwr.data.device_batches import ClientBatches
@@ -32,10 +39,27 @@ from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTea
 from fedmpq_flwr.methods.model_history import ModelHistory
 from fedmpq_flwr.quant import dequantized_state
 from fedmpq_flwr.rundir.results import RunRecorder
-from fedmpq_flwr.training.distillation import TeacherDistillation, inference_teacher
+from fedmpq_flwr.training.distillation import TeacherDistillation, inference_teacher, round_gate_mean
 from fedmpq_flwr.training.weights import communicated_keys, get_weights, set_weights
 
 __all__ = ["FedMPQKDClient", "FedMPQKDStrategy"]
+
+KD_ALPHA = "kd_alpha"  # fit instruction and round field: the weight of the distillation term this round
+
+
+def scheduled_alpha(alpha: float, schedule: str, rounds: int, server_round: int) -> float:
+    """alpha_t of round t (1-based) under `kd.schedule` with N = `rounds`: `constant` alpha; `ramp`
+    alpha * min(1, (t - 1) / N), no distillation in round 1 then up to alpha (QKD's self-study phase,
+    Kim et al., 2019); `decay` alpha * max(0, 1 - (t - 1) / N), from alpha down to 0 (Shin, Boo and
+    Sung, 2019, lower the soft-loss weight over training)."""
+    if schedule == "constant":
+        return alpha
+    progress = (server_round - 1) / rounds
+    if schedule == "ramp":
+        return alpha * min(1.0, progress)
+    if schedule == "decay":
+        return alpha * max(0.0, 1.0 - progress)
+    raise ValueError(f"unknown kd.schedule {schedule!r} (options: constant, ramp, decay)")
 
 
 def teacher_round(server_round: int, refresh_every: int) -> int:
@@ -56,7 +80,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, keys: list[str], decay: f
 
 
 class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
-    """A FedMPQ client that adds distillation from a full-precision teacher to its objective."""
+    """A FedMPQ client that adds distillation from a full-precision teacher to its objective, weighted
+    by the round's alpha_t (`kd_alpha` in the fit instructions)."""
 
     def teacher_source(self, model: nn.Module, server_round: int) -> tuple[nn.Module, int] | None:
         """The float model to distil from and its (newest) global round: the one just received, the
@@ -90,15 +115,21 @@ class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
         source_model, source_round = source
         updating = kd_cfg["teacher"] == "updating"
         distillation = TeacherDistillation(
-            inference_teacher(source_model, fold_batchnorm=not updating), kd_cfg["alpha"], kd_cfg["temperature"]
+            inference_teacher(source_model, fold_batchnorm=not updating),
+            float(config.get(KD_ALPHA, kd_cfg["alpha"])),  # sent under a ramp or decay schedule
+            kd_cfg["temperature"],
+            kd_cfg["gate"],
         )
+
+        def terms(images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+            return distillation.terms(images, logits, labels)
 
         def report(metrics: dict[str, Any]) -> None:
             distillation.report(metrics)
             metrics["teacher_round"] = source_round
 
         return ObjectiveExtension(
-            terms=distillation.terms,
+            terms=terms,
             after_step=ema_update(distillation.teacher, student, communicated_keys(model), kd_cfg["ema_decay"])
             if updating
             else None,
@@ -121,3 +152,25 @@ class FedMPQKDStrategy(HistoryTeacherStrategy, FedMPQStrategy):
         super().__init__(config, recorder)
         kd_cfg = config["kd"]
         self.history = ModelHistory(kd_cfg["history"]) if kd_cfg["teacher"] == "history" else None
+
+    def alpha(self, server_round: int) -> float:
+        """The distillation weight of `server_round` (`kd.alpha` under `kd.schedule`)."""
+        kd_cfg = self.config["kd"]
+        return scheduled_alpha(kd_cfg["alpha"], kd_cfg["schedule"], kd_cfg["schedule_rounds"], server_round)
+
+    def fit_config(self, server_round: int, partition_id: int) -> dict[str, Scalar]:
+        """FedMPQ's instructions, plus alpha_t under a `ramp` or `decay` schedule (with `constant` the
+        client's `kd.alpha` is the weight, and FedMPQ-KD sends exactly FedMPQ's messages)."""
+        config = super().fit_config(server_round, partition_id)
+        if self.config["kd"]["schedule"] == "constant":
+            return config
+        return {**config, KD_ALPHA: self.alpha(server_round)}
+
+    def round_extra(self, server_round: int) -> dict[str, Any]:
+        """FedMPQ's fields, the round's alpha_t and the participants' sample-weighted `kd_gate_mean`."""
+        fit = self.current.fit if self.current is not None else None
+        return {
+            **super().round_extra(server_round),
+            KD_ALPHA: self.alpha(server_round),
+            **round_gate_mean(fit.fields.get("clients", []) if fit is not None else []),
+        }

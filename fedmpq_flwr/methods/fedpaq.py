@@ -24,14 +24,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.common import FitRes, NDArrays
+from flwr.common import NDArrays
 from torch import nn
 
 from fedmpq_flwr.data.device_batches import ClientBatches
-from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, Update
+from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.quant.qsgd import decode_model_update, encode_model_update, model_update_bits
 from fedmpq_flwr.rundir.results import RunRecorder
 from fedmpq_flwr.server.round_log import RoundInProgress
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.weights import get_weights, trainable_mask
 
 
@@ -61,15 +62,15 @@ class FedPAQStrategy(FedAvgStrategy):
         self.sent = parameters
         return super().start_round(server_round, sampled, parameters)
 
-    def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
+    def upload_bits(self, update: ClientUpdate) -> int:
         paq = self.config["paq"]
-        return model_update_bits(weights, self.quantized, paq["bits"], paq["bucket"])
+        return model_update_bits(update.arrays, self.quantized, paq["bits"], paq["bucket"])
 
-    def aggregate(self, updates: list[Update]) -> NDArrays:
+    def aggregate(self, updates: list[ClientUpdate]) -> NDArrays:
         """x + Q(d_k) per client, averaged as FedAvg (`strategy.weighting`): x + sum_k w_k Q(d_k)."""
         paq = self.config["paq"]
         decoded = [
-            (pid, decode_model_update(weights, self.sent, self.quantized, paq["bits"], paq["bucket"]), res)
-            for pid, weights, res in updates
+            u.replace_arrays(decode_model_update(u.arrays, self.sent, self.quantized, paq["bits"], paq["bucket"]))
+            for u in updates
         ]
         return super().aggregate(decoded)

@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from fedmpq_flwr.methods.fedavg import Update
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
 from fedmpq_flwr.quant import layer_bits
 from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.server.update import ClientUpdate
 
 
 class FedPQClient(FedMPQClient):
@@ -42,6 +42,6 @@ class FedPQStrategy(FedMPQStrategy):
             raise ValueError(f"fedpq needs whole-number budgets, got {budget}")
         return dict.fromkeys(self.layer_sizes, int(budget))
 
-    def next_bits(self, updates: list[Update]) -> dict[int, dict[str, int]]:
+    def next_bits(self, updates: list[ClientUpdate]) -> dict[int, dict[str, int]]:
         """No re-allocation: the same bits in every round."""
         return self.bits

@@ -8,9 +8,12 @@ round t. The teacher is their parameter average (`ModelHistory.teacher`), comput
 How it travels (Flower's legacy NumPyClient API has one list of arrays per message): the fit
 parameters are the global model's arrays followed by the teacher's (the same architecture, so as
 many arrays), and the instructions say how many of them are the teacher's (`teacher_arrays`, 0 when
-none is sent) and which global rounds it averages (`teacher_rounds`, JSON). Every sampled client gets
-the same teacher, so a node that was not sampled in earlier rounds needs nothing it never received.
-`download_bits` counts every array sent: the teacher's 32 bits per float are in `bits_down`.
+none is sent) and which global rounds it averages (`teacher_rounds`, JSON; empty: no teacher). While
+the buffer holds one model, that model is the global model the client receives anyway, so nothing
+more is sent and the client uses its copy of the global model (as the authors' code does). Every
+sampled client gets the same teacher, so a node that was not sampled in earlier rounds needs nothing
+it never received. `download_bits` counts every array sent: the teacher's 32 bits per float are in
+`bits_down`.
 
 Client (`HistoryTeacherClient`): splits the teacher off the received arrays before the usual fit.
 """
@@ -40,9 +43,16 @@ class HistoryTeacherStrategy:
     history: ModelHistory | None = None
     _teacher: tuple[tuple[int, ...], NDArrays] | None = None  # (rounds averaged, teacher): computed once
 
-    def teacher_arrays(self, server_round: int) -> NDArrays:
-        """The teacher sent in `server_round` (none in round 1 or before any aggregation)."""
+    def averaged_rounds(self, server_round: int) -> tuple[int, ...]:
+        """The global rounds the teacher of `server_round` averages (none in round 1 or before any aggregation)."""
         if self.history is None or not distills(server_round, self.history):
+            return ()
+        return tuple(self.history.rounds)
+
+    def teacher_arrays(self, server_round: int) -> NDArrays:
+        """The teacher sent in `server_round`: none without a teacher, and none while the buffer holds
+        only the model broadcast with it (the client's copy of the global model is the teacher)."""
+        if len(self.averaged_rounds(server_round)) <= 1:
             return []
         rounds = tuple(self.history.rounds)
         if self._teacher is None or self._teacher[0] != rounds:
@@ -58,8 +68,8 @@ class HistoryTeacherStrategy:
         config = super().fit_config(server_round, partition_id)
         if self.history is None:
             return config
+        rounds = self.averaged_rounds(server_round)
         teacher = self.teacher_arrays(server_round)
-        rounds = self._teacher[0] if teacher else ()
         return {**config, TEACHER_ARRAYS: len(teacher), TEACHER_ROUNDS: json.dumps(list(rounds))}
 
     def aggregate_fit(
@@ -92,8 +102,9 @@ class HistoryTeacherStrategy:
 
 class HistoryTeacherClient:
     """Mixin, listed before a `FedAvgClient` subclass in the bases: `fit` splits the teacher off the
-    received arrays (`received_teacher`, None when the server sent none; `teacher_rounds`, the
-    global rounds it averages) and hands the global model to the usual fit."""
+    received arrays (`received_teacher`: the received global model itself when the teacher averages
+    that one model only, None when there is no teacher; `teacher_rounds`, the global rounds it
+    averages) and hands the global model to the usual fit."""
 
     received_teacher: list[np.ndarray] | None = None
     teacher_rounds: list[int] = []
@@ -102,8 +113,12 @@ class HistoryTeacherClient:
         count = int(config.get(TEACHER_ARRAYS, 0))
         if not 0 <= count < len(parameters):
             raise ValueError(f"{count} teacher arrays announced among {len(parameters)} received arrays")
-        self.received_teacher = list(parameters[len(parameters) - count :]) if count else None
         self.teacher_rounds = [int(r) for r in json.loads(str(config.get(TEACHER_ROUNDS, "[]")))]
+        self.received_teacher = None
+        if count:
+            self.received_teacher = list(parameters[len(parameters) - count :])
+        elif self.teacher_rounds:  # one model in the buffer: the global model received
+            self.received_teacher = [np.array(array, copy=True) for array in parameters]
         return super().fit(list(parameters[: len(parameters) - count]), config)
 
     def teacher_model(self, model: nn.Module) -> nn.Module | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import FitRes, NDArrays
+from flwr.common import NDArrays
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -36,11 +36,13 @@ from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.data.loaders import eval_batches
 from fedmpq_flwr.data.partition import client_partition
-from fedmpq_flwr.methods.fedavg import FLOAT_BITS, FedAvgClient, FedAvgStrategy, Update
+from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.methods.qffl_update import aggregate as qffl_aggregate
 from fedmpq_flwr.methods.qffl_update import client_update
 from fedmpq_flwr.rundir.results import RunRecorder
+from fedmpq_flwr.server.method_strategy import FLOAT_BITS
 from fedmpq_flwr.server.round_log import RoundInProgress
+from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.loop import evaluate
 from fedmpq_flwr.training.weights import get_weights, trainable_mask
 
@@ -73,7 +75,7 @@ class QFFLClient(FedAvgClient):
         loss, eval_flops = self.received_loss(model)
         local, metrics = super().train(model, loader, config, seed)
         qffl = self.config["qffl"]
-        lipschitz = qffl["lipschitz_scale"] / self.config["train"]["lr"]
+        lipschitz = qffl["lipschitz_scale"] / self.round_lr()  # the lr this round trains with
         upload, h = client_update(received, local, trainable_mask(model), loss, qffl["q"], lipschitz)
         metrics.update(qffl_h=h, qffl_loss=loss, eval_flops=eval_flops)
         return upload, metrics
@@ -91,11 +93,11 @@ class QFFLStrategy(FedAvgStrategy):
         self.sent = parameters
         return super().start_round(server_round, sampled, parameters)
 
-    def upload_bits(self, weights: NDArrays, fit_res: FitRes) -> int:
+    def upload_bits(self, update: ClientUpdate) -> int:
         """FedAvg's 32 bits per float (Delta_k has the model's size) plus one float32 for h_k."""
-        return super().upload_bits(weights, fit_res) + FLOAT_BITS
+        return super().upload_bits(update) + FLOAT_BITS
 
-    def aggregate(self, updates: list[Update]) -> NDArrays:
-        uploads = [weights for _, weights, _ in updates]
-        hs = [float(res.metrics["qffl_h"]) for _, _, res in updates]
+    def aggregate(self, updates: list[ClientUpdate]) -> NDArrays:
+        uploads = [u.arrays for u in updates]
+        hs = [float(u.metrics["qffl_h"]) for u in updates]
         return qffl_aggregate(self.sent, uploads, hs, self.trainable)

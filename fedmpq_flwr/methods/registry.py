@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from functools import cache
 
 from flwr.client import NumPyClient
+from flwr.common import RecordDict
 from flwr.server.strategy import Strategy
 
+from fedmpq_flwr.client.guard import GuardedClient
 from fedmpq_flwr.methods.catalog import CATALOG
 
 
@@ -16,6 +18,12 @@ from fedmpq_flwr.methods.catalog import CATALOG
 class Method:
     client: type[NumPyClient]
     strategy: type[Strategy]
+
+    def build_client(
+        self, config: dict, partition_id: int, num_partitions: int, state: RecordDict | None = None
+    ) -> GuardedClient:
+        """The method's client for one node, inside the guard every client runs in (`fedmpq_flwr.client.guard`)."""
+        return GuardedClient(self.client(config, partition_id, num_partitions, state))
 
 
 @cache

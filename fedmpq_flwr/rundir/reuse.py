@@ -97,6 +97,15 @@ def check_results_dir(results_dir: Path) -> None:
         raise ConfigError(f"--results-dir {results_dir}: {existing} is not writable")
 
 
+def make_results_dir(folder: Path) -> None:
+    """Create a results (or run) folder; ConfigError naming it and the reason when that fails (no
+    permission, a read-only file system, a path under /proc ...)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--results-dir {folder}: cannot create it ({err.strerror or err})") from None
+
+
 def update_labels(config_path: Path, run: dict[str, Any]) -> None:
     """Give a finished run the labels the experiment file has now (the analyzer groups by them);
     every other saved value stays as it was."""

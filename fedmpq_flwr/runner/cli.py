@@ -1,7 +1,7 @@
 """Experiment runner: every run variation of a YAML file, one after another or N at once, then the analyzer.
 
     python -m fedmpq_flwr.main --smoke-test|--full-experiment|--config FILE --results-dir DIR
-        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...] [--jobs N]
+        [--only RUN_ID ...] [--overwrite] [--set KEY=VALUE ...] [--jobs N] [--dry-run]
 
 The whole file is validated before anything runs. Each run is a subprocess
 (`python -m fedmpq_flwr.launch`) whose output goes to DIR/<run_id>/stdout.log|stderr.log and
@@ -9,6 +9,7 @@ to the console. Finished runs (complete results.json) are skipped unless --overw
 unfinished run with a checkpoint resumes after its last completed round (--overwrite: from round 1).
 `--jobs N` keeps up to N runs in flight (`fedmpq_flwr.runner.jobs`); the console then shows one progress
 line per round of each run and the runner's events instead of the runs' raw output.
+`--dry-run` stops after the validation: one line per run (run_id, key settings), nothing run or created.
 
 Ctrl-C, SIGTERM and SIGHUP stop the runs in flight cleanly (the launcher stops Flower and Ray; the
 checkpoint stays) and print the command that resumes; the exit status is 128 + the signal number.
@@ -31,8 +32,15 @@ from fedmpq_flwr.config import ConfigError, dump_yaml
 from fedmpq_flwr.config.runner_file import CONFIG_DIR, expand_runs, parse_overrides
 from fedmpq_flwr.data.registry import DATASETS
 from fedmpq_flwr.rundir.checkpoint import CheckpointError, checkpoint_summary
-from fedmpq_flwr.rundir.results import CONFIG_FILE, is_complete
-from fedmpq_flwr.rundir.reuse import check_finished_runs, check_results_dir, check_resumable, update_labels
+from fedmpq_flwr.rundir.progress import MetricsFollower
+from fedmpq_flwr.rundir.results import CONFIG_FILE, METRICS_FILE, is_complete
+from fedmpq_flwr.rundir.reuse import (
+    check_finished_runs,
+    check_results_dir,
+    check_resumable,
+    make_results_dir,
+    update_labels,
+)
 from fedmpq_flwr.runner.jobs import JobsStopped, check_jobs, ray_cpus, run_jobs
 from fedmpq_flwr.runner.signals import Stopped, stop_signals
 from fedmpq_flwr.runner.tee import run_teed, say
@@ -66,10 +74,10 @@ def emit(event: dict[str, Any]) -> None:
     say(json.dumps(event))
 
 
-def describe(run: dict[str, Any], position: str) -> str:
+def settings(run: dict[str, Any]) -> str:
+    """The run's key settings on one line: `strategy=... model=... dataset=... seed=...`."""
     dataset, train = run["dataset"], run["train"]
     return (
-        f"=== [{position}] {run['run_id']} ===\n{run['description'].strip()}\n"
         f"strategy={run['strategy']['name']} model={run['model']['name']} dataset={dataset['name']}"
         f" (source={'generated' if DATASETS[dataset['name']].synthetic else dataset['source']},"
         f" train_subset={dataset['train_subset'] or 'all'}, alpha={dataset['alpha']})"
@@ -78,22 +86,35 @@ def describe(run: dict[str, Any], position: str) -> str:
     )
 
 
+def describe(run: dict[str, Any], position: str) -> str:
+    return f"=== [{position}] {run['run_id']} ===\n{run['description'].strip()}\n{settings(run)}"
+
+
+def dry_run(runs: list[dict[str, Any]], results_dir: Path, overwrite: bool) -> None:
+    """One line per validated run: its run_id, its settings, and `(finished: skipped)` where a run would skip it."""
+    for run in runs:
+        skipped = not overwrite and is_complete(results_dir / run["run_id"])
+        print(f"{run['run_id']}: {settings(run)}{' (finished: skipped)' if skipped else ''}", flush=True)
+
+
 def execute(
     run: dict[str, Any],
     results_dir: Path,
     overwrite: bool,
     position: str,
+    resume_after: int = 0,
     quiet: bool = False,
     ray_cpus: int | None = None,
 ) -> str:
-    """Run one variation; return its status: completed, skipped or failed. `quiet` (--jobs > 1):
-    the console gets the run's progress lines and events only; `ray_cpus`: its share of the CPUs."""
+    """Run one variation; return its status: completed, skipped or failed. `resume_after`: the round
+    after which it resumes (`check_resumable`, run before anything started); `quiet` (--jobs > 1): the
+    console gets the run's progress lines and events only; `ray_cpus`: its share of the CPUs."""
     run_dir = results_dir / run["run_id"]
     if is_complete(run_dir) and not overwrite:
         update_labels(run_dir / CONFIG_FILE, run)
         emit({"event": "run_skipped", "run_id": run["run_id"], "reason": "already complete (use --overwrite)"})
         return "skipped"
-    completed = 0 if overwrite else check_resumable(run, run_dir)  # checked before anything ran
+    completed = 0 if overwrite else resume_after
     if run_dir.exists() and not completed:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +145,7 @@ def execute(
         run_dir / "stderr.log",
         header,
         append=bool(completed),
-        quiet_as=run["run_id"] if quiet else "",
+        progress=MetricsFollower(run["run_id"], run_dir / METRICS_FILE, run["train"]["num_rounds"]) if quiet else None,
     )
     status = "completed" if returncode == 0 and is_complete(run_dir) else "failed"
     if quiet and status == "failed":
@@ -204,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config key in every run, e.g. --set train.num_rounds=5",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate everything a run would (file, overrides, data, devices, --jobs), print one line per run "
+        "(run_id and key settings), run nothing",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     with stop_signals():
@@ -245,23 +272,30 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> int:
             if missing:
                 raise ConfigError(f"--only: unknown run_id {missing[0]!r}; known: {', '.join(sorted(names))}")
             runs = [r for r in runs if r["run_id"] in args.only or r["variation"] in args.only]
+        resume_after = dict.fromkeys((run["run_id"] for run in runs), 0)
         if not args.overwrite:
             check_finished_runs(runs, results_dir)
-            for run in runs:
-                check_resumable(run, results_dir / run["run_id"])
+            resume_after = {run["run_id"]: check_resumable(run, results_dir / run["run_id"]) for run in runs}
         preflight(runs)
         shares = machine_shares(args.jobs, runs)
+        if not args.dry_run:
+            make_results_dir(results_dir)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    results_dir.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        dry_run(runs, results_dir, args.overwrite)
+        return 0
 
     def run_one(index: int) -> str:
         run = runs[index]
         position = f"{index + 1}/{len(runs)}"
+        resumes = resume_after[run["run_id"]]
         if args.jobs == 1:
-            return execute(run, results_dir, args.overwrite, position)
-        return execute(run, results_dir, args.overwrite, position, quiet=True, ray_cpus=shares[run["run_id"]])
+            return execute(run, results_dir, args.overwrite, position, resume_after=resumes)
+        return execute(
+            run, results_dir, args.overwrite, position, resume_after=resumes, quiet=True, ray_cpus=shares[run["run_id"]]
+        )
 
     try:
         statuses = run_jobs(len(runs), args.jobs, run_one)

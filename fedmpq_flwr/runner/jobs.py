@@ -56,13 +56,6 @@ def ray_cpus(in_flight: int, cpus: int, client_cpus: int, gpus: int, client_gpus
     return share
 
 
-def progress_line(line: str, run_id: str) -> str | None:
-    """The part of a run's output line from `[run_id] round k/N` on (the per-round progress line of
-    `server/round_log.py`, with test accuracy, seconds per round and ETA), or None for other lines."""
-    start = line.find(f"[{run_id}] round ")
-    return line[start:].rstrip() if start >= 0 else None
-
-
 class JobsStopped(Stopped):
     """A stop signal arrived: the runs it stopped (indices) and the first run that never started."""
 

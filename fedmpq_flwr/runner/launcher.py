@@ -38,9 +38,9 @@ from fedmpq_flwr.config.flower import write_run_config_toml
 from fedmpq_flwr.rundir.checkpoint import checkpoint_dir, checkpoint_summary, remove_checkpoint
 from fedmpq_flwr.rundir.provenance import COMMIT_ENV, git_commit
 from fedmpq_flwr.rundir.results import is_complete
-from fedmpq_flwr.rundir.reuse import check_results_dir, check_resumable
+from fedmpq_flwr.rundir.reuse import check_results_dir, check_resumable, make_results_dir
 from fedmpq_flwr.rundir.startup import MARKS_ENV, mark, write_startup
-from fedmpq_flwr.runner.processes import stop_process_tree
+from fedmpq_flwr.runner.processes import HOME_PREFIX, RAY_PREFIX, claim, remove_abandoned, stop_process_tree
 from fedmpq_flwr.runner.signals import Stopped, stop_signals
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -193,7 +193,7 @@ def prepare_run_dir(config: dict[str, Any], overwrite: bool) -> tuple[Path, int]
     if overwrite:
         remove_checkpoint(run_dir)
     completed = check_resumable(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_results_dir(run_dir)
     if completed:
         print(
             f"resuming run {config['run_id']} after round {completed}/{config['train']['num_rounds']}"
@@ -244,7 +244,7 @@ def ray_temp_dir() -> tempfile.TemporaryDirectory | nullcontext:
     unless the user chose one with RAY_TMPDIR. Short: Ray's socket paths in it must fit 107 bytes."""
     if os.environ.get("RAY_TMPDIR"):
         return nullcontext(None)
-    return tempfile.TemporaryDirectory(prefix="ray-", ignore_cleanup_errors=True)
+    return tempfile.TemporaryDirectory(prefix=RAY_PREFIX, ignore_cleanup_errors=True)
 
 
 def launch(config_path: Path, overwrite: bool = False, ray_cpus: int | None = None) -> int:
@@ -253,8 +253,13 @@ def launch(config_path: Path, overwrite: bool = False, ray_cpus: int | None = No
         raise RuntimeError(f"no pyproject.toml in {APP_DIR}: `flwr run` needs a source checkout (pip install -e .)")
     config = validate(load_yaml(str(config_path)) or {})
     run_dir, _ = prepare_run_dir(config, overwrite)
-    with tempfile.TemporaryDirectory(prefix="fedmpq-flwr-home-") as flwr_home, ray_temp_dir() as ray_dir:
+    for folder in remove_abandoned():
+        print(f"removed {folder}: its launcher was gone", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix=HOME_PREFIX) as flwr_home, ray_temp_dir() as ray_dir:
         home = Path(flwr_home)
+        for folder in (home, ray_dir):
+            if folder:
+                claim(Path(folder))
         marks = home / "startup_marks.jsonl"
         mark("launcher_started", marks, when=psutil.Process().create_time())
         superlink: subprocess.Popen | None = None

@@ -1,8 +1,16 @@
-"""Process trees of a Flower run: find them by their private FLWR_HOME, stop them, leave nothing behind."""
+"""Process trees of a Flower run: find them by their private FLWR_HOME, stop them, leave nothing behind.
+
+A launcher killed with SIGKILL cannot clean up: its private FLWR_HOME and Ray temp folders (and any
+Flower process still using them) stay. Each folder names its owner (`claim`), and the next launcher
+removes those whose owner is gone (`remove_abandoned`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -72,3 +80,43 @@ def flower_processes(flwr_home: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+# ---- private temp folders of a launcher that was killed (SIGKILL leaves them behind) ----
+
+HOME_PREFIX = "fedmpq-flwr-home-"  # a run's private FLWR_HOME
+RAY_PREFIX = "fedmpq-ray-"  # a run's private Ray temp folder (short: Ray's socket paths must fit 107 bytes)
+OWNER_FILE = "owner.json"
+
+
+def claim(folder: Path) -> None:
+    """Mark `folder` as this process's: `remove_abandoned` leaves it alone while this process lives."""
+    me = psutil.Process()
+    (Path(folder) / OWNER_FILE).write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the process that claimed `folder` still runs (an unclaimed or unreadable folder counts
+    as owned: it may be another program's, or a launcher's that is just starting)."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text())
+        return abs(psutil.Process(int(owner["pid"])).create_time() - float(owner["create_time"])) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return True
+
+
+def remove_abandoned(temp_dir: Path | None = None) -> list[Path]:
+    """Remove the private FLWR_HOME and Ray folders whose launcher is gone, after stopping any Flower
+    or Ray process still using them; the folders removed."""
+    removed = []
+    base = Path(temp_dir or tempfile.gettempdir())
+    for folder in sorted([*base.glob(HOME_PREFIX + "*"), *base.glob(RAY_PREFIX + "*")]):
+        if not folder.is_dir() or _owner_alive(folder):
+            continue
+        if folder.name.startswith(HOME_PREFIX):
+            terminate_then_kill(flower_processes(folder), grace_s=5.0)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

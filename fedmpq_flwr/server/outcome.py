@@ -3,7 +3,7 @@ recorded as `failed` with the reason instead of crashing the ServerApp.
 
 The strategy raises `RunFailed` when a round brought no update at all (every sampled client dropped
 or failed) or when the aggregated global model holds NaN or infinite values; single client failures
-never end a run (they are recorded in the round, see `fedmpq_flwr.methods.failures`).
+never end a run (they are recorded in the round, see `fedmpq_flwr.client.failures`).
 
 The ServerApp runs Flower's round loop through `run_rounds`; on `RunFailed` that marks the run's
 recorder as failed, so the ServerApp's closing `strategy.save_outputs()` writes nothing and

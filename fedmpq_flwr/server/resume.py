@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import FitIns, FitRes, Parameters, Scalar, log, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Parameters, Scalar, log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
@@ -147,6 +147,6 @@ class CheckpointingStrategy(Strategy):
             return self.strategy.evaluate(0, parameters)
         true_round = self.true_round(server_round)
         result = self.strategy.evaluate(true_round, parameters)
-        self.save(true_round, parameters_to_ndarrays(parameters))
+        self.save(true_round, self.strategy.latest_parameters)  # what `parameters` serialises
         mark("round_finished")
         return result

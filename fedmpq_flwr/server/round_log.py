@@ -1,27 +1,25 @@
 """The round record: what `configure_fit` hands to `aggregate_fit` and `evaluate`, and its logging.
 
 Flower calls the three strategy callbacks of a round one after another; `RoundInProgress` is the
-explicit hand-off between them. `RoundLog` writes the finished record to metrics.jsonl and prints
-the progress line with an ETA.
+explicit hand-off between them. `fit_summary` counts the round's failures and `round_fields` lists
+its participants; `RoundLog` writes the finished record to metrics.jsonl and prints the progress
+line with an ETA.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any
 
 from flwr.common import log
 
-from fedmpq_flwr.rundir.results import RunRecorder
-
-
-def format_seconds(seconds: float) -> str:
-    """1h02m03s / 2m03s: for progress lines."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+from fedmpq_flwr.client.failures import DROPOUT, describe_failure
+from fedmpq_flwr.rundir.progress import progress_text
+from fedmpq_flwr.rundir.results import ROUND_FROM_CLIENTS, RunRecorder, round_from_clients
+from fedmpq_flwr.server.update import ClientUpdate
 
 
 @dataclass
@@ -34,6 +32,48 @@ class FitSummary:
     fields: dict[str, Any] = field(default_factory=dict)  # train_loss, clients and per-round client fields
     dropped_partitions: list[int] = field(default_factory=list)  # sampled clients that dropped before upload
     client_errors: list[dict[str, Any]] = field(default_factory=list)  # [{partition_id, error}] of failed clients
+
+
+def fit_summary(updates: list[ClientUpdate], failures: list[Any], bits_up: dict[int, int]) -> FitSummary:
+    """The round's replies and failures (Flower's `failures` of `aggregate_fit`: a dropout or an error
+    per failed client, `fedmpq_flwr.client.failures`) summarised for its record."""
+    reports = [describe_failure(failure) for failure in failures]
+    return FitSummary(
+        num_failures=len(failures),
+        bits_up=sum(bits_up.values()),
+        client_time_s=max((float(u.metrics["client_time_s"]) for u in updates), default=0.0),
+        dropped_partitions=sorted(r.partition_id for r in reports if r.kind == DROPOUT),
+        client_errors=sorted(
+            (r.record() for r in reports if r.kind != DROPOUT),
+            key=lambda e: (e["partition_id"] is None, e["partition_id"] or 0, e["error"]),
+        ),
+    )
+
+
+def round_fields(
+    updates: list[ClientUpdate], bits_up: dict[int, int], client_record: Callable[[ClientUpdate], dict[str, Any]]
+) -> dict[str, Any]:
+    """Per-round fields for metrics.jsonl (computed before aggregation): one entry per participant with
+    every number it reported and its method's `client_record`, the sample-weighted training loss and
+    the fields of `ROUND_FROM_CLIENTS`."""
+    clients = [
+        {
+            "partition_id": u.partition_id,
+            "num_examples": u.num_examples,
+            "bits_up": bits_up[u.partition_id],
+            **{k: v for k, v in u.metrics.items() if isinstance(v, (int, float)) and k != "partition_id"},
+            **client_record(u),
+        }
+        for u in updates
+    ]
+    total = sum(c["num_examples"] for c in clients)
+    loss = sum(c["train_loss"] * c["num_examples"] for c in clients)
+    fields: dict[str, Any] = {"train_loss": loss / total if total else None, "clients": clients}
+    for round_key in ROUND_FROM_CLIENTS:
+        value = round_from_clients(round_key, clients)
+        if value is not None:
+            fields[round_key] = value
+    return fields
 
 
 @dataclass
@@ -61,26 +101,17 @@ class RoundLog:
         self.completed_before = completed_rounds
         self.started = time.perf_counter()
 
-    def accuracy_text(self, server_round: int) -> str:
-        """`  test_acc=0.8123` for a round that evaluated the global model; after a round without
-        evaluation (`eval.every`) the latest evaluated accuracy and its round, `  test_acc=0.8123
-        (round 6)`; nothing before the first evaluation."""
-        for record in reversed(self.recorder.history):  # a resumed run's earlier rounds included
-            if "test_accuracy" in record:
-                earlier = "" if record["round"] == server_round else f" (round {record['round']})"
-                return f"  test_acc={record['test_accuracy']:.4f}{earlier}"
-        return ""
-
     def write(self, record: dict[str, Any], progress_extra: str = "") -> None:
         """Record a finished round (`round`, `round_time_s`, `test_accuracy` when evaluated ...) and
         print its progress."""
         self.recorder.log_round(record)
         server_round = record["round"]
+        last_evaluated = next(
+            (r for r in reversed(self.recorder.history[:-1]) if "test_accuracy" in r), None
+        )  # a resumed run's earlier rounds included
         elapsed = time.perf_counter() - self.started
-        eta = elapsed / max(1, server_round - self.completed_before) * (self.num_rounds - server_round)
-        log(
-            INFO,
-            "[%s] round %d/%d%s%s  %.1f s/round  elapsed %s  ETA %s",
-            self.recorder.run_id, server_round, self.num_rounds, self.accuracy_text(server_round), progress_extra,
-            record["round_time_s"], format_seconds(elapsed), format_seconds(eta),
+        line = progress_text(
+            self.recorder.run_id, record, self.num_rounds, elapsed, server_round - self.completed_before,
+            last_evaluated, progress_extra,
         )  # fmt: skip
+        log(INFO, "%s", line)

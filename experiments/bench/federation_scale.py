@@ -18,8 +18,8 @@ Settings are `clients:fraction_fit` pairs (default 10:1.0 100:0.1 100:1.0). Prin
 setting and, last, one JSON line with every number.
 
 Run:
-    .venv/bin/python experiments/measure_federation_scale.py --path flower --rounds 5
-    .venv/bin/python experiments/measure_federation_scale.py --path inprocess --rounds 5 --settings 10:1.0 100:0.1
+    .venv/bin/python experiments/bench/federation_scale.py --path flower --rounds 5
+    .venv/bin/python experiments/bench/federation_scale.py --path inprocess --rounds 5 --settings 10:1.0 100:0.1
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUDGETS = [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
 
 
@@ -109,7 +109,8 @@ def flower_run(config: dict[str, Any]) -> list[dict[str, Any]]:
 def inprocess_run(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The strategy and the clients in this process (as the tests' `fl` fixture drives them)."""
     import psutil
-    from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
+    from common import inprocess_round
+    from flwr.common import RecordDict
 
     from fedmpq_flwr.methods.registry import load_method
     from fedmpq_flwr.rundir.results import RunRecorder
@@ -123,14 +124,7 @@ def inprocess_run(config: dict[str, Any]) -> list[dict[str, Any]]:
     for server_round in range(1, config["train"]["num_rounds"] + 1):
         started, cpu_started = time.perf_counter(), sum(process.cpu_times()[:2])
         sampled = strategy.sampler.sample(list(range(num_clients)))
-        strategy.start_round(server_round, sampled, strategy.latest_parameters)
-        results = []
-        for pid in sampled:
-            client = method.client(config, pid, num_clients, states[pid])
-            weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
-            results.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)))
-        strategy.aggregate_fit(server_round, results, [])
-        strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
+        inprocess_round(method, strategy, config, server_round, sampled, states)
         rows.append(
             {
                 "round": server_round,

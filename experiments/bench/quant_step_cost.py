@@ -25,10 +25,10 @@ time for one quantized step.
 `--tiny` builds each at its small test size (`MODELS[name].tiny`) instead of the documented one.
 
 Run:
-    .venv/bin/python experiments/bench_quant_step.py                    # CPU, 1 thread, 4 bits
-    .venv/bin/python experiments/bench_quant_step.py --threads 2 --steps 30 --bits 8
-    .venv/bin/python experiments/bench_quant_step.py --device cuda --profile
-    .venv/bin/python experiments/bench_quant_step.py --models resnet20,mobilenet_v2,vit_small --tiny --steps 3
+    .venv/bin/python experiments/bench/quant_step_cost.py                    # CPU, 1 thread, 4 bits
+    .venv/bin/python experiments/bench/quant_step_cost.py --threads 2 --steps 30 --bits 8
+    .venv/bin/python experiments/bench/quant_step_cost.py --device cuda --profile
+    .venv/bin/python experiments/bench/quant_step_cost.py --models resnet20,mobilenet_v2,vit_small --tiny --steps 3
 The output ends with one JSON line per model: {"model", "fp_step_s", "quant_step_s", "ratio", "device",
 "threads", "quantized_activations" (false for a weight-only model such as vit_small), ...}.
 """
@@ -39,28 +39,14 @@ import argparse
 import copy
 import json
 import statistics
-import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
-import torch.nn.functional as F
+from common import BATCH, NUM_CLASSES, Batches, Stepper, interleaved, make_batches, quant_step_ratio, sync, timed
 from torch import nn
 
 from fedmpq_flwr.models import MODELS, build_model
-from fedmpq_flwr.quant import (
-    ACTIVATION_QUANTIZERS,
-    bit_regularizer,
-    quant_rules,
-    quantizable_layers,
-    quantize_model,
-    quantized_param_count,
-    rebinarize_model,
-)
-
-BATCH = 64
-NUM_CLASSES = 10
-LAMBDA_BIT = 0.01
+from fedmpq_flwr.quant import ACTIVATION_QUANTIZERS, quant_rules, quantizable_layers, quantize_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,84 +65,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Stepper:
-    """One model, its optimizer and its step split in phases (each phase a callable)."""
-
-    def __init__(self, model: nn.Module, device: torch.device, quantized: bool, seed: int) -> None:
-        self.model = model.to(device).train()
-        self.device = device
-        self.quantized = quantized
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
-        self.count = quantized_param_count(self.model) if quantized else 0
-        self.generator = torch.Generator(device=device).manual_seed(seed) if quantized else None
-        self.loss: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
-        if self.quantized:
-            loss = loss + LAMBDA_BIT * bit_regularizer(self.model) / self.count
-        self.loss = loss
-
-    def backward(self) -> None:
-        assert self.loss is not None
-        self.loss.backward()
-
-    def optimizer(self) -> None:
-        self.opt.step()
-
-    def rebinarize(self) -> None:
-        if self.quantized:
-            rebinarize_model(self.model, self.generator)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.forward(x, y)
-        self.backward()
-        self.optimizer()
-        self.rebinarize()
-
-
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def make_batches(n: int, batch: int, device: torch.device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(batch, 3, 32, 32, generator=gen).to(device),
-            torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device),
-        )
-        for _ in range(n)
-    ]
-
-
-def interleaved(
-    steppers: dict[str, Stepper], batches, steps: int, warmup: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Median-ready step times of each stepper; the order alternates every iteration."""
-    names = list(steppers)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(warmup + steps):
-        x, y = batches[i % len(batches)]
-        order = names if i % 2 == 0 else names[::-1]
-        for name in order:
-            t = timed(lambda s=steppers[name], x=x, y=y: s.step(x, y), device)
-            if i >= warmup:
-                times[name].append(t)
-    return times
-
-
-def phase_times(stepper: Stepper, batches, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
+def phase_times(stepper: Stepper, batches: Batches, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
     phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "rebinarize": []}
     for i in range(warmup + steps):
         x, y = batches[i % len(batches)]
@@ -181,9 +90,11 @@ def swap_activations(model: nn.Module, declared: nn.Module, make: Callable[[str,
     return model
 
 
-def profile(
-    args: argparse.Namespace, device: torch.device, batches, name: str, size: dict[str, Any], label: str
-) -> None:
+def profile(args: argparse.Namespace, device: torch.device, name: str) -> None:
+    """Where the quantized step's extra time goes: phases, ablations and torch.profiler's top operators."""
+    size = dict(MODELS[name].tiny) if args.tiny else {}
+    label = f"{name}{' (tiny)' if args.tiny else ''}"
+    batches = make_batches(8, args.batch, device, args.seed)
     torch.manual_seed(args.seed)
     float_model = build_model(name, NUM_CLASSES, **size)
     bits = {layer: args.bits for layer in quantizable_layers(float_model)}
@@ -243,52 +154,6 @@ def profile(
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
 
 
-def bench_model(args: argparse.Namespace, device: torch.device, name: str) -> dict[str, Any]:
-    """Interleaved float and quantized steps of one registry model; prints a table, returns the numbers."""
-    size = dict(MODELS[name].tiny) if args.tiny else {}
-    label = f"{name}{' (tiny)' if args.tiny else ''}"
-    torch.manual_seed(args.seed)
-    float_model = build_model(name, NUM_CLASSES, **size)
-    bits = {layer: args.bits for layer in quantizable_layers(float_model)}
-    qmodel = quantize_model(float_model, bits, args.act_bits)
-    steppers = {
-        "float": Stepper(float_model, device, quantized=False, seed=args.seed),
-        "quant": Stepper(qmodel, device, quantized=True, seed=args.seed),
-    }
-    batches = make_batches(8, args.batch, device, args.seed)
-    times = interleaved(steppers, batches, args.steps, args.warmup, device)
-    fp_s, q_s = statistics.median(times["float"]), statistics.median(times["quant"])
-    for stepper in steppers.values():
-        assert stepper.loss is not None and torch.isfinite(stepper.loss), "training diverged: timings not meaningful"
-
-    acts = f"{args.act_bits}-bit activations" if quant_rules(float_model).activations else "float activations"
-    print(
-        f"{label}, batch {args.batch}, {args.bits}-bit weights / {acts}, "
-        f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
-    )
-    print(f"{'model':<8}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for variant, values in times.items():
-        print(f"{variant:<8}{statistics.median(values):>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
-    print(f"ratio quant/float: {q_s / fp_s:.3f}")
-
-    if args.profile:
-        profile(args, device, batches, name, size, label)
-    return {
-        "model": name,
-        "tiny": args.tiny,
-        "fp_step_s": round(fp_s, 6),
-        "quant_step_s": round(q_s, 6),
-        "ratio": round(q_s / fp_s, 4),
-        "device": args.device,
-        "threads": torch.get_num_threads(),
-        "bits": args.bits,
-        "act_bits": args.act_bits,
-        "quantized_activations": bool(quant_rules(float_model).activations),
-        "batch": args.batch,
-        "steps": args.steps,
-    }
-
-
 def main() -> None:
     args = parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -306,7 +171,10 @@ def main() -> None:
         raise SystemExit(f"--models {args.models!r}: unknown {unknown} (options: {', '.join(MODELS)})")
     results = []
     for name in names:
-        results.append(bench_model(args, device, name))
+        sizes = {"tiny": args.tiny, "bits": args.bits, "act_bits": args.act_bits, "batch": args.batch}
+        results.append(quant_step_ratio(name, device, **sizes, steps=args.steps, warmup=args.warmup, seed=args.seed))
+        if args.profile:
+            profile(args, device, name)
         print()
     for result in results:
         print(json.dumps(result))

@@ -6,7 +6,7 @@ P1  framework overhead: seconds per federated FedAvg round through the real Flow
     no Flower runtime). Both exclude round 1, which pays Ray's start and the actors' imports.
 P2  FedMPQ-KD against FedMPQ: mean seconds per round and summed client compute per round, from two
     runs made one after the other through the runner with the same data, seed and rounds.
-P3  a quantized training step against a float step, per registry model (experiments/bench_quant_step.py,
+P3  a quantized training step against a float step, per registry model (experiments/bench/quant_step_cost.py,
     both steps interleaved in one process).
 P4  GPU throughput: seconds per round of FedMPQ-KD (ResNet-20, all --images, 10 clients, each client
     actor holding --client-gpus of the card) and the projected 50-round run; then --p4-runs short
@@ -24,7 +24,7 @@ P7  the client data path: milliseconds per batch of 64 of the per-sample path (t
 P8  a quantized evaluation pass (ResNet-20 at 4-bit weights and activations) against a float pass,
     over --p8-images test images in batches of 128 with --plain-threads threads, interleaved.
 
-    .venv/bin/python experiments/bench.py --out /tmp/bench [--parts P1,P2,P3] [--rounds 3] [--images 10000]
+    .venv/bin/python experiments/bench/throughput.py --out /tmp/bench [--parts P1,P2,P3] [--rounds 3] [--images 10000]
 
 Real CIFAR-10 is read from --data-dir (train.npz/test.npz) when it is there, else synthetic data stands in
 (and the JSON says so). Timings depend on the machine and its load: run it on an otherwise idle machine.
@@ -43,22 +43,21 @@ from typing import Any
 
 import torch
 import yaml
+from common import inprocess_round, quant_step_ratio, timed
+from flwr.common import RecordDict
 from torchvision.transforms import v2
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fedmpq_flwr.config import validate
+from fedmpq_flwr.data.device_batches import ClientBatches
+from fedmpq_flwr.data.load import FederatedData, load_data
+from fedmpq_flwr.data.loaders import eval_batches, to_float
+from fedmpq_flwr.methods.registry import load_method
+from fedmpq_flwr.models import build_model
+from fedmpq_flwr.quant import quantizable_layers, quantize_model
+from fedmpq_flwr.rundir.results import RunRecorder, read_metrics
+from fedmpq_flwr.training.loop import evaluate
 
-from bench_quant_step import bench_model  # noqa: E402
-
-from fedmpq_flwr.config import validate  # noqa: E402
-from fedmpq_flwr.data.device_batches import ClientBatches  # noqa: E402
-from fedmpq_flwr.data.load import FederatedData, load_data  # noqa: E402
-from fedmpq_flwr.data.loaders import eval_batches, to_float  # noqa: E402
-from fedmpq_flwr.methods.registry import load_method  # noqa: E402
-from fedmpq_flwr.models import build_model  # noqa: E402
-from fedmpq_flwr.quant import quantizable_layers, quantize_model  # noqa: E402
-from fedmpq_flwr.rundir.results import RunRecorder, read_metrics  # noqa: E402
-from fedmpq_flwr.training.loop import evaluate  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def setting(
@@ -121,20 +120,12 @@ def plain_rounds(config: dict[str, Any], threads: int) -> list[float]:
     method = load_method(config["strategy"]["name"])
     run_dir = Path(config["results_dir"]) / config["run_id"]
     strategy = method.strategy(config, RunRecorder(run_dir, config["run_id"]))
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-
-    num_clients = config["federation"]["num_clients"]
+    clients = list(range(config["federation"]["num_clients"]))
+    states = {pid: RecordDict() for pid in clients}
     times = []
     for server_round in range(1, config["train"]["num_rounds"] + 1):
         started = time.perf_counter()
-        strategy.start_round(server_round, list(range(num_clients)), strategy.latest_parameters)
-        results = []
-        for pid in range(num_clients):
-            client = method.client(config, pid, num_clients)
-            weights, n, metrics = client.fit(strategy.latest_parameters, strategy.fit_config(server_round, pid))
-            results.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)))
-        strategy.aggregate_fit(server_round, results, [])
-        strategy.evaluate(server_round, ndarrays_to_parameters(strategy.latest_parameters))
+        inprocess_round(method, strategy, config, server_round, clients, states)
         times.append(time.perf_counter() - started)
     return times[1:]
 
@@ -166,20 +157,8 @@ def p2(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def p3(args: argparse.Namespace) -> dict[str, Any]:
-    step_args = argparse.Namespace(
-        threads=1,
-        steps=args.steps,
-        warmup=3,
-        bits=4,
-        act_bits=4,
-        batch=64,
-        seed=0,
-        profile=False,
-        tiny=False,
-        device="cpu",
-    )
     torch.set_num_threads(1)
-    return {name: bench_model(step_args, torch.device("cpu"), name) for name in args.models.split(",")}
+    return {name: quant_step_ratio(name, torch.device("cpu"), steps=args.steps) for name in args.models.split(",")}
 
 
 def p4(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -237,17 +216,6 @@ def bench_data(args: argparse.Namespace) -> FederatedData:
         "synthetic_test_size": max(args.p8_images, 10),
     }
     return load_data(dataset)
-
-
-def timed(fn: Any, device: torch.device) -> float:
-    """Seconds of one call of `fn`, the device synchronised on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
 
 
 def p7(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -320,7 +288,7 @@ def client_step(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
     method = load_method("fedavg")
     strategy = method.strategy(config, RunRecorder(out / "p7_client", "p7_client"))  # loads and caches the data
-    _, _, metrics = method.client(config, 0, 1).fit(strategy.latest_parameters, strategy.fit_config(1, 0))
+    _, _, metrics = method.build_client(config, 0, 1).fit(strategy.latest_parameters, strategy.fit_config(1, 0))
     steps = int(metrics["steps"])
     torch.manual_seed(0)
     model = build_model("resnet20", 10).to(args.device).train()

@@ -5,7 +5,7 @@ The real-data checks of the baseline issues (first 10,000 CIFAR-10 images, 10 cl
 compute and seconds per round; this prints those tables for docs/measurements.md. It reads what
 the analyzer reads (`fedmpq_flwr.analysis.runs.load_run`) and never imports torch.
 
-    python experiments/real_data_table.py --results-dir /work/real/v2 fedavg_seed0 fedmpq_seed0 ...
+    python experiments/studies/compare_runs.py --results-dir DIR fedavg_seed0 fedmpq_seed0 ...
 """
 
 from __future__ import annotations

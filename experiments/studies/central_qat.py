@@ -1,8 +1,8 @@
 """Centralized QAT check: how well FedMPQ's bit-plane student learns alone, per `quant.scale_grad`.
 
 No federation: one ResNet-20 trained centrally on the first `--images` CIFAR-10 training images
-with the package's own pieces (`dataset.load_data` / `client_loader` / `eval_loader` with the
-crop+flip augmentation, `train.train_epochs`, `quant.quantize_model` at `initial_bits` of the
+with the package's own pieces (`data.load_data` / `client_batches` / `eval_loader` with the
+crop+flip augmentation, `training.loop.train_epochs`, `quant.quantize_model` at `initial_bits` of the
 ResNet-20 layer sizes, `set_scale_grad`, the loss of `FedMPQClient.train`:
 `CE + lambda_b * bit_regularizer / quantized_param_count`, stochastic re-binarization after every
 step with a seeded generator). Test accuracy after every epoch on `--test-images` test images,
@@ -20,10 +20,11 @@ After each row: the float test accuracy of the trained model (for a student: its
 weights, what the FedMPQ server averages) with plain ReLU and with hardtanh(0, 6) clipping.
 
 Run (one thread per process; two processes at most side by side on a 2-core machine):
-    .venv/bin/python experiments/bench_qat.py --bits 4 --out results/bench_qat --name bits4
-    .venv/bin/python experiments/bench_qat.py --no-float --bits --teacher --out results/bench_qat --name kd
-    .venv/bin/python experiments/bench_qat.py --merge results/bench_qat/bits4.json results/bench_qat/kd.json \\
-        --out results/bench_qat --name all
+    .venv/bin/python experiments/studies/central_qat.py --bits 4 --out results/central_qat --name bits4
+    .venv/bin/python experiments/studies/central_qat.py --no-float --bits --teacher --out results/central_qat --name kd
+    .venv/bin/python experiments/studies/central_qat.py --merge results/central_qat/{bits4,kd}.json \\
+        --out results/central_qat --name all
+A check of the script in seconds: `--images 64 --test-images 20 --epochs 1 --bits 2 --scale-grad plain`.
 Writes `<out>/<name>.json` (every number, the settings, the command) and PDF figures under
 `<out>/images/`; the last line printed is the JSON path.
 """
@@ -46,14 +47,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fedmpq_flwr.fedmpq_kd import distillation_loss, inference_teacher
 from torch import nn
 from torch.utils.data import DataLoader
 
 from fedmpq_flwr.analysis.plotting import pyplot, save, spread, style
 from fedmpq_flwr.config import defaults
+from fedmpq_flwr.data.device_batches import ClientBatches, client_batches
 from fedmpq_flwr.data.load import FederatedData, load_data
-from fedmpq_flwr.data.loaders import client_loader, eval_loader
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import (
     SCALE_GRAD_MODES,
@@ -67,10 +68,11 @@ from fedmpq_flwr.quant import (
     set_scale_grad,
 )
 from fedmpq_flwr.quant.allocation import average_bitwidth, initial_bits
+from fedmpq_flwr.training.distillation import distillation_loss, inference_teacher
 from fedmpq_flwr.training.loop import evaluate, train_epochs
 from fedmpq_flwr.training.weights import communicated_keys, set_weights
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEVICE = torch.device("cpu")
 MODEL = "resnet20"
 
@@ -119,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--merge", nargs="+", default=[], help="combine these result files (no training)")
-    parser.add_argument("--out", default=str(REPO / "results" / "bench_qat"))
-    parser.add_argument("--name", default="bench_qat")
+    parser.add_argument("--out", default=str(REPO / "results" / "central_qat"))
+    parser.add_argument("--name", default="central_qat")
     return parser.parse_args(argv)
 
 
@@ -137,6 +139,7 @@ def balanced_indices(labels: np.ndarray, count: int) -> np.ndarray:
 def loaders(args: argparse.Namespace) -> tuple[FederatedData, dict[str, Any], DataLoader, DataLoader]:
     """The data, the dataset config, the balanced test loader and the file-order test loader."""
     dataset_cfg = {
+        **defaults()["dataset"],
         "name": "cifar10",
         "source": "npz",
         "path": args.data_dir,
@@ -148,14 +151,16 @@ def loaders(args: argparse.Namespace) -> tuple[FederatedData, dict[str, Any], Da
     }
     data = load_data(dataset_cfg)
     idx = balanced_indices(data.y_test, args.test_images)
-    test = eval_loader(data.x_test[idx], data.y_test[idx], args.eval_batch_size)
-    first = eval_loader(data.x_test[: args.test_images], data.y_test[: args.test_images], args.eval_batch_size)
+    norm = {"mean": data.mean, "std": data.std}
+    test = eval_loader(data.x_test[idx], data.y_test[idx], args.eval_batch_size, **norm)
+    first = eval_loader(data.x_test[: args.test_images], data.y_test[: args.test_images], args.eval_batch_size, **norm)
     return data, dataset_cfg, test, first
 
 
-def train_loader(data: FederatedData, dataset_cfg: dict[str, Any], args: argparse.Namespace, seed: int) -> DataLoader:
-    torch.manual_seed(seed)  # the augmentation draws from the global RNG
-    return client_loader(data, 0, 1, dataset_cfg, args.batch_size, seed)
+def train_loader(
+    data: FederatedData, dataset_cfg: dict[str, Any], args: argparse.Namespace, seed: int
+) -> ClientBatches:
+    return client_batches(data, 0, 1, dataset_cfg, args.batch_size, seed, label_noise=0.0, device=DEVICE)
 
 
 # ---- models and losses --------------------------------------------------------------------
@@ -239,7 +244,7 @@ def accuracy_record(net: nn.Module, test: DataLoader, first: DataLoader) -> dict
 def train_row(
     net: nn.Module,
     epochs: int,
-    loader: DataLoader,
+    loader: ClientBatches,
     test: DataLoader,
     first: DataLoader,
     args: argparse.Namespace,
@@ -368,12 +373,14 @@ def kd_rows(
                     if partition is None:
                         loader = train_loader(data, dataset_cfg, args, seed)
                     else:
-                        torch.manual_seed(seed)
-                        loader = client_loader(data, partition, args.kd_clients, client_cfg, args.batch_size, seed)
+                        loader = client_batches(
+                            data, partition, args.kd_clients, client_cfg, args.batch_size, seed, label_noise=0.0,
+                            device=DEVICE,
+                        )  # fmt: skip
                     where = "" if partition is None else f" client {partition}/{args.kd_clients}"
                     label = f"kd init={init}{where} alpha={alpha} T={temperature} s{seed}"
                     history = train_row(student, args.kd_epochs, loader, test, first, args, loss_fn, seed, label)
-                    labels = loader.dataset.labels.numpy()
+                    labels = loader.labels.cpu().numpy()
                     rows.append(
                         {
                             "init": init,

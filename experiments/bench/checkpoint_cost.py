@@ -13,7 +13,7 @@ server holds) and FedMPQ's server state (10 clients' per-layer bits):
   whether it did (`snapshot` + `unchanged`).
 
 Medians of `--repeats` runs. Run:
-    .venv/bin/python experiments/bench_checkpoint.py --models resnet20 vit_small
+    .venv/bin/python experiments/bench/checkpoint_cost.py --models resnet20 vit_small
 The last line printed is JSON with every median and size.
 """
 
@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import median_seconds
 from flwr.common import ArrayRecord, ConfigRecord, RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedmpq_flwr.models import build_model
@@ -37,15 +35,6 @@ from fedmpq_flwr.quant.allocation import initial_bits
 from fedmpq_flwr.rundir.checkpoint import ServerCheckpoint, save_node_file
 from fedmpq_flwr.rundir.node_state import snapshot, state_to_arrays, unchanged
 from fedmpq_flwr.training.weights import get_weights
-
-
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def bench_model(name: str, repeats: int, directory: Path) -> dict[str, float]:

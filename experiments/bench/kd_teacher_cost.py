@@ -13,8 +13,9 @@ Two measurements, in ONE process, one torch thread by default (what one Flower c
    and the variants are interleaved; each share is teacher time / student step time.
 
 Run:
-    .venv/bin/python experiments/bench_kd_step.py                                  # synthetic data
-    .venv/bin/python experiments/bench_kd_step.py --data ../shared/data/cifar10 --rounds 5
+    .venv/bin/python experiments/bench/kd_teacher_cost.py                              # synthetic data
+    .venv/bin/python experiments/bench/kd_teacher_cost.py --data ../shared/data/cifar10 --rounds 5
+    .venv/bin/python experiments/bench/kd_teacher_cost.py --steps 1 --rounds 1 --images 200  # a check of the script
 The last line printed is JSON with every median and ratio.
 """
 
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_quant_step import Stepper, make_batches, timed
+from common import Stepper, make_batches, timed
 from flwr.common import RecordDict
 
 from fedmpq_flwr.config import validate
@@ -45,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed batches per teacher variant (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="timed client rounds per method (default 3; 0 skips)")
     parser.add_argument("--data", default="", help="directory with CIFAR-10 train.npz/test.npz (default: synthetic)")
+    parser.add_argument(
+        "--images", type=int, default=10000, help="training images split over the 10 clients (default 10000)"
+    )
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--results", default="/tmp/bench_kd", help="scratch folder for the strategy's recorder")
     return parser.parse_args()
@@ -53,9 +57,9 @@ def parse_args() -> argparse.Namespace:
 def client_rounds(args: argparse.Namespace) -> dict[str, float]:
     """Median seconds of one client's fit for FedMPQ and FedMPQ-KD, alternating."""
     dataset = (
-        {"name": "cifar10", "source": "npz", "path": args.data, "train_subset": 10000}
+        {"name": "cifar10", "source": "npz", "path": args.data, "train_subset": args.images}
         if args.data
-        else {"name": "synthetic", "synthetic_train_size": 10000, "synthetic_test_size": 200}
+        else {"name": "synthetic", "synthetic_train_size": args.images, "synthetic_test_size": 200}
     )
     config = validate(
         {
