@@ -150,3 +150,14 @@ class Rounds:
 def fl() -> type[Rounds]:
     """The `Rounds` helpers: `fl.strategy(config)`, `fl.fit_result(...)`, `fl.run(config, rounds)`, `fl.without`."""
     return Rounds
+
+
+@pytest.fixture
+def real_cifar10_path() -> str:
+    """The real CIFAR-10 npz folder (../shared/data/cifar10 next to the checkout or a folder holding it);
+    the test is skipped where it is missing."""
+    found = [p / "shared/data/cifar10" for p in Path(__file__).resolve().parents[1:]]
+    folder = next((p for p in found if (p / "train.npz").is_file()), None)
+    if folder is None:
+        pytest.skip("real CIFAR-10 npz not on this machine")
+    return str(folder)

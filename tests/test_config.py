@@ -25,10 +25,12 @@ def test_defaults_are_the_main_experiment() -> None:
         "optimizer": "sgd",
         "warmup_rounds": 0,
         "lr_schedule": "constant",
+        "channels_last": False,
+        "amp": "off",
     }
     assert config["dataset"]["alpha"] == 0.5 and config["federation"]["num_clients"] == 10
     assert config["federation"]["dropout"] == 0.0
-    assert config["eval"] == {"every": 1, "quant_every": 1}  # every round, as before the keys existed
+    assert config["eval"] == {"every": 1, "quant_every": 1, "quant_test_images": 0}  # every round, every image
     assert config["variation"] == config["run_id"]
 
 

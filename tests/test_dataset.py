@@ -17,8 +17,9 @@ from torchvision.datasets import CIFAR10
 
 from fedmpq_flwr.data import load as load_mod
 from fedmpq_flwr.data import sources as sources_mod
+from fedmpq_flwr.data.device_batches import client_batches
 from fedmpq_flwr.data.load import load_data
-from fedmpq_flwr.data.loaders import client_loader, eval_loader
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.data.registry import CIFAR10_MEAN, CIFAR10_STD, DataSourceError
 from fedmpq_flwr.models import build_model
@@ -240,7 +241,8 @@ def test_synthetic_is_learnable() -> None:
     data = load_data(cfg)
     model = build_model("tiny_cnn")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    train_epochs(model, client_loader(data, 0, 1, cfg, 64, seed=0, label_noise=0.0), optimizer, 2, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    train_epochs(model, client_batches(data, 0, 1, cfg, 64, seed=0, label_noise=0.0, device=cpu), optimizer, 2, cpu)
     _, accuracy = evaluate(
         model, eval_loader(data.x_test, data.y_test, 256, mean=data.mean, std=data.std), torch.device("cpu")
     )
@@ -250,11 +252,12 @@ def test_synthetic_is_learnable() -> None:
 # ---- loaders ------------------------------------------------------------------------------
 
 
-def test_client_loader_batches_order_and_normalisation() -> None:
+def test_client_batches_order_and_normalisation() -> None:
     cfg = make_cfg(alpha=0.5)
     data = load_data(cfg)
     idx = partition_indices(data.y_train, 4, 0.5, seed=0)[1]
-    loader = client_loader(data, 1, 4, cfg, batch_size=16, seed=3, label_noise=0.0)
+    cpu = torch.device("cpu")
+    loader = client_batches(data, 1, 4, cfg, batch_size=16, seed=3, label_noise=0.0, device=cpu)
     batches = list(loader)
     images, labels = batches[0]
     assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
@@ -262,7 +265,7 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     np.testing.assert_array_equal(np.sort(torch.cat([b[1] for b in batches]).numpy()), np.sort(data.y_train[idx]))
 
     def order(seed: int) -> torch.Tensor:
-        return torch.cat([x for x, _ in client_loader(data, 1, 4, cfg, batch_size=16, seed=seed, label_noise=0.0)])
+        return torch.cat([x for x, _ in client_batches(data, 1, 4, cfg, 16, seed=seed, label_noise=0.0, device=cpu)])
 
     assert torch.equal(order(3), torch.cat([x for x, _ in batches]))
     assert not torch.equal(order(4), order(3))
@@ -270,7 +273,7 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     # Without augmentation each sample is exactly the normalised image, as eval_loader gives it.
     mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
     expected = (torch.from_numpy(data.x_train[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    samples = torch.stack([loader.dataset[i][0] for i in range(len(idx))])
+    samples = loader.batch(torch.arange(len(idx)))
     torch.testing.assert_close(samples, expected)
     eval_images = torch.cat(
         [x for x, _ in eval_loader(data.x_train[idx], data.y_train[idx], 32, mean=CIFAR10_MEAN, std=CIFAR10_STD)]
@@ -278,14 +281,14 @@ def test_client_loader_batches_order_and_normalisation() -> None:
     torch.testing.assert_close(eval_images, expected)
 
 
-def test_client_loader_augments_when_asked() -> None:
+def test_client_batches_augment_when_asked() -> None:
     cfg = make_cfg(augment=True)
     data = load_data(cfg)
-    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0, label_noise=0.0).dataset
-    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0, label_noise=0.0).dataset
-    torch.manual_seed(0)
-    changed = [not torch.equal(augmented[i][0], plain[i][0]) for i in range(20)]
-    assert augmented[0][0].shape == (3, 32, 32) and sum(changed) >= 10
+    cpu, first = torch.device("cpu"), torch.arange(20)
+    plain = client_batches(data, 0, 2, cfg | {"augment": False}, 8, seed=0, label_noise=0.0, device=cpu).batch(first)
+    augmented = client_batches(data, 0, 2, cfg, 8, seed=0, label_noise=0.0, device=cpu).batch(first)
+    changed = [not torch.equal(a, b) for a, b in zip(augmented, plain)]
+    assert augmented.shape == (20, 3, 32, 32) and sum(changed) >= 10
 
 
 def test_eval_loader_keeps_order() -> None:

@@ -22,8 +22,9 @@ from PIL import Image
 from torchvision.datasets import CIFAR100
 
 from fedmpq_flwr.data import sources as sources_mod
+from fedmpq_flwr.data.device_batches import client_batches
 from fedmpq_flwr.data.load import carve_validation, load_data
-from fedmpq_flwr.data.loaders import client_loader, eval_loader
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.data.registry import (
     CIFAR100_MEAN,
@@ -298,11 +299,11 @@ def test_validation_carve_stratified_over_100_classes() -> None:
 def test_training_on_100_classes_and_dataset_statistics() -> None:
     cfg = make_cfg(alpha=0.5)
     data = load_data(cfg)
-    loader = client_loader(data, 3, 10, cfg, batch_size=32, seed=0, label_noise=0.0)
+    loader = client_batches(data, 3, 10, cfg, batch_size=32, seed=0, label_noise=0.0, device=torch.device("cpu"))
     idx = partition_indices(data.y_train, 10, 0.5, seed=0)[3]
     mean, std = torch.tensor(CIFAR100_MEAN).view(3, 1, 1), torch.tensor(CIFAR100_STD).view(3, 1, 1)
     expected = (torch.from_numpy(data.x_train[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    torch.testing.assert_close(torch.stack([loader.dataset[i][0] for i in range(len(idx))]), expected)
+    torch.testing.assert_close(loader.batch(torch.arange(len(idx))), expected)
     loader_b = eval_loader(data.x_train[idx], data.y_train[idx], 64, mean=data.mean, std=data.std)
     torch.testing.assert_close(torch.cat([x for x, _ in loader_b]), expected)
     torch.manual_seed(0)
@@ -326,14 +327,14 @@ def test_other_image_shape_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     cfg = make_cfg(name="gray28", path=str(tmp_path), augment=True)
     data = load_data(cfg)
     assert data.image_shape == (28, 28, 1) and data.num_classes == 5 and data.x_train.shape == (60, 28, 28, 1)
-    plain = client_loader(data, 0, 2, cfg | {"augment": False}, batch_size=8, seed=0, label_noise=0.0).dataset
-    augmented = client_loader(data, 0, 2, cfg, batch_size=8, seed=0, label_noise=0.0).dataset
-    assert plain[0][0].shape == augmented[0][0].shape == (1, 28, 28)
+    cpu, first = torch.device("cpu"), torch.arange(20)
+    plain = client_batches(data, 0, 2, cfg | {"augment": False}, 8, seed=0, label_noise=0.0, device=cpu).batch(first)
+    augmented = client_batches(data, 0, 2, cfg, 8, seed=0, label_noise=0.0, device=cpu).batch(first)
+    assert plain.shape == augmented.shape == (20, 1, 28, 28)
     idx = partition_indices(data.y_train, 2, math.inf, seed=0)[0]
     expected = (torch.from_numpy(data.x_train[idx[:1]]).permute(0, 3, 1, 2).float() / 255 - 0.3) / 0.2
-    torch.testing.assert_close(plain[0][0], expected[0])
-    torch.manual_seed(0)
-    assert sum(not torch.equal(augmented[i][0], plain[i][0]) for i in range(20)) >= 10
+    torch.testing.assert_close(plain[0], expected[0])
+    assert sum(not torch.equal(a, b) for a, b in zip(augmented, plain)) >= 10
     images = next(iter(eval_loader(data.x_test, data.y_test, 8, mean=data.mean, std=data.std)))[0]
     assert images.shape == (8, 1, 28, 28)
     # CIFAR-shaped files for this dataset: the error names the declared shape
@@ -348,8 +349,5 @@ def test_generated_data_follows_the_declaration(monkeypatch: pytest.MonkeyPatch)
     data = load_data(make_cfg(name=spec.name, synthetic_train_size=70, synthetic_test_size=14))
     assert data.x_train.shape == (70, 20, 24, 1) and data.x_test.shape == (14, 20, 24, 1)
     np.testing.assert_array_equal(np.bincount(data.y_train), [10] * 7)
-    assert client_loader(data, 0, 1, make_cfg(augment=True), 4, seed=0, label_noise=0.0).dataset[0][0].shape == (
-        1,
-        20,
-        24,
-    )
+    batches = client_batches(data, 0, 1, make_cfg(augment=True), 4, seed=0, label_noise=0.0, device=torch.device("cpu"))
+    assert next(iter(batches))[0].shape == (4, 1, 20, 24)

@@ -195,15 +195,47 @@ def test_a_run_script_runs_for_real(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpu_check_in_its_tiny_mode(tmp_path: Path) -> None:
-    """`TINY=1 experiments/gpu_check.sh`: the P4 benchmark and the cut-off FedMPQ-KD run, on the CPU."""
+    """`TINY=1 experiments/gpu_check.sh`: the P4 benchmark (GPU settings off) and the cut-off FedMPQ-KD run, on
+    the CPU."""
     out = tmp_path / "gpu"
-    run([EXPERIMENTS / "gpu_check.sh"], env=script_env(TINY=1, OUT=out, PY=sys.executable), timeout=900)
-    p4 = json.loads((out / "p4.json").read_text())
+    env = script_env(TINY=1, OUT=out, WORK=tmp_path / "work", PY=sys.executable)
+    run([EXPERIMENTS / "gpu_check.sh"], env=env, timeout=900)
+    p4 = json.loads((out / "p4_settings_off.json").read_text())
     assert p4["data"] == "synthetic" and p4["P4_gpu_throughput"]["ratio_jobs"] > 0
+    assert p4["setting"]["gpu_settings"] == "off"
     assert len(p4["P4_gpu_throughput"]["fedmpq_kd_round_s"]) == 1  # 2 rounds, the first not timed
     records = [json.loads(line) for line in (out / "kd_metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1]
-    assert not (out / "gpu.csv").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "data.txt",
+        "kd.log",
+        "kd_metrics.jsonl",
+        "p4.log",
+        "p4_settings_off.json",
+    ]
+
+
+def test_cifar10_jpeg_copy_round_trip(tmp_path: Path) -> None:
+    """`cifar10_jpeg.py pack` then `unpack`: the same labels and shapes, pixels within JPEG's small error on
+    smooth images (ramps of random direction and colour, as natural images are mostly smooth)."""
+    source = tmp_path / "cifar10"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, 32)
+    for split, size in (("train", 60), ("test", 20)):
+        slope = rng.uniform(-1, 1, (size, 2, 3))
+        x = 128 + 100 * (
+            slope[:, None, None, 0] * ramp[None, :, None, None] + slope[:, None, None, 1] * ramp[None, None, :, None]
+        )
+        np.savez(source / f"{split}.npz", x=x.clip(0, 255).astype(np.uint8), y=rng.integers(0, 10, size))
+    packed = tmp_path / "cifar10_jpeg.npz"
+    run([sys.executable, EXPERIMENTS / "cifar10_jpeg.py", "pack", source, packed])
+    run([sys.executable, EXPERIMENTS / "cifar10_jpeg.py", "unpack", packed, tmp_path / "unpacked"])
+    for split in ("train", "test"):
+        with np.load(source / f"{split}.npz") as original, np.load(tmp_path / "unpacked" / f"{split}.npz") as back:
+            assert back["x"].shape == original["x"].shape and back["x"].dtype == np.uint8
+            np.testing.assert_array_equal(back["y"], original["y"])
+            assert np.abs(back["x"].astype(int) - original["x"]).mean() < 3
 
 
 # ---- benchmarks ----------------------------------------------------------------------------------
@@ -250,6 +282,32 @@ def test_throughput_p3(tmp_path: Path) -> None:
     assert stdout.endswith(json.dumps(report, indent=2) + "\n")  # after P3's table, the report printed whole
     assert report["data"] == "synthetic" and set(report) >= {"P3_quant_over_float_step", "setting", "command"}
     assert report["P3_quant_over_float_step"]["tiny_cnn"]["steps"] == 1
+
+
+def test_throughput_p7_p8(tmp_path: Path, cifar10_copy: Path) -> None:
+    """P7 (the data path per batch, and a real-shaped client's seconds per step) and P8 (quantized against
+    float evaluation pass), each a ratio of two things timed side by side."""
+    tiny = ["--images", "200", "--p7-batches", "2", "--p7-epochs", "1", "--p8-images", "100", "--p8-passes", "1"]
+    run(
+        [
+            sys.executable,
+            BENCH / "throughput.py",
+            "--parts",
+            "P7,P8",
+            *tiny,
+            "--out",
+            tmp_path,
+            "--data-dir",
+            cifar10_copy,
+        ]
+    )
+    report = json.loads((tmp_path / "bench.json").read_text())
+    p7, p8 = report["P7_data_path"], report["P8_quant_over_float_eval"]
+    ms = p7["ms_per_batch64"]
+    assert p7["device_batches_over_step"] == pytest.approx(ms["device_batches"] / ms["step"])
+    assert p7["client_round"]["steps"] == 4 and p7["client_round"]["ratio"] > 0  # 200 images, batches of 64
+    assert p8["ratio"] == pytest.approx(p8["median_s"]["quant"] / p8["median_s"]["float"])
+    assert [len(p8["pass_s"][name]) for name in ("float", "quant")] == [1, 1]
 
 
 def test_federation_scale_in_process(tmp_path: Path) -> None:

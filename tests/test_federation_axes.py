@@ -26,7 +26,7 @@ from fedmpq_flwr.client.failures import (
 )
 from fedmpq_flwr.client.guard import GuardedClient
 from fedmpq_flwr.config import ConfigError, validate
-from fedmpq_flwr.data.loaders import client_loader
+from fedmpq_flwr.data.device_batches import client_batches
 from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.methods.fedavg import FedAvgClient
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, client_budgets
@@ -263,8 +263,8 @@ def test_flipped_label_counts_are_recorded_once_per_run(fedavg_config, fl) -> No
     assert counts == flipped_label_counts(strategy.data, 4, dataset_cfg["alpha"], dataset_cfg["seed"], 0.1)
     # the flips the clients train on
     for pid in range(4):
-        loader = client_loader(strategy.data, pid, 4, dataset_cfg, 32, 0, label_noise=0.1)
-        assert loader.dataset.num_flipped == counts[pid]
+        batches = client_batches(strategy.data, pid, 4, dataset_cfg, 32, 0, label_noise=0.1, device=torch.device("cpu"))
+        assert batches.num_flipped == counts[pid]
     assert 0.05 * 200 < sum(counts) < 0.15 * 200
     results = strategy.recorder.finish({}, extra={})
     assert results["flipped_labels"] == counts

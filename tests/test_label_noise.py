@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedmpq_flwr.data.device_batches import client_batches
 from fedmpq_flwr.data.load import load_data
-from fedmpq_flwr.data.loaders import client_loader, eval_loader
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.data.noise import flip_labels, noisy_partition_labels
 from fedmpq_flwr.data.partition import client_partition, flipped_label_counts, partition_indices
 
@@ -135,17 +136,18 @@ def test_flipped_counts_for_the_server() -> None:
     assert flipped_label_counts(data, 10, 0.5, 7, 0.0) == [0] * 10
 
 
-def test_client_loader_trains_on_noisy_labels_and_test_labels_stay_clean() -> None:
+def test_client_batches_train_on_noisy_labels_and_test_labels_stay_clean() -> None:
     cfg = make_cfg()
     data = load_data(cfg)
     y_test, y_val, y_train = data.y_test.copy(), data.y_val.copy(), data.y_train.copy()
-    clean = client_loader(data, 2, 10, cfg, batch_size=32, seed=1, label_noise=0.0)
-    noisy = client_loader(data, 2, 10, cfg, batch_size=32, seed=1, label_noise=0.4)
+    cpu = torch.device("cpu")
+    clean = client_batches(data, 2, 10, cfg, batch_size=32, seed=1, label_noise=0.0, device=cpu)
+    noisy = client_batches(data, 2, 10, cfg, batch_size=32, seed=1, label_noise=0.4, device=cpu)
     clean_x, clean_y = (torch.cat(t) for t in zip(*clean))
     noisy_x, noisy_y = (torch.cat(t) for t in zip(*noisy))
     assert torch.equal(clean_x, noisy_x)  # same images in the same order: only labels change
     changed = int((clean_y != noisy_y).sum())
-    assert clean.dataset.num_flipped == 0 and changed == noisy.dataset.num_flipped
+    assert clean.num_flipped == 0 and changed == noisy.num_flipped
     assert changed == flipped_label_counts(data, 10, 0.5, 7, 0.4)[2]
     assert abs(changed / len(clean_y) - 0.4) < 0.15
     # the shared arrays, the validation pool and the test set are untouched

@@ -30,7 +30,7 @@ def test_seeds_expand_and_overrides_apply(tmp_path: Path) -> None:
     assert [r["run_id"] for r in runs] == ["a_seed0", "a_seed1", "b"]
     assert [r["seed"] for r in runs] == [0, 1, 0]
     assert {r["variation"] for r in runs} == {"a", "b"}
-    assert all(r["train"]["num_rounds"] == 3 and r["eval"] == {"every": 2, "quant_every": 1} for r in runs)
+    assert all(r["train"]["num_rounds"] == 3 and r["eval"] == {"every": 2, "quant_every": 1, "quant_test_images": 0} for r in runs)
     assert runs[2]["train"]["lr"] == 0.01 and runs[0]["train"]["lr"] == 0.1
     assert runs[0]["results_dir"] == str(tmp_path / "out")
 
@@ -366,7 +366,7 @@ def test_results_dir_that_is_not_a_folder_is_a_one_line_error(tmp_path: Path, wh
 def test_quick_study_is_the_main_experiment_on_10000_images_for_20_rounds(tmp_path: Path) -> None:
     """configs/quick.yaml: the full file's main runs of seed 0 (every method, the frozen-scale pair
     included), each equal to its full-experiment twin but for 10,000 training images, 20 rounds and
-    the quantized models evaluated every 5th round."""
+    the quantized models evaluated every 5th round, on 2,000 test images."""
     quick = expand_runs(REPO / "configs" / "quick.yaml", tmp_path, {})
     full = expand_runs(REPO / "configs" / "full_experiment.yaml", tmp_path, {})
     twins = {r["run_id"]: flatten(r) for r in full if not r["axis"] and r["seed"] == 0}
@@ -378,10 +378,16 @@ def test_quick_study_is_the_main_experiment_on_10000_images_for_20_rounds(tmp_pa
     for run in quick:
         flat, twin = flatten(run), twins[run["run_id"]]
         differing = {k for k in flat.keys() | twin.keys() if flat.get(k) != twin.get(k)}
-        quick_only = {"description", "dataset.train_subset", "train.num_rounds", "eval.quant_every"}
+        quick_only = {
+            "description",
+            "dataset.train_subset",
+            "train.num_rounds",
+            "eval.quant_every",
+            "eval.quant_test_images",
+        }
         assert differing == quick_only, run["run_id"]
         assert (flat["dataset.train_subset"], flat["train.num_rounds"], flat["seed"]) == (10000, 20, 0)
-        assert (flat["eval.every"], flat["eval.quant_every"]) == (1, 5)
+        assert (flat["eval.every"], flat["eval.quant_every"], flat["eval.quant_test_images"]) == (1, 5, 2000)
         assert (flat["dataset.name"], flat["dataset.alpha"], flat["federation.num_clients"]) == ("cifar10", 0.5, 10)
 
 

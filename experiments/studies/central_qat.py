@@ -1,7 +1,7 @@
 """Centralized QAT check: how well FedMPQ's bit-plane student learns alone, per `quant.scale_grad`.
 
 No federation: one ResNet-20 trained centrally on the first `--images` CIFAR-10 training images
-with the package's own pieces (`data.load_data` / `client_loader` / `eval_loader` with the
+with the package's own pieces (`data.load_data` / `client_batches` / `eval_loader` with the
 crop+flip augmentation, `training.loop.train_epochs`, `quant.quantize_model` at `initial_bits` of the
 ResNet-20 layer sizes, `set_scale_grad`, the loss of `FedMPQClient.train`:
 `CE + lambda_b * bit_regularizer / quantized_param_count`, stochastic re-binarization after every
@@ -52,8 +52,9 @@ from torch.utils.data import DataLoader
 
 from fedmpq_flwr.analysis.plotting import pyplot, save, spread, style
 from fedmpq_flwr.config import defaults
+from fedmpq_flwr.data.device_batches import ClientBatches, client_batches
 from fedmpq_flwr.data.load import FederatedData, load_data
-from fedmpq_flwr.data.loaders import client_loader, eval_loader
+from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import (
     SCALE_GRAD_MODES,
@@ -156,9 +157,10 @@ def loaders(args: argparse.Namespace) -> tuple[FederatedData, dict[str, Any], Da
     return data, dataset_cfg, test, first
 
 
-def train_loader(data: FederatedData, dataset_cfg: dict[str, Any], args: argparse.Namespace, seed: int) -> DataLoader:
-    torch.manual_seed(seed)  # the augmentation draws from the global RNG
-    return client_loader(data, 0, 1, dataset_cfg, args.batch_size, seed, label_noise=0.0)
+def train_loader(
+    data: FederatedData, dataset_cfg: dict[str, Any], args: argparse.Namespace, seed: int
+) -> ClientBatches:
+    return client_batches(data, 0, 1, dataset_cfg, args.batch_size, seed, label_noise=0.0, device=DEVICE)
 
 
 # ---- models and losses --------------------------------------------------------------------
@@ -242,7 +244,7 @@ def accuracy_record(net: nn.Module, test: DataLoader, first: DataLoader) -> dict
 def train_row(
     net: nn.Module,
     epochs: int,
-    loader: DataLoader,
+    loader: ClientBatches,
     test: DataLoader,
     first: DataLoader,
     args: argparse.Namespace,
@@ -371,14 +373,14 @@ def kd_rows(
                     if partition is None:
                         loader = train_loader(data, dataset_cfg, args, seed)
                     else:
-                        torch.manual_seed(seed)
-                        loader = client_loader(
-                            data, partition, args.kd_clients, client_cfg, args.batch_size, seed, label_noise=0.0
-                        )
+                        loader = client_batches(
+                            data, partition, args.kd_clients, client_cfg, args.batch_size, seed, label_noise=0.0,
+                            device=DEVICE,
+                        )  # fmt: skip
                     where = "" if partition is None else f" client {partition}/{args.kd_clients}"
                     label = f"kd init={init}{where} alpha={alpha} T={temperature} s{seed}"
                     history = train_row(student, args.kd_epochs, loader, test, first, args, loss_fn, seed, label)
-                    labels = loader.dataset.labels.numpy()
+                    labels = loader.labels.cpu().numpy()
                     rows.append(
                         {
                             "init": init,

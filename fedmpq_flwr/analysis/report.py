@@ -64,6 +64,24 @@ def _evaluated_rounds_note(variations: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def _quant_subset_note(variations: dict[str, dict[str, Any]]) -> list[str]:
+    """A paragraph naming the variations whose quantized accuracies come from a subset of the test set
+    (`eval.quant_test_images`); nothing when every one used the whole test set."""
+    subsets = [
+        f"{name} ({_num(var['final_quant_test_images']['mean'], ',.0f')} images)"
+        for name, var in variations.items()
+        if (var.get("final_quant_test_images") or {}).get("mean") is not None
+    ]
+    if not subsets:
+        return []
+    return [
+        f"Quantized accuracies on a fixed class-balanced subset of the test set (`eval.quant_test_images`, "
+        f"the same images every round): {', '.join(subsets)}. Their float accuracies, and every other "
+        "variation's accuracies, are over the whole test set.",
+        "",
+    ]
+
+
 def _accuracy_table(comparison: dict[str, Any]) -> list[str]:
     rows = []
     for name, var in comparison["variations"].items():
@@ -293,6 +311,7 @@ def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]
         f"Target accuracy: {_num(target['value'], '.2f', 100)} % ({target['source']}).",
         "",
         *_evaluated_rounds_note(comparison["variations"]),
+        *_quant_subset_note(comparison["variations"]),
         "## Success criteria",
         "",
         *_criteria_block(comparison["success_criteria"]),

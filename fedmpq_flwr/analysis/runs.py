@@ -43,6 +43,7 @@ FINAL_VALUES = {
     "final_quant_accuracy_mean": "quant_test_accuracy_mean",
     "final_quant_accuracy_min": "quant_test_accuracy_min",
     "final_avg_bits": "avg_bits",
+    "final_quant_test_images": "quant_test_images",  # only where eval.quant_test_images took a subset
 }
 # Per-round means over rounds: summary name -> round key.
 ROUND_MEANS = {

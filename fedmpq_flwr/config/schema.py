@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from fedmpq_flwr.config.fields import Field, Section, choice, number, text
+from fedmpq_flwr.config.fields import Field, Section, choice, flag, number, text
 from fedmpq_flwr.models import MODELS
 
 
@@ -44,6 +44,8 @@ TRAIN: Section = {
     "optimizer": choice("sgd", "sgd", "adamw"),  # adamw: betas (momentum, 0.999), decoupled weight decay
     "warmup_rounds": number(int, 0, 0),  # linear learning-rate warm-up over the first rounds (0 = none)
     "lr_schedule": choice("constant", "constant", "cosine"),  # after the warm-up, per round
+    "channels_last": flag(False),  # client batches and model laid out NHWC while training (faster convs on GPUs)
+    "amp": choice("off", "off", "bf16"),  # bf16: forward passes under CUDA autocast (no loss scaling needed)
 }
 FEDERATION: Section = {
     "num_clients": number(int, 10, 1),
@@ -58,6 +60,8 @@ FEDERATION: Section = {
 EVAL: Section = {
     "every": number(int, 1, 1),  # the float global model every this many rounds
     "quant_every": number(int, 1, 1),  # the global model quantized to each client's assignment (quantized methods)
+    # test images of the quantized passes: a fixed class-balanced subset (0 = all); the float model sees all
+    "quant_test_images": number(int, 0, 0),
 }
 COMMON: dict[str, Section] = {
     "strategy": STRATEGY,

@@ -5,7 +5,8 @@
 - `load`: `load_data` -> `FederatedData` (subset, validation carve, per-process cache)
 - `partition`: `partition_indices` (flwr-datasets), `client_partition`, `flipped_label_counts`
 - `noise`: `flip_labels` (symmetric label noise); numpy only
-- `loaders`: `client_loader`, `eval_loader`, `eval_batches` (staged on the device once)
+- `loaders`: `to_float`, `eval_loader`, `eval_batches` (staged on the device once)
+- `device_batches`: `client_batches` -> `ClientBatches` (a client's training batches, made on its device)
 
 Importing this package imports only the registry (no torch): import the others by module.
 """

@@ -22,14 +22,13 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, RecordDict
 from flwr.server.strategy.aggregate import aggregate
 from torch import nn
-from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.device_batches import ClientBatches, client_batches
 from fedmpq_flwr.data.load import load_data
-from fedmpq_flwr.data.loaders import client_loader
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.server.method_strategy import MethodStrategy
 from fedmpq_flwr.server.update import ClientUpdate
-from fedmpq_flwr.training.loop import build_optimizer, resolve_device, round_lr, train_epochs
+from fedmpq_flwr.training.loop import build_optimizer, resolve_device, round_lr, train_device_settings, train_epochs
 from fedmpq_flwr.training.weights import get_weights, set_weights
 
 
@@ -76,7 +75,7 @@ class FedAvgClient(NumPyClient):
         )  # fmt: skip
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Train the received global model; return what to upload and the metrics to report."""
         epochs = self.config["train"]["local_epochs"]
@@ -91,14 +90,15 @@ class FedAvgClient(NumPyClient):
         dataset_cfg = self.config["dataset"]
         data = load_data(dataset_cfg)
         batch_size = self.config["train"]["batch_size"]
-        loader = client_loader(
+        loader = client_batches(
             data, self.partition_id, self.num_partitions, dataset_cfg, batch_size, seed,
-            label_noise=dataset_cfg["label_noise"],
+            label_noise=dataset_cfg["label_noise"], device=self.device,
+            **train_device_settings(self.config["train"], self.device),
         )  # fmt: skip
         model = build_model(self.config["model"]["name"], data.num_classes).to(self.device)
         set_weights(model, parameters)
         weights, metrics = self.train(model, loader, config, seed)
-        return weights, len(loader.dataset), metrics
+        return weights, loader.num_examples, metrics
 
 
 class FedAvgStrategy(MethodStrategy):

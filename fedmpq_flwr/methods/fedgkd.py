@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTeacherStrategy
 from fedmpq_flwr.methods.model_history import ModelHistory
@@ -46,7 +46,7 @@ class FedGKDClient(HistoryTeacherClient, FedAvgClient):
     """FedAvg's client plus distillation from the teacher the server sent (none in round 1)."""
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         teacher = self.teacher_model(model)
         if teacher is None:

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from flwr.common import ArrayRecord, NDArrays, Scalar
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy, client_seed
 from fedmpq_flwr.models import build_model
@@ -96,7 +96,7 @@ class FedKDClient(FedAvgClient):
         return mentor.to(self.device)
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         received = get_weights(model)
         num_classes = load_data(self.config["dataset"]).num_classes

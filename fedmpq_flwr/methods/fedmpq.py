@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from flwr.common import NDArrays, Scalar
 from torch import nn
-from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.quant import (
     bit_regularizer,
@@ -68,7 +68,7 @@ class FedMPQClient(FedAvgClient):
         return prune_model(student, self.config["quant"]["thre"])
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         quant_cfg = self.config["quant"]
         student = quantize_model(model, json.loads(str(config["bits"])), quant_cfg["act_bits"]).to(self.device)
@@ -186,7 +186,7 @@ class FedMPQStrategy(FedAvgStrategy):
 
     def evaluate_extra(self, server_round: int) -> dict[str, Any]:
         """Test accuracy (and per-class test accuracy) of the global model quantized to each client's
-        next-round assignment."""
+        next-round assignment (and the number of test images, when `eval.quant_test_images` picks a subset)."""
         metrics = self.evaluator.quantized_metrics(self.model, self.bits, self.config["quant"]["act_bits"])
         values = [accuracy for accuracy, _ in metrics.values()]
         return {
@@ -194,6 +194,7 @@ class FedMPQStrategy(FedAvgStrategy):
             "quant_test_accuracy_min": float(np.min(values)),
             "quant_test_accuracy": {str(pid): accuracy for pid, (accuracy, _) in metrics.items()},
             "quant_class_accuracy": {str(pid): classes for pid, (_, classes) in metrics.items()},
+            **self.evaluator.subset_fields(),
         }
 
     def round_extra(self, server_round: int) -> dict[str, Any]:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from flwr.common import ArrayRecord, ConfigRecord, Scalar
 from torch import nn
-from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy, ObjectiveExtension
 from fedmpq_flwr.methods.history_teacher import HistoryTeacherClient, HistoryTeacherStrategy
 from fedmpq_flwr.methods.model_history import ModelHistory
@@ -137,7 +137,7 @@ class FedMPQKDClient(HistoryTeacherClient, FedMPQClient):
         )
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         weights, metrics = super().train(model, loader, config, seed)
         metrics.setdefault("teacher_flops", 0.0)  # a round without a teacher costs no teacher FLOPs

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from flwr.common import NDArrays
 from torch import nn
-from torch.utils.data import DataLoader
 
+from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.quant.qsgd import decode_model_update, encode_model_update, model_update_bits
 from fedmpq_flwr.rundir.results import RunRecorder
@@ -40,7 +40,7 @@ class FedPAQClient(FedAvgClient):
     """FedAvg's local training; the upload is Q(x_local - x) for trainable tensors."""
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         received = get_weights(model)
         local, metrics = super().train(model, loader, config, seed)

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from flwr.common import NDArrays
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedmpq_flwr.data.device_batches import ClientBatches
 from fedmpq_flwr.data.load import load_data
-from fedmpq_flwr.data.loaders import eval_loader
+from fedmpq_flwr.data.loaders import eval_batches
 from fedmpq_flwr.data.partition import client_partition
 from fedmpq_flwr.methods.fedavg import FedAvgClient, FedAvgStrategy
 from fedmpq_flwr.methods.qffl_update import aggregate as qffl_aggregate
@@ -61,13 +61,15 @@ class QFFLClient(FedAvgClient):
             dataset_cfg["label_noise"],
         )  # fmt: skip
         batch = self.config["train"]["eval_batch_size"]
-        loader = eval_loader(data.x_train[part.idx], part.labels, batch, mean=data.mean, std=data.std)
+        loader = eval_batches(
+            data.x_train[part.idx], part.labels, batch, mean=data.mean, std=data.std, device=self.device
+        )
         with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
             loss, _ = evaluate(model, loader, self.device)
         return loss, float(counter.get_total_flops())
 
     def train(
-        self, model: nn.Module, loader: DataLoader, config: dict[str, Any], seed: int
+        self, model: nn.Module, loader: ClientBatches, config: dict[str, Any], seed: int
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         received = get_weights(model)
         loss, eval_flops = self.received_loss(model)

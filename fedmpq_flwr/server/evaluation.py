@@ -4,7 +4,9 @@ at the end, and the clients' label counts that the fairness analysis weighs the 
 
 The test set (and validation pool) is normalised and staged on the device once, at construction, as
 fixed-order batches that every pass reuses: the float model's and each quantized assignment's. Every
-evaluation is exact, in eval mode.
+evaluation is exact, in eval mode. The quantized passes (one per distinct assignment, each costing
+about a float pass) may use a fixed class-balanced subset of the test set (`eval.quant_test_images`);
+the float global model is always evaluated on the whole test set.
 """
 
 from __future__ import annotations
@@ -47,15 +49,50 @@ class EvalSchedule:
         return server_round % self.quant_every == 0 or server_round == self.num_rounds
 
 
-class ServerEvaluator:
-    """Test and validation batches staged once; evaluation of float and quantized global models."""
+def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` of `labels` (all when `size` is 0 or not smaller), as evenly spread over
+    the classes as they allow: each class in a seeded random order, the first images of every class
+    taken before the second of any; the same indices for the same labels and seed."""
+    if size == 0 or size >= len(labels):
+        return np.arange(len(labels))
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[perm]
+    counts = np.bincount(shuffled)
+    order = np.argsort(shuffled, kind="stable")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(perm[np.argsort(rank, kind="stable")[:size]])
 
-    def __init__(self, data: FederatedData, batch_size: int, device: torch.device) -> None:
+
+class ServerEvaluator:
+    """Test and validation batches staged once; evaluation of float and quantized global models.
+
+    `quant_test_images` > 0: the quantized passes use that many test images (`balanced_subset` with
+    `seed`, the same in every round); `quant_images` is how many they use."""
+
+    def __init__(
+        self, data: FederatedData, batch_size: int, device: torch.device, quant_test_images: int = 0, seed: int = 0
+    ) -> None:
         self.data = data
         self.batch_size = batch_size
         self.device = device
         self.test_batches = self.batches(data.x_test, data.y_test)
         self.val_batches = self.batches(data.x_val, data.y_val) if len(data.y_val) else None
+        chosen = balanced_subset(data.y_test, quant_test_images, seed)
+        self.quant_images = len(chosen)
+        full = self.quant_images == len(data.y_test)
+        self.quant_batches = self.test_batches if full else self.batches(data.x_test[chosen], data.y_test[chosen])
+
+    @classmethod
+    def from_config(cls, data: FederatedData, config: dict[str, Any], device: torch.device) -> ServerEvaluator:
+        """The evaluator of a run: `train.eval_batch_size`, `eval.quant_test_images` drawn with `dataset.seed`."""
+        quant_test_images = config["eval"]["quant_test_images"]
+        return cls(data, config["train"]["eval_batch_size"], device, quant_test_images, config["dataset"]["seed"])
+
+    def subset_fields(self) -> dict[str, int]:
+        """What a round evaluating quantized models records about their test images: their number
+        (`quant_test_images`) when they are a subset of the test set, nothing when they are all of it."""
+        return {} if self.quant_batches is self.test_batches else {"quant_test_images": self.quant_images}
 
     def batches(self, x: np.ndarray, y: np.ndarray) -> Batches:
         """Fixed-order batches normalised with the dataset's own statistics, on the device."""
@@ -79,15 +116,15 @@ class ServerEvaluator:
         self, model: nn.Module, assignments: dict[int, dict[str, int]], act_bits: int
     ) -> dict[int, tuple[float, list[float | None]]]:
         """Test accuracy and per-class test accuracy of `model` quantized to each client's assignment
-        (one pass over the staged test batches per distinct assignment: clients with equal budgets
-        usually share one)."""
+        (one pass over the staged quantized-evaluation batches, `quant_images` test images, per
+        distinct assignment: clients with equal budgets usually share one)."""
         metrics_of: dict[str, tuple[float, list[float | None]]] = {}
         metrics = {}
         for pid, bits in sorted(assignments.items()):
             key = json.dumps(bits, sort_keys=True)
             if key not in metrics_of:
                 qmodel = quantize_model(model, bits, act_bits)
-                _, accuracy, classes = evaluate_classes(qmodel, self.test_batches, self.device, self.data.num_classes)
+                _, accuracy, classes = evaluate_classes(qmodel, self.quant_batches, self.device, self.data.num_classes)
                 metrics_of[key] = (accuracy, classes)
             metrics[pid] = metrics_of[key]
         return metrics

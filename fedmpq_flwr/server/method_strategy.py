@@ -41,7 +41,7 @@ from fedmpq_flwr.server.round_log import RoundInProgress, RoundLog, fit_summary,
 from fedmpq_flwr.server.sampling import ClientSampler
 from fedmpq_flwr.server.update import ClientUpdate, parse_updates
 from fedmpq_flwr.training.costs import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
-from fedmpq_flwr.training.loop import resolve_device
+from fedmpq_flwr.training.loop import resolve_device, train_device_settings
 from fedmpq_flwr.training.weights import get_weights, set_weights
 
 FLOAT_BITS = 32
@@ -58,7 +58,8 @@ class MethodStrategy(Strategy):
         self.recorder = recorder
         self.device = resolve_device(config["federation"]["device"])
         self.data: FederatedData = load_data(config["dataset"])
-        self.evaluator = ServerEvaluator(self.data, config["train"]["eval_batch_size"], self.device)
+        train_device_settings(config["train"], self.device)  # train.amp's device checked before round 1
+        self.evaluator = ServerEvaluator.from_config(self.data, config, self.device)
         eval_cfg = config["eval"]
         self.schedule = EvalSchedule(config["train"]["num_rounds"], eval_cfg["every"], eval_cfg["quant_every"])
         num_clients = config["federation"]["num_clients"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,9 +14,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedmpq_flwr.config.fields import ConfigError
+
 # (images, labels) batches to evaluate on: a DataLoader, or batches staged on the device once
 # (`data.loaders.eval_batches`; moving them to the device is then a no-op).
 EvalBatches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# Training batches: `data.device_batches.ClientBatches` (made on the device; its `channels_last` and
+# `autocast` say how the steps run) or any iterable of (images, labels), e.g. a DataLoader.
+TrainBatches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # A loss function returns named terms: "loss" is what is minimised, the others are logged.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -65,9 +71,25 @@ def resolve_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}  # train.amp -> the autocast dtype of the forward passes
+
+
+def train_device_settings(train_cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """`train.channels_last` and the autocast dtype of `train.amp` for training on `device` (the keyword
+    arguments of `client_batches`), with cuDNN's autotuner on for CUDA (every batch but a client's
+    last has one shape). `train.amp` other than `off` needs CUDA: a ConfigError elsewhere, raised
+    before any training."""
+    amp = train_cfg["amp"]
+    if amp != "off" and device.type != "cuda":
+        raise ConfigError(f"key 'train.amp': value {amp!r} needs a CUDA device, training runs on {device}; use off")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return {"channels_last": bool(train_cfg["channels_last"]), "autocast": AMP_DTYPES[amp]}
+
+
 def train_epochs(
     model: nn.Module,
-    loader: DataLoader,
+    loader: TrainBatches,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     device: torch.device,
@@ -77,7 +99,15 @@ def train_epochs(
     """Run `epochs` passes of SGD over `loader` (calling `after_step` after each optimizer step);
     return the mean of every loss term (`loss` reported as `train_loss`), the mean L2 norm of the
     gradient of all trainable parameters (`grad_norm`), the step count and `train_flops`: the
-    FLOPs of the first step's forward and backward (`torch.utils.flop_counter`) times the steps."""
+    FLOPs of the first step's forward and backward (`torch.utils.flop_counter`) times the steps.
+
+    Batches laid out channels-last train the model in that layout (it is handed back contiguous);
+    batches with an `autocast` dtype run every forward in `loss_fn` (a teacher's or mentor's too)
+    under autocast, the backward outside it."""
+    channels_last = bool(getattr(loader, "channels_last", False))
+    autocast_dtype = getattr(loader, "autocast", None)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, torch.Tensor] = {}
@@ -89,7 +119,8 @@ def train_epochs(
             labels = labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with FlopCounterMode(display=False) if steps == 0 else contextlib.nullcontext() as counter:
-                terms = loss_fn(model, images, labels)
+                with torch.autocast(device.type, autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                    terms = loss_fn(model, images, labels)
                 terms["loss"].backward()
             if steps == 0:
                 step_flops = counter.get_total_flops()
@@ -100,6 +131,8 @@ def train_epochs(
             for name, value in terms.items():  # summed on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
             steps += 1
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     means = {("train_loss" if name == "loss" else name): float(total) / max(steps, 1) for name, total in sums.items()}
     return {"train_loss": 0.0, **means, "steps": float(steps), "train_flops": float(step_flops * steps)}
 
