@@ -19,7 +19,7 @@ from fedmpq_flwr.methods.catalog import CATALOG
 from fedmpq_flwr.models import build_model, load_final_model
 from fedmpq_flwr.rundir.provenance import checkout_commit
 from fedmpq_flwr.runner.processes import terminate_then_kill
-from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.loop import loss_and_accuracy
 from fedmpq_flwr.training.weights import get_weights
 
 ROUND_KEYS = {
@@ -83,7 +83,7 @@ def check_results_contract(run_dir: Path, run_id: str, rounds: int, clients_per_
     model = load_final_model(run_dir)
     data = load_data(config["dataset"])
     loader = eval_loader(data.x_test, data.y_test, config["train"]["eval_batch_size"], mean=data.mean, std=data.std)
-    _, accuracy = evaluate(model, loader, "cpu")
+    _, accuracy = loss_and_accuracy(model, loader, "cpu")
     assert accuracy == pytest.approx(results["final_accuracy"], abs=1e-9)
     return results
 

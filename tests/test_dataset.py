@@ -23,7 +23,7 @@ from fedmpq_flwr.data.loaders import eval_loader
 from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.data.registry import CIFAR10_MEAN, CIFAR10_STD, DataSourceError
 from fedmpq_flwr.models import build_model
-from fedmpq_flwr.training.loop import evaluate, train_epochs
+from fedmpq_flwr.training.loop import loss_and_accuracy, train_epochs
 
 # ../shared/data/cifar10 next to the checkout (or next to a folder holding it, for git worktrees)
 REAL_CIFAR10 = next(
@@ -243,7 +243,7 @@ def test_synthetic_is_learnable() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     cpu = torch.device("cpu")
     train_epochs(model, client_batches(data, 0, 1, cfg, 64, seed=0, label_noise=0.0, device=cpu), optimizer, 2, cpu)
-    _, accuracy = evaluate(
+    _, accuracy = loss_and_accuracy(
         model, eval_loader(data.x_test, data.y_test, 256, mean=data.mean, std=data.std), torch.device("cpu")
     )
     assert accuracy > 0.5

@@ -14,7 +14,7 @@ from fedmpq_flwr.data.loaders import eval_batches, eval_loader
 from fedmpq_flwr.quant import quantize_model
 from fedmpq_flwr.rundir.results import RunRecorder, auc_accuracy
 from fedmpq_flwr.server.round_log import RoundLog
-from fedmpq_flwr.training.loop import evaluate, evaluate_classes
+from fedmpq_flwr.training.loop import loss_accuracy_per_class, loss_and_accuracy
 
 FLOAT_KEYS = {"test_accuracy", "test_loss", "class_accuracy"}
 QUANT_KEYS = {"quant_test_accuracy_mean", "quant_test_accuracy_min", "quant_test_accuracy", "quant_class_accuracy"}
@@ -89,16 +89,16 @@ def test_staged_batches_give_exactly_the_data_loaders_numbers(fedmpq_config, fl)
         assert torch.equal(staged, loaded) and torch.equal(staged_labels, loaded_labels)
 
     metrics = strategy.evaluator.float_metrics(model)
-    loss, accuracy, classes = evaluate_classes(model, test_loader, cpu, data.num_classes)
+    loss, accuracy, classes = loss_accuracy_per_class(model, test_loader, cpu, data.num_classes)
     assert (metrics["test_loss"], metrics["test_accuracy"], metrics["class_accuracy"]) == (loss, accuracy, classes)
     val_loader = eval_loader(data.x_val, data.y_val, 7, mean=data.mean, std=data.std)
-    assert (metrics["val_loss"], metrics["val_accuracy"]) == evaluate(model, val_loader, cpu)
+    assert (metrics["val_loss"], metrics["val_accuracy"]) == loss_and_accuracy(model, val_loader, cpu)
 
     act_bits = strategy.config["quant"]["act_bits"]
     quantized = strategy.evaluator.quantized_metrics(model, strategy.bits, act_bits)
     assert sorted(quantized) == [0, 1, 2, 3]
     for pid, bits in strategy.bits.items():
-        _, expected_accuracy, expected_classes = evaluate_classes(
+        _, expected_accuracy, expected_classes = loss_accuracy_per_class(
             quantize_model(model, bits, act_bits), test_loader, cpu, data.num_classes
         )
         assert quantized[pid] == (expected_accuracy, expected_classes)

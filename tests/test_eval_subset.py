@@ -14,7 +14,7 @@ from fedmpq_flwr.data.load import load_data
 from fedmpq_flwr.data.loaders import eval_batches
 from fedmpq_flwr.quant import quantize_model
 from fedmpq_flwr.server.evaluation import ServerEvaluator, balanced_subset
-from fedmpq_flwr.training.loop import evaluate_classes
+from fedmpq_flwr.training.loop import loss_accuracy_per_class
 
 CPU = torch.device("cpu")
 
@@ -45,7 +45,7 @@ def test_quantized_passes_use_the_subset_and_the_float_pass_the_whole_set(fedmpq
     metrics = evaluator.quantized_metrics(strategy.model, {0: bits}, config["quant"]["act_bits"])
     subset = eval_batches(data.x_test[chosen], data.y_test[chosen], 128, mean=data.mean, std=data.std, device=CPU)
     qmodel = quantize_model(strategy.model, bits, config["quant"]["act_bits"])
-    _, accuracy, classes = evaluate_classes(qmodel, subset, CPU, data.num_classes)
+    _, accuracy, classes = loss_accuracy_per_class(qmodel, subset, CPU, data.num_classes)
     assert metrics[0] == (accuracy, classes)
     whole = ServerEvaluator(load_data(config["dataset"]), 128, CPU)
     assert whole.quant_images == 60 and whole.quant_batches is whole.test_batches

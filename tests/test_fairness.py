@@ -1,4 +1,4 @@
-"""Tests of per-class accuracy (fedmpq_flwr.training.loop.evaluate_classes) and the per-client fairness numbers
+"""Tests of per-class accuracy (fedmpq_flwr.training.loop.loss_accuracy_per_class) and the per-client fairness numbers
 (fedmpq_flwr.analysis.fairness), against hand computations."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmpq_flwr.analysis import fairness
-from fedmpq_flwr.training.loop import evaluate, evaluate_classes
+from fedmpq_flwr.training.loop import loss_accuracy_per_class, loss_and_accuracy
 
 # The "images" are the logits themselves (the model is the identity): 7 examples, 4 classes.
 LOGITS = torch.tensor(
@@ -36,27 +36,27 @@ def loader(batch_size: int) -> DataLoader:
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
 def test_evaluate_classes_hand_computed(batch_size: int) -> None:
     model = nn.Identity()
-    loss, accuracy, per_class = evaluate_classes(model, loader(batch_size), torch.device("cpu"), 4)
+    loss, accuracy, per_class = loss_accuracy_per_class(model, loader(batch_size), torch.device("cpu"), 4)
     expected_loss = torch.nn.functional.cross_entropy(LOGITS, LABELS).item()
     assert loss == pytest.approx(expected_loss, rel=1e-6)
     assert accuracy == pytest.approx(3 / 7)
     assert per_class[:3] == pytest.approx([1 / 2, 2 / 3, 0.0])
     assert per_class[3] is None  # absent from the test set
-    assert (loss, accuracy) == pytest.approx(evaluate(model, loader(batch_size), torch.device("cpu")))
+    assert (loss, accuracy) == pytest.approx(loss_and_accuracy(model, loader(batch_size), torch.device("cpu")))
 
 
 def test_evaluate_classes_checks_classes() -> None:
     with pytest.raises(ValueError):
-        evaluate_classes(nn.Identity(), loader(7), torch.device("cpu"), 5)  # 4 logits, 5 classes
+        loss_accuracy_per_class(nn.Identity(), loader(7), torch.device("cpu"), 5)  # 4 logits, 5 classes
     bad = DataLoader(TensorDataset(LOGITS[:2], torch.tensor([0, 4])), batch_size=2)
     with pytest.raises(ValueError):
-        evaluate_classes(nn.Linear(4, 4), bad, torch.device("cpu"), 4)  # label 4 out of range
+        loss_accuracy_per_class(nn.Linear(4, 4), bad, torch.device("cpu"), 4)  # label 4 out of range
 
 
 def test_evaluate_sets_eval_mode() -> None:
     model = nn.Sequential(nn.BatchNorm1d(4))
     model.train()
-    evaluate_classes(model, loader(3), torch.device("cpu"), 4)
+    loss_accuracy_per_class(model, loader(3), torch.device("cpu"), 4)
     assert not model.training
 
 
@@ -107,8 +107,8 @@ def test_summary_hand_computed() -> None:
 
 
 def test_fairness_end_to_end_with_evaluate_classes() -> None:
-    """The per-class accuracies of evaluate_classes feed the clients' expected accuracies."""
-    _, accuracy, per_class = evaluate_classes(nn.Identity(), loader(4), torch.device("cpu"), 4)
+    """The per-class accuracies of loss_accuracy_per_class feed the clients' expected accuracies."""
+    _, accuracy, per_class = loss_accuracy_per_class(nn.Identity(), loader(4), torch.device("cpu"), 4)
     # a client with the test set's own label mix gets the overall test accuracy
     test_mix = fairness.label_distribution(LABELS.numpy(), 4)
     assert fairness.expected_accuracy(test_mix, per_class) == pytest.approx(accuracy)

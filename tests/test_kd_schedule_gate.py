@@ -192,20 +192,22 @@ def test_runner_rejects_a_junk_gate_in_one_line(tmp_path: Path) -> None:
 
 
 def test_sweep_file_is_the_v1_setting(tmp_path: Path) -> None:
-    """configs/sweeps/kd_variants.yaml: five single-seed runs in the V1 setting."""
+    """configs/sweeps/kd_variants.yaml: six single-seed runs in the V1 setting, quantized passes as make quick's."""
     from fedmpq_flwr.config.runner_file import expand_runs
 
     runs = {r["variation"]: r for r in expand_runs(REPO / "configs" / "sweeps" / "kd_variants.yaml", tmp_path, {})}
-    assert sorted(runs) == ["fedmpq", "fedmpq_kd", "kd_gate_confidence", "kd_gate_correct", "kd_ramp5"]
+    assert sorted(runs) == ["fedmpq", "fedmpq_kd", "kd_decay", "kd_gate_confidence", "kd_gate_correct", "kd_ramp5"]
     for run in runs.values():
         assert run["seed"] == 0 and run["train"]["num_rounds"] == 10 and run["dataset"]["train_subset"] == 10000
         assert run["federation"]["num_clients"] == 10 and run["dataset"]["alpha"] == 0.5
+        assert run["eval"]["quant_every"] == 5 and run["eval"]["quant_test_images"] == 2000
     assert runs["fedmpq"]["strategy"]["name"] == "fedmpq"
     kd = {name: json.dumps(r["kd"], sort_keys=True) for name, r in runs.items() if name != "fedmpq"}
     assert runs["kd_ramp5"]["kd"]["schedule"] == "ramp" and runs["kd_ramp5"]["kd"]["schedule_rounds"] == 5
+    assert runs["kd_decay"]["kd"]["schedule"] == "decay" and runs["kd_decay"]["kd"]["schedule_rounds"] == 10
     assert runs["kd_gate_correct"]["kd"]["gate"] == "correct"
     assert runs["kd_gate_confidence"]["kd"]["gate"] == "confidence"
-    assert len(set(kd.values())) == 4  # four different kd settings
+    assert len(set(kd.values())) == 5  # five different kd settings
 
 
 def test_analyzer_shows_the_ablation_variations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -137,7 +137,7 @@ def test_rejects_bad_input() -> None:
 
 
 def test_one_round_on_a_torch_model() -> None:
-    """The pieces as the wiring will use them: F_k = evaluate() of the received model on the client's
+    """The pieces as the wiring will use them: F_k = loss_and_accuracy() of the received model on the client's
     partition (eval mode, no augmentation), local SGD, client_update over trainable_mask, aggregate,
     set_weights. With q = 0 the result is the uniform mean of the local models, BatchNorm included."""
     import torch
@@ -145,7 +145,7 @@ def test_one_round_on_a_torch_model() -> None:
     from fedmpq_flwr.data.loaders import eval_loader
     from fedmpq_flwr.data.registry import CIFAR10_MEAN, CIFAR10_STD
     from fedmpq_flwr.models import build_model
-    from fedmpq_flwr.training.loop import evaluate, train_epochs
+    from fedmpq_flwr.training.loop import loss_and_accuracy, train_epochs
     from fedmpq_flwr.training.weights import get_weights, set_weights, trainable_mask
 
     rng = np.random.default_rng(0)
@@ -159,7 +159,7 @@ def test_one_round_on_a_torch_model() -> None:
         y = rng.integers(0, 10, size=16)
         loader = eval_loader(x, y, 8, mean=CIFAR10_MEAN, std=CIFAR10_STD)
         set_weights(model, global_weights)
-        losses.append(evaluate(model, loader, device)[0])
+        losses.append(loss_and_accuracy(model, loader, device)[0])
         train_epochs(model, loader, torch.optim.SGD(model.parameters(), lr=lr), 1, device)
         locals_.append(get_weights(model))
     for q in (0.0, 1.0):

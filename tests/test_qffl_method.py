@@ -16,7 +16,7 @@ from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.methods import qffl_update
 from fedmpq_flwr.methods.qffl import QFFLClient
 from fedmpq_flwr.models import build_model
-from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.loop import loss_and_accuracy
 from fedmpq_flwr.training.weights import set_weights, trainable_mask
 
 
@@ -55,7 +55,7 @@ def test_client_reports_f_k_of_the_received_model_and_h_k(fedavg_config, fl, lip
     idx = partition_indices(data.y_train, 10, config["dataset"]["alpha"], config["dataset"]["seed"])[pid]
     model = build_model("tiny_cnn")
     set_weights(model, strategy.latest_parameters)
-    loss = evaluate(
+    loss = loss_and_accuracy(
         model, eval_loader(data.x_train[idx], data.y_train[idx], 128, mean=data.mean, std=data.std), torch.device("cpu")
     )[0]
     assert res.metrics["qffl_loss"] == pytest.approx(loss, rel=1e-6)

@@ -30,7 +30,10 @@ def test_seeds_expand_and_overrides_apply(tmp_path: Path) -> None:
     assert [r["run_id"] for r in runs] == ["a_seed0", "a_seed1", "b"]
     assert [r["seed"] for r in runs] == [0, 1, 0]
     assert {r["variation"] for r in runs} == {"a", "b"}
-    assert all(r["train"]["num_rounds"] == 3 and r["eval"] == {"every": 2, "quant_every": 1, "quant_test_images": 0} for r in runs)
+    assert all(
+        r["train"]["num_rounds"] == 3 and r["eval"] == {"every": 2, "quant_every": 1, "quant_test_images": 0}
+        for r in runs
+    )
     assert runs[2]["train"]["lr"] == 0.01 and runs[0]["train"]["lr"] == 0.1
     assert runs[0]["results_dir"] == str(tmp_path / "out")
 

@@ -55,7 +55,7 @@ from fedmpq_flwr.methods.registry import load_method
 from fedmpq_flwr.models import build_model
 from fedmpq_flwr.quant import quantizable_layers, quantize_model
 from fedmpq_flwr.rundir.results import RunRecorder, read_metrics
-from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.loop import loss_and_accuracy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -326,7 +326,7 @@ def p8(args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = {"float": [], "quant": []}
     for i in range(args.p8_passes + 1):  # the first pass of each warms up
         for name, net in (("float", model), ("quant", qmodel)):
-            seconds = timed(lambda net=net: evaluate(net, batches, device), device)
+            seconds = timed(lambda net=net: loss_and_accuracy(net, batches, device), device)
             if i:
                 times[name].append(seconds)
     medians = {name: statistics.median(values) for name, values in times.items()}

@@ -69,7 +69,7 @@ from fedmpq_flwr.quant import (
 )
 from fedmpq_flwr.quant.allocation import average_bitwidth, initial_bits
 from fedmpq_flwr.training.distillation import distillation_loss, inference_teacher
-from fedmpq_flwr.training.loop import evaluate, train_epochs
+from fedmpq_flwr.training.loop import loss_and_accuracy, train_epochs
 from fedmpq_flwr.training.weights import communicated_keys, set_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,8 +237,12 @@ def initial_scales(student: nn.Module) -> dict[str, float]:
 
 
 def accuracy_record(net: nn.Module, test: DataLoader, first: DataLoader) -> dict[str, float]:
-    loss, accuracy = evaluate(net, test, DEVICE)
-    return {"test_accuracy": accuracy, "test_loss": loss, "test_accuracy_first_rows": evaluate(net, first, DEVICE)[1]}
+    loss, accuracy = loss_and_accuracy(net, test, DEVICE)
+    return {
+        "test_accuracy": accuracy,
+        "test_loss": loss,
+        "test_accuracy_first_rows": loss_and_accuracy(net, first, DEVICE)[1],
+    }
 
 
 def train_row(
@@ -291,13 +295,13 @@ def activation_check(net: nn.Module, test: DataLoader) -> dict[str, float]:
 
     hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.ReLU)]
     try:
-        relu = evaluate(net, test, DEVICE)[1]
+        relu = loss_and_accuracy(net, test, DEVICE)[1]
     finally:
         for hook in hooks:
             hook.remove()
     return {
         "relu": relu,
-        "hardtanh6": evaluate(with_hardtanh(net), test, DEVICE)[1],
+        "hardtanh6": loss_and_accuracy(with_hardtanh(net), test, DEVICE)[1],
         "share_above_6": counts["above"] / max(counts["all"], 1),
         "share_of_positive_above_6": counts["above"] / max(counts["positive"], 1),
     }

@@ -43,7 +43,7 @@ from fedmpq_flwr.rundir.results import RunRecorder
 from fedmpq_flwr.server.method_strategy import FLOAT_BITS
 from fedmpq_flwr.server.round_log import RoundInProgress
 from fedmpq_flwr.server.update import ClientUpdate
-from fedmpq_flwr.training.loop import evaluate
+from fedmpq_flwr.training.loop import loss_and_accuracy
 from fedmpq_flwr.training.weights import get_weights, trainable_mask
 
 
@@ -65,7 +65,7 @@ class QFFLClient(FedAvgClient):
             data.x_train[part.idx], part.labels, batch, mean=data.mean, std=data.std, device=self.device
         )
         with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
-            loss, _ = evaluate(model, loader, self.device)
+            loss, _ = loss_and_accuracy(model, loader, self.device)
         return loss, float(counter.get_total_flops())
 
     def train(

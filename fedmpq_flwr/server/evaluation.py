@@ -25,7 +25,7 @@ from fedmpq_flwr.data.load import FederatedData
 from fedmpq_flwr.data.loaders import Batches, eval_batches, eval_loader
 from fedmpq_flwr.data.partition import partition_indices
 from fedmpq_flwr.quant import quantize_model
-from fedmpq_flwr.training.loop import evaluate, evaluate_classes, penultimate_features
+from fedmpq_flwr.training.loop import loss_accuracy_per_class, loss_and_accuracy, penultimate_features
 
 FEATURE_IMAGES = 2000  # test images whose features are saved for t-SNE
 
@@ -106,10 +106,12 @@ class ServerEvaluator:
         """`test_accuracy`, `test_loss` and `class_accuracy` (per class, None for a class the test set
         lacks) from one pass (and `val_loss`, `val_accuracy` with a validation pool)."""
         num_classes = self.data.num_classes
-        test_loss, test_accuracy, class_accuracy = evaluate_classes(model, self.test_batches, self.device, num_classes)
+        test_loss, test_accuracy, class_accuracy = loss_accuracy_per_class(
+            model, self.test_batches, self.device, num_classes
+        )
         metrics: dict[str, Any] = {"test_accuracy": test_accuracy, "test_loss": test_loss}
         if self.val_batches is not None:
-            metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, self.val_batches, self.device)
+            metrics["val_loss"], metrics["val_accuracy"] = loss_and_accuracy(model, self.val_batches, self.device)
         return {**metrics, "class_accuracy": class_accuracy}
 
     def quantized_metrics(
@@ -124,7 +126,9 @@ class ServerEvaluator:
             key = json.dumps(bits, sort_keys=True)
             if key not in metrics_of:
                 qmodel = quantize_model(model, bits, act_bits)
-                _, accuracy, classes = evaluate_classes(qmodel, self.quant_batches, self.device, self.data.num_classes)
+                _, accuracy, classes = loss_accuracy_per_class(
+                    qmodel, self.quant_batches, self.device, self.data.num_classes
+                )
                 metrics_of[key] = (accuracy, classes)
             metrics[pid] = metrics_of[key]
         return metrics

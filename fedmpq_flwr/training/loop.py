@@ -163,7 +163,7 @@ def _evaluation_pass(
         correct += hits.sum().item()
         count += labels.numel()
     if count == 0:
-        raise ValueError("evaluate() got an empty loader")
+        raise ValueError("loss_and_accuracy() got an empty loader")
     class_accuracy: list[float | None] = []
     if num_classes is not None:
         class_accuracy = [
@@ -173,7 +173,7 @@ def _evaluation_pass(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: EvalBatches, device: torch.device) -> tuple[float, float]:
+def loss_and_accuracy(model: nn.Module, loader: EvalBatches, device: torch.device) -> tuple[float, float]:
     """Exact loss and top-1 accuracy over the whole loader, in eval mode (BatchNorm running stats).
 
     Over a client's training partition without augmentation (`dataset.eval_loader` of its
@@ -183,10 +183,10 @@ def evaluate(model: nn.Module, loader: EvalBatches, device: torch.device) -> tup
 
 
 @torch.inference_mode()
-def evaluate_classes(
+def loss_accuracy_per_class(
     model: nn.Module, loader: EvalBatches, device: torch.device, num_classes: int
 ) -> tuple[float, float, list[float | None]]:
-    """`evaluate`'s loss and accuracy plus the top-1 accuracy of every class 0..num_classes-1, from
+    """`loss_and_accuracy`'s loss and accuracy plus the top-1 accuracy of every class 0..num_classes-1, from
     the same pass. A class with no example in the loader gets None (JSON null: it has no accuracy,
     and `fedmpq_flwr.analysis.fairness` leaves it out of the clients' expected accuracies)."""
     return _evaluation_pass(model, loader, device, num_classes)
