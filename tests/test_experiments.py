@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -356,3 +357,31 @@ def test_compare_runs(tmp_path: Path) -> None:
     ]
     fedavg = next(line for line in lines if line.startswith("| fedavg_s0 |")).split(" | ")
     assert fedavg[1:6] == ["80.0", "70.0", "–", "32.0", "64.0"]  # final, AUC, no quantized clients, Mbit up, down
+
+
+def test_publish_study(tmp_path: Path) -> None:
+    """Finished runs' small files land in TO/runs, in-flight ones and large files stay behind, and the analyzer's
+    outputs in TO match an analyzer run on the published runs; publishing again adds newly finished runs."""
+    results, to = tmp_path / "results", tmp_path / "docs_study"
+    write_variation(results, "fedavg", "fedavg", {0: 0.8, 1: 0.78})
+    write_variation(results, "fedmpq", "fedmpq", {0: 0.6})
+    (results / "fedmpq_s0" / "model.pt").write_bytes(b"large")
+    (results / "fedmpq_s1").mkdir()
+    (results / "fedmpq_s1" / "metrics.jsonl").write_text('{"round": 1, "test_accuracy": 0.1}\n')  # in flight
+    stdout = run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to])
+    assert stdout.strip() == f"3 finished runs in {to / 'runs'}: fedavg_s0, fedavg_s1, fedmpq_s0"
+    assert sorted(p.name for p in (to / "runs").iterdir()) == ["fedavg_s0", "fedavg_s1", "fedmpq_s0"]
+    assert sorted(p.name for p in (to / "runs" / "fedmpq_s0").iterdir()) == [
+        "config.yaml",
+        "metrics.jsonl",
+        RESULTS_FILE,
+    ]
+    comparison = json.loads((to / "comparison.json").read_text())
+    assert sorted(comparison["variations"]) == ["fedavg", "fedmpq"]
+    assert comparison["variations"]["fedavg"]["n"] == 2
+    assert (to / "report.md").is_file() and any((to / "images").glob("*.pdf"))
+
+    shutil.rmtree(results / "fedmpq_s1")
+    write_variation(results, "fedmpq", "fedmpq", {1: 0.62})  # the second seed finished
+    run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to])
+    assert json.loads((to / "comparison.json").read_text())["variations"]["fedmpq"]["n"] == 2
