@@ -22,8 +22,9 @@ from conftest import TINY, write
 
 import fedmpq_flwr.runner.cli as runner
 from fedmpq_flwr.config.runner_file import expand_runs
-from fedmpq_flwr.models import build_model
-from fedmpq_flwr.rundir.results import RESULTS_FILE
+from fedmpq_flwr.models import build_model, save_final_model
+from fedmpq_flwr.quant import quantizable_layers
+from fedmpq_flwr.rundir.results import MODEL_FILE, RESULTS_FILE
 from fedmpq_flwr.training.weights import get_weights
 
 REPO = Path(__file__).resolve().parent.parent
@@ -385,3 +386,26 @@ def test_publish_study(tmp_path: Path) -> None:
     write_variation(results, "fedmpq", "fedmpq", {1: 0.62})  # the second seed finished
     run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to])
     assert json.loads((to / "comparison.json").read_text())["variations"]["fedmpq"]["n"] == 2
+
+
+def test_quant_subset_error(tmp_path: Path, fedmpq_config) -> None:
+    """A run's final model at two assignments, on a 20-image subset of its 40 test images and on all 40; with
+    --images 0 the subset is the whole set and the differences vanish."""
+    config = fedmpq_config()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    model = build_model("tiny_cnn", 10)
+    save_final_model(run_dir / MODEL_FILE, model, "tiny_cnn", 10)
+    layers = quantizable_layers(model)
+    clients = {str(pid): {"bits": dict.fromkeys(layers, bits)} for pid, bits in enumerate((2, 2, 4, 8))}
+    (run_dir / "bit_assignments.json").write_text(json.dumps({"clients": clients}))
+    script = STUDIES / "quant_subset_error.py"
+    result = json.loads(run([sys.executable, script, "--run-dir", run_dir, "--images", "20"]))
+    assert (result["subset_images"], result["test_images"], result["distinct_assignments"]) == (20, 40, 3)
+    assert [row["partition_id"] for row in result["clients"]] == [0, 1, 2, 3]
+    assert all(round(row["subset_accuracy"] * 20, 6).is_integer() for row in result["clients"])
+    assert result["clients"][0]["subset_accuracy"] == result["clients"][1]["subset_accuracy"]  # one assignment
+    whole = json.loads(run([sys.executable, script, "--run-dir", run_dir, "--images", "0"]))
+    assert whole["mean_abs_difference"] == 0 and whole["subset_images"] == 40
+    assert [row["whole_accuracy"] for row in whole["clients"]] == [row["whole_accuracy"] for row in result["clients"]]
