@@ -13,6 +13,7 @@ import yaml
 from analysis_builders import FEDAVG, FEDMPQ, FEDMPQ_KD, approx, write_study, write_variation
 
 from fedmpq_flwr.analysis import cli as analyzer
+from fedmpq_flwr.config import deep_merge, defaults
 from fedmpq_flwr.methods.catalog import CATALOG, Message
 
 
@@ -117,7 +118,7 @@ def test_bits_fail_with_an_extra_payload_field(tmp_path: Path, monkeypatch: pyte
 
     set_config(kd_runs, kd={"teacher": "frozen"})
     spec = CATALOG["fedmpq_kd"]
-    payload = spec.payload({"kd": {"teacher": "frozen"}})
+    payload = spec.payload(deep_merge(defaults(), {"kd": {"teacher": "frozen"}}))
     upload = Message(payload.upload.arrays, (*payload.upload.fields, "teacher_logits"))
     monkeypatch.setitem(CATALOG, "fedmpq_kd", replace(spec, payload=lambda config: replace(payload, upload=upload)))
     bits = criteria_of(tmp_path)[1]
