@@ -109,7 +109,7 @@ def test_client_fn_builds_the_client_from_run_config_and_node_config() -> None:
     node_config = {"partition-id": 1, "num-partitions": 3, "data-path": "/node1/data"}
     context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=raw_of(config))
     client_app._run_config.cache_clear()
-    client = client_app.client_fn(context).numpy_client
+    client = client_app.client_fn(context).numpy_client.inner  # the method's client inside its guard
     assert client.partition_id == 1 and client.num_partitions == 3
     assert client.config["dataset"]["path"] == "/node1/data" and client.config["federation"]["num_clients"] == 3
 
