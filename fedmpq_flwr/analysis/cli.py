@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedmpq_flwr.analysis import criteria, report, stats
+from fedmpq_flwr.analysis import criteria, report, scalability, stats
 from fedmpq_flwr.analysis.figures import Context, make_figures
 from fedmpq_flwr.analysis.reference import choose_references
 from fedmpq_flwr.analysis.runs import find_run_dirs, group_runs, load_run, public_run, summarize_variation
@@ -47,6 +47,7 @@ def build_comparison(
         "success_criteria": criteria.success_criteria(variations, groups, references, axis_vals),
         "robustness": stats.robustness(variations, axis_vals),
     }
+    comparison["scalability"] = scalability.scalability(variations, groups, comparison["robustness"])
     return comparison, groups
 
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(comparison, indent=2))
     print()
     print("\n".join(criteria.criteria_lines(comparison["success_criteria"])))
+    for line in scalability.text_lines(comparison["scalability"]):
+        print(line)
     for figure in comparison["figures"]:
         print(f"figure: {figure}")
     for skipped in comparison["figures_skipped"]:
