@@ -12,6 +12,7 @@ import yaml
 from analysis_builders import approx, run_main, write_config, write_history
 
 from fedmpq_flwr.analysis.scalability import fit, method_scalability, shape
+from fedmpq_flwr.config.runner_file import expand_runs
 
 N = [1.0, 2.0, 5.0, 10.0, 20.0]
 
@@ -130,3 +131,26 @@ def test_three_client_counts_with_two_participant_counts_are_not_judged() -> Non
     result = method_scalability(rows, variations, groups)
     assert result["claims"]["compute_linear"]["verdict"] == "n/a"
     assert "2 distinct value(s) (5, 10)" in result["claims"]["compute_linear"]["why"]
+
+
+def test_the_cpu_sweep_has_four_participant_counts_and_the_same_work_per_client(tmp_path: Path) -> None:
+    """configs/sweeps/scalability_cpu.yaml: each method at 10, 20, 50 and 100 clients, 10 % sampled, 100
+    training images per client; the 10-client runs are the main variations."""
+    runs = expand_runs(Path(__file__).resolve().parent.parent / "configs/sweeps/scalability_cpu.yaml", tmp_path, {})
+    for method in ("fedmpq", "fedmpq_kd"):
+        mine = sorted(
+            (r for r in runs if r["strategy"]["name"] == method), key=lambda r: r["federation"]["num_clients"]
+        )
+        clients = [r["federation"]["num_clients"] for r in mine]
+        assert clients == [10, 20, 50, 100]
+        assert [max(1, round(r["strategy"]["fraction_fit"] * r["federation"]["num_clients"])) for r in mine] == [
+            1,
+            2,
+            5,
+            10,
+        ]
+        assert [r["dataset"]["synthetic_train_size"] for r in mine] == [100 * c for c in clients]
+        assert [r["axis"] for r in mine] == ["", *["federation.num_clients"] * 3]
+        assert {(r["model"]["name"], r["dataset"]["name"], r["train"]["num_rounds"]) for r in mine} == {
+            ("tiny_cnn", "synthetic", 5)
+        }
