@@ -4,7 +4,8 @@ Usage: python -m fedmpq_flwr.evaluate --results-dir DIR [--target-accuracy F]
 
 Reads only files (via fedmpq_flwr.rundir.results); never imports torch or training code. The parts live
 in fedmpq_flwr.analysis: runs (loading, grouping), reference (who is compared with whom), stats
-(derived numbers, t-tests, robustness), criteria (success criteria), figures and report.
+(derived numbers, t-tests, robustness), criteria (success criteria), scalability (hypothesis (d)), figures
+and report.
 Accuracies in comparison.json are fractions (0..1) as in metrics.jsonl; figures and report.md show %.
 Std is the sample std (ddof=1); it is null when a variation has a single seed.
 """
