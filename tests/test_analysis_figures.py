@@ -74,6 +74,7 @@ def test_figures_without_data_are_skipped_with_a_message(analyzed_study: tuple[P
         "tsne_fedmpq_kd_dir0_1_pair1": "no features.npz in run fedmpq_kd_dir0.1_s0",
         "client_accuracy": "no variation records per-class accuracy and its clients' label counts",
         "kd_weights_vs_rounds": "no variation records kd_alpha or kd_gate_mean",
+        "scalability": "no run varies federation.num_clients",
     }
     for name, why in skipped.items():
         assert f"figure skipped: {name}: {why}" in out.splitlines()

@@ -4,7 +4,8 @@ Usage: python -m fedmpq_flwr.evaluate --results-dir DIR [--target-accuracy F]
 
 Reads only files (via fedmpq_flwr.rundir.results); never imports torch or training code. The parts live
 in fedmpq_flwr.analysis: runs (loading, grouping), reference (who is compared with whom), stats
-(derived numbers, t-tests, robustness), criteria (success criteria), figures and report.
+(derived numbers, t-tests, robustness), criteria (success criteria), scalability (hypothesis (d)), figures
+and report.
 Accuracies in comparison.json are fractions (0..1) as in metrics.jsonl; figures and report.md show %.
 Std is the sample std (ddof=1); it is null when a variation has a single seed.
 """
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedmpq_flwr.analysis import criteria, report, stats
+from fedmpq_flwr.analysis import criteria, report, scalability, stats
 from fedmpq_flwr.analysis.figures import Context, make_figures
 from fedmpq_flwr.analysis.reference import choose_references
 from fedmpq_flwr.analysis.runs import find_run_dirs, group_runs, load_run, public_run, summarize_variation
@@ -47,6 +48,7 @@ def build_comparison(
         "success_criteria": criteria.success_criteria(variations, groups, references, axis_vals),
         "robustness": stats.robustness(variations, axis_vals),
     }
+    comparison["scalability"] = scalability.scalability(variations, groups, comparison["robustness"])
     return comparison, groups
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(comparison, indent=2))
     print()
     print("\n".join(criteria.criteria_lines(comparison["success_criteria"])))
+    for line in scalability.text_lines(comparison["scalability"]):
+        print(line)
     for figure in comparison["figures"]:
         print(f"figure: {figure}")
     for skipped in comparison["figures_skipped"]:

@@ -34,6 +34,8 @@ from fedmpq_flwr.analysis.plotting import (
 )
 from fedmpq_flwr.analysis.reference import is_quantized
 from fedmpq_flwr.analysis.runs import axis_order, axis_point, curve_rounds
+from fedmpq_flwr.analysis.scalability import scalability
+from fedmpq_flwr.analysis.scalability_figure import scalability_figure
 
 IMAGES_DIR = "images"
 AXIS_LABELS = {
@@ -428,7 +430,12 @@ def client_accuracy_figures(ctx: Context) -> list[Figure]:
     return [Figure(name, caption, lambda path: distribution_figure(names, series, path, ylabel, counts=counts))]
 
 
-TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures, client_accuracy_figures]
+def scalability_figures(ctx: Context) -> list[Figure]:
+    """The per-round costs fitted against the participants per round (analysis/scalability.py)."""
+    return [scalability_figure(scalability(ctx.variations, ctx.groups, ctx.robustness))]
+
+
+TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures, client_accuracy_figures, scalability_figures]
 
 
 def make_figures(ctx: Context) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedmpq_flwr.analysis import fairness
+from fedmpq_flwr.analysis import fairness, scalability
 from fedmpq_flwr.analysis.criteria import verdict
 from fedmpq_flwr.analysis.runs import axis_order
 
@@ -346,6 +346,9 @@ def render(comparison: dict[str, Any], title: str, figures: list[dict[str, str]]
         "## Robustness along the axes",
         "",
         *_robustness_tables(comparison["robustness"]),
+        "## Scalability in the number of clients (hypothesis (d))",
+        "",
+        *scalability.report_lines(comparison["scalability"]),
         "## Incomplete runs (left out of the statistics)",
         "",
     ]

@@ -63,12 +63,17 @@ EVAL: Section = {
     # test images of the quantized passes: a fixed class-balanced subset (0 = all); the float model sees all
     "quant_test_images": number(int, 0, 0),
 }
+# What a run writes besides the results contract (docs/results.md), for watching it live.
+LOGGING: Section = {
+    "tensorboard": flag(False),  # RUN_DIR/tensorboard/: every numeric round field as a scalar at step = round
+}
 COMMON: dict[str, Section] = {
     "strategy": STRATEGY,
     "model": MODEL,
     "train": TRAIN,
     "eval": EVAL,
     "federation": FEDERATION,
+    "logging": LOGGING,
 }
 
 

@@ -67,7 +67,7 @@ class MethodStrategy(Strategy):
         torch.manual_seed(config["seed"])
         self.model = build_model(config["model"]["name"], self.data.num_classes).to(self.device)
         self.sampler = ClientSampler(config["seed"], config["strategy"]["fraction_fit"])
-        self.round_log = RoundLog(recorder, config["train"]["num_rounds"])
+        self.round_log = RoundLog(recorder, config["train"]["num_rounds"], config["logging"]["tensorboard"])
         self.latest_parameters: NDArrays = get_weights(self.model)
         self.current: RoundInProgress | None = None
         recorder.info["flipped_labels"] = self.flipped_labels()

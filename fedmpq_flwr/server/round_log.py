@@ -2,8 +2,8 @@
 
 Flower calls the three strategy callbacks of a round one after another; `RoundInProgress` is the
 explicit hand-off between them. `fit_summary` counts the round's failures and `round_fields` lists
-its participants; `RoundLog` writes the finished record to metrics.jsonl and prints the progress
-line with an ETA.
+its participants; `RoundLog` writes the finished record to metrics.jsonl (and, with
+`logging.tensorboard`, to TensorBoard: server/tensorboard_log.py) and prints the progress line with an ETA.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.common import log
 
@@ -20,6 +20,9 @@ from fedmpq_flwr.client.failures import DROPOUT, describe_failure
 from fedmpq_flwr.rundir.progress import progress_text
 from fedmpq_flwr.rundir.results import ROUND_FROM_CLIENTS, RunRecorder, round_from_clients
 from fedmpq_flwr.server.update import ClientUpdate
+
+if TYPE_CHECKING:
+    from fedmpq_flwr.server.tensorboard_log import TensorBoardLog
 
 
 @dataclass
@@ -88,13 +91,16 @@ class RoundInProgress:
 
 
 class RoundLog:
-    """Appends each round's record to metrics.jsonl and logs one progress line per round."""
+    """Appends each round's record to metrics.jsonl (and TensorBoard when `tensorboard`) and logs one
+    progress line per round."""
 
-    def __init__(self, recorder: RunRecorder, num_rounds: int) -> None:
+    def __init__(self, recorder: RunRecorder, num_rounds: int, tensorboard: bool = False) -> None:
         self.recorder = recorder
         self.num_rounds = num_rounds
         self.started = time.perf_counter()
         self.completed_before = 0  # rounds a resumed run had done before this process started
+        self.tensorboard = tensorboard
+        self.board: TensorBoardLog | None = None  # opened at the first record (after `resume_after`)
 
     def resume_after(self, completed_rounds: int) -> None:
         """Count time (for the ETA) from now, over the rounds still to run."""
@@ -106,6 +112,7 @@ class RoundLog:
         print its progress."""
         self.recorder.log_round(record)
         server_round = record["round"]
+        self.write_tensorboard(record)
         last_evaluated = next(
             (r for r in reversed(self.recorder.history[:-1]) if "test_accuracy" in r), None
         )  # a resumed run's earlier rounds included
@@ -115,3 +122,17 @@ class RoundLog:
             last_evaluated, progress_extra,
         )  # fmt: skip
         log(INFO, "%s", line)
+
+    def write_tensorboard(self, record: dict[str, Any]) -> None:
+        """The record's scalars to RUN_DIR/tensorboard/ (tensorboard imported only here); closed after the
+        last round."""
+        if not self.tensorboard:
+            return
+        if self.board is None:
+            from fedmpq_flwr.server.tensorboard_log import TensorBoardLog
+
+            self.board = TensorBoardLog(self.recorder.run_dir, first_round=self.completed_before + 1)
+        self.board.write(record)
+        if record["round"] >= self.num_rounds:
+            self.board.close()
+            self.board = None
