@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmpq_flwr.analysis import bit_figures, fairness, tsne
+from fedmpq_flwr.analysis import bit_figures, fairness, landscape, tsne
 from fedmpq_flwr.analysis.plotting import (
     LABEL_BOX,
     BarSeries,
@@ -435,7 +435,20 @@ def scalability_figures(ctx: Context) -> list[Figure]:
     return [scalability_figure(scalability(ctx.variations, ctx.groups, ctx.robustness))]
 
 
-TOPICS = [curve_figures, axis_figures, bar_figures, per_variation_figures, client_accuracy_figures, scalability_figures]
+def landscape_figures(ctx: Context) -> list[Figure]:
+    """Loss-landscape snapshots (analysis/landscape.py), for the variations that took them."""
+    return landscape.landscape_figures(ctx.variations, ctx.groups)
+
+
+TOPICS = [
+    curve_figures,
+    axis_figures,
+    bar_figures,
+    per_variation_figures,
+    client_accuracy_figures,
+    scalability_figures,
+    landscape_figures,
+]
 
 
 def make_figures(ctx: Context) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

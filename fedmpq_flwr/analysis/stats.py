@@ -56,8 +56,8 @@ def ratio_minus_one(a: float | None, b: float | None) -> float | None:
 
 
 RUN_LEVEL_KEYS = frozenset({"run_id", "variation", "description", "axis", "seed", "results_dir"})
-# How often the server evaluates changes what is recorded, not what is trained: no setting key.
-RECORDING_SECTIONS = ("eval",)
+# How often the server evaluates, and its diagnostics, change what is recorded, not what is trained: no setting key.
+RECORDING_SECTIONS = ("eval", "diagnostics")
 
 
 @cache

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from fedmpq_flwr.config.diagnostics import check_landscape_rounds
 from fedmpq_flwr.config.fields import ConfigError, Field, coerce
 from fedmpq_flwr.config.schema import schema, section_of
 from fedmpq_flwr.data.registry import DATASETS
@@ -109,6 +110,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"key 'quant.avg_bits': value {checked['quant.avg_bits']:g} conflicts with quant.budgets {budgets} "
             f"(mean {sum(budgets) / len(budgets):g}); set one of them"
         )
+    check_landscape_rounds(checked["diagnostics.landscape_rounds"], checked["train.num_rounds"])
     if checked["axis"] and checked["axis"] not in fields:
         raise ConfigError(
             f"key 'axis': value {checked['axis']!r} is not a config key; "

@@ -1,5 +1,5 @@
 """The schema: the sections every run has (declared here and, for `dataset`, in data/options.py) plus
-the sections methods own (the catalog).
+the sections methods own (the catalog); `diagnostics` is declared in config/diagnostics.py.
 
 Keys are dotted (`train.lr`); run-level keys have no section. Pure Python: importing it does not
 pull in torch (the model registry does not either), so a launcher checks a file in a fraction of a second.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from fedmpq_flwr.config.diagnostics import DIAGNOSTICS
 from fedmpq_flwr.config.fields import Field, Section, choice, flag, number, text
 from fedmpq_flwr.models import MODELS
 
@@ -74,6 +75,7 @@ COMMON: dict[str, Section] = {
     "eval": EVAL,
     "federation": FEDERATION,
     "logging": LOGGING,
+    "diagnostics": DIAGNOSTICS,  # config/diagnostics.py
 }
 
 

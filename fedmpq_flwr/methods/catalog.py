@@ -20,7 +20,7 @@ from fedmpq_flwr.models import MODELS
 FULL_PRECISION = "full_precision"
 QUANTIZED = "quantized"
 # Config sections every method reads; a method's own sections are listed in its entry.
-COMMON_SECTIONS = ("strategy", "model", "dataset", "train", "eval", "federation", "logging")
+COMMON_SECTIONS = ("strategy", "model", "dataset", "train", "eval", "federation", "logging", "diagnostics")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from fedmpq_flwr.quant import (
 )
 from fedmpq_flwr.quant.allocation import ClientBits, allocate, average_bitwidth, initial_bits
 from fedmpq_flwr.rundir.results import BIT_ASSIGNMENTS_FILE, RunRecorder
+from fedmpq_flwr.server.diagnostics import QuantizedEnd, median_client
 from fedmpq_flwr.server.update import ClientUpdate
 from fedmpq_flwr.training.loop import train_epochs
 from fedmpq_flwr.training.weights import communicated_keys
@@ -208,6 +209,13 @@ class FedMPQStrategy(FedAvgStrategy):
         if "quant_test_accuracy_mean" not in record:
             return ""
         return f"  quant_acc mean={record['quant_test_accuracy_mean']:.4f} min={record['quant_test_accuracy_min']:.4f}"
+
+    def quantized_end(self) -> QuantizedEnd:
+        """The next-round assignment (the one `evaluate_extra` evaluates) of the client whose average
+        bits is the median: the landscape's line runs from the global model quantized to it."""
+        avg_bits = {pid: average_bitwidth(bits, self.layer_sizes) for pid, bits in self.bits.items()}
+        partition = median_client(avg_bits)
+        return QuantizedEnd(partition, self.bits[partition], avg_bits[partition], self.config["quant"]["act_bits"])
 
     def feature_models(self) -> tuple[dict[str, nn.Module], dict[str, int]]:
         """Also the final global model quantized to the assignment of the client with the smallest

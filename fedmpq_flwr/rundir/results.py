@@ -11,6 +11,8 @@ Layout of one run, `<results_dir>/<run_id>/`:
   bit_assignments.json  quantized methods: final per-client per-layer bits and layer sizes
   features.npz    penultimate features of the final model(s) on a fixed test subset (`labels`,
                   `float_features`; quantized methods also `quant_features`, `quant_partition`)
+  landscape.npz   with `diagnostics.landscape`: loss-landscape snapshots of the global model, per round
+                  (`landscape_key`; written after each snapshot round, so a resumed run keeps them)
   partitions.json each client's training label counts, written once when the server starts:
                   {"num_classes": C, "label_counts": {"<partition id>": [count of class 0, ...]}}
                   (with metrics.jsonl's per-class `class_accuracy` and, for quantized methods,
@@ -41,6 +43,7 @@ MODEL_FILE = "final_model.pt"
 BIT_ASSIGNMENTS_FILE = "bit_assignments.json"
 FEATURES_FILE = "features.npz"
 PARTITIONS_FILE = "partitions.json"
+LANDSCAPE_FILE = "landscape.npz"
 CHECKPOINT_DIR = "checkpoint"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"  # the run stopped early for a recorded `reason` (e.g. a round without any update)
@@ -60,6 +63,12 @@ ROUND_FROM_CLIENTS: dict[str, tuple[str, Callable[[list[float]], float]]] = {
     "client_peak_rss_mb": ("peak_rss_mb", max),
     "client_peak_gpu_mb": ("peak_gpu_mb", max),
 }
+
+
+def landscape_key(server_round: int, name: str) -> str:
+    """The landscape.npz array `name` (coords, loss, accuracy; line_t, line_loss, line_accuracy,
+    line_partition, line_avg_bits, quant_loss, quant_accuracy) of the snapshot after `server_round`."""
+    return f"round{server_round}_{name}"
 
 
 def round_from_clients(round_key: str, clients: list[dict[str, Any]]) -> float | None:

@@ -11,7 +11,8 @@ Hooks. `fit_config` (instructions sent with the weights), `fit_arrays` (the arra
 model, plus what a method sends with it), `download_bits`, `upload_bits`, `aggregate` (the method),
 `client_record` (method fields of a participant's entry), `evaluate_extra` (more evaluation of the new
 global model, in the rounds `eval.quant_every` selects), `round_extra` (method fields of every round's
-record), `progress_fields`, `feature_models`, `save_outputs`, and for resuming a stopped run
+record), `progress_fields`, `feature_models`, `quantized_end` (the quantized end of a loss-landscape
+snapshot's line, `server/diagnostics.py`), `save_outputs`, and for resuming a stopped run
 `server_state` / `load_server_state` (what the server keeps between rounds besides the global model
 and the sampler). `encoded_metrics` names the JSON fields of a client's metrics that the method reads
 (decoded once per reply into `ClientUpdate.decoded`).
@@ -35,6 +36,7 @@ from fedmpq_flwr.data.load import FederatedData, load_data
 from fedmpq_flwr.data.partition import flipped_label_counts
 from fedmpq_flwr.models import build_model, save_final_model
 from fedmpq_flwr.rundir.results import FEATURES_FILE, MODEL_FILE, RunRecorder, write_partitions
+from fedmpq_flwr.server.diagnostics import LandscapeSnapshots, QuantizedEnd
 from fedmpq_flwr.server.evaluation import EvalSchedule, ServerEvaluator, client_label_counts
 from fedmpq_flwr.server.outcome import RunFailed
 from fedmpq_flwr.server.round_log import RoundInProgress, RoundLog, fit_summary, round_fields
@@ -70,6 +72,7 @@ class MethodStrategy(Strategy):
         self.round_log = RoundLog(recorder, config["train"]["num_rounds"], config["logging"]["tensorboard"])
         self.latest_parameters: NDArrays = get_weights(self.model)
         self.current: RoundInProgress | None = None
+        self.landscape = LandscapeSnapshots(config, self.evaluator, recorder.run_dir, len(recorder.history))
         recorder.info["flipped_labels"] = self.flipped_labels()
 
     def flipped_labels(self) -> list[int]:
@@ -121,6 +124,11 @@ class MethodStrategy(Strategy):
     def progress_fields(self, record: dict[str, Any]) -> str:
         """Extra text for the per-round progress line."""
         return ""
+
+    def quantized_end(self) -> QuantizedEnd | None:
+        """The quantized model at the start of a loss-landscape snapshot's line (`diagnostics.landscape`):
+        none for a method whose clients run float models."""
+        return None
 
     def feature_models(self) -> tuple[dict[str, nn.Module], dict[str, int]]:
         """Models whose penultimate features are saved at the end (name -> model), and numbers to
@@ -214,7 +222,8 @@ class MethodStrategy(Strategy):
         """Log the round (training, bits, time) to metrics.jsonl, with the test (and validation)
         accuracy of the global model (`self.latest_parameters`, which `parameters` serialises) in the
         rounds `eval.every` selects and `evaluate_extra`'s in those `eval.quant_every` selects; a round
-        without evaluation has no accuracy keys (and Flower gets None)."""
+        without evaluation has no accuracy keys (and Flower gets None). After the rounds of
+        `diagnostics.landscape_rounds` it takes a loss-landscape snapshot (landscape.npz)."""
         if server_round == 0:
             return None
         set_weights(self.model, self.latest_parameters)
@@ -224,11 +233,14 @@ class MethodStrategy(Strategy):
         if self.schedule.evaluates_quantized(server_round):
             record.update(self.evaluate_extra(server_round))
         record.update(self.round_extra(server_round))
+        if self.landscape.due(server_round):
+            record.update(self.landscape.take(server_round, self.model, self.quantized_end()))
         current, fit = self.current, self.current.fit
         record.update(
             bits_up=fit.bits_up if fit else 0,
             bits_down=current.bits_down,
-            round_time_s=time.perf_counter() - current.started,
+            # a diagnostic, not the method's: a snapshot's seconds are `landscape_time_s`, not round time
+            round_time_s=time.perf_counter() - current.started - record.get("landscape_time_s", 0.0),
             server_peak_rss_mb=peak_rss_mb(),
             **{f"server_{key}": value for key, value in peak_gpu_mb(self.device).items()},
             num_sampled=len(current.sampled),
