@@ -12,6 +12,7 @@ import torch
 
 from fedmpq_flwr.data.loaders import eval_batches, eval_loader
 from fedmpq_flwr.quant import quantize_model
+from fedmpq_flwr.rundir.progress import accuracy_text
 from fedmpq_flwr.rundir.results import RunRecorder, auc_accuracy
 from fedmpq_flwr.server.round_log import RoundLog
 from fedmpq_flwr.training.loop import loss_accuracy_per_class, loss_and_accuracy
@@ -68,7 +69,8 @@ def test_the_progress_line_names_the_round_of_the_last_evaluated_accuracy(tmp_pa
         if accuracy is not None:
             record.update(test_accuracy=accuracy, test_loss=1.0)
         round_log.write(record)
-        texts.append(round_log.accuracy_text(server_round))
+        last_evaluated = next((r for r in reversed(recorder.history[:-1]) if "test_accuracy" in r), None)
+        texts.append(accuracy_text(record, last_evaluated))
     assert texts == ["", "  test_acc=0.5000", "  test_acc=0.5000 (round 2)", "  test_acc=0.6250"]
     results = recorder.finish({})
     assert results["num_rounds"] == 4 and len(results["history"]) == 4
