@@ -144,7 +144,14 @@ def test_fedmpq_and_fedmpq_kd_runner_end_to_end_learn(tmp_path: Path) -> None:
     started = time.time()
     settings = {
         "model": {"name": "tiny_cnn"},
-        "dataset": {"name": "synthetic", "synthetic_train_size": 1200, "synthetic_test_size": 200, "alpha": ".inf"},
+        # no augmentation: a flipped template is another pattern, and the test is of FedMPQ's mechanics
+        "dataset": {
+            "name": "synthetic",
+            "synthetic_train_size": 1200,
+            "synthetic_test_size": 200,
+            "alpha": ".inf",
+            "augment": False,
+        },
         "train": {"num_rounds": 4, "local_epochs": 3, "batch_size": 32, "lr": 0.05},
         "quant": {"budgets": [3, 4, 5]},
         "federation": {"num_clients": 3, "device": "cpu"},
