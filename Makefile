@@ -17,7 +17,7 @@ JOBS ?= 1
 CORES := $(shell nproc 2>/dev/null || echo 1)
 QUICK_JOBS := $(if $(filter command line environment,$(origin JOBS)),$(JOBS),$(if $(filter 1,$(CORES)),1,2))
 
-.PHONY: install smoke quick full lint test clean
+.PHONY: install smoke quick study full lint test clean
 
 # Reinstall when pyproject.toml changed since the last install (a stale venv).
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ smoke: $(STAMP)
 
 quick: $(STAMP)
 	$(PY) -m fedmpq_flwr.main --config configs/quick.yaml --results-dir $(RESULTS)/quick --jobs $(QUICK_JOBS) $(DATA_OVERRIDES)
+
+# The reference study (configs/study.yaml, docs/study/README.md): 21 runs, several hours on 2 cores; stopped,
+# it resumes where it was (finished runs are skipped, stopped ones resume from their last finished round).
+study: $(STAMP)
+	$(PY) -m fedmpq_flwr.main --config configs/study.yaml --results-dir $(RESULTS)/study --jobs $(QUICK_JOBS) $(DATA_OVERRIDES)
 
 full: $(STAMP)
 	$(PY) -m fedmpq_flwr.main --full-experiment --results-dir $(RESULTS)/full --jobs $(JOBS) $(DATA_OVERRIDES)
