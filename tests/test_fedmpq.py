@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedmpq_flwr.config import ConfigError, validate
 from fedmpq_flwr.methods.fedmpq import FedMPQClient, FedMPQStrategy
@@ -102,8 +102,7 @@ def test_uniform_weighting_ignores_sample_counts(tmp_path: Path, fedmpq_config, 
     strategy = fl.strategy(config)
     shapes = [w.shape for w in strategy.latest_parameters]
     updates = [
-        (pid, [np.full(s, float(pid), np.float32) for s in shapes], FitRes(Status(Code.OK, ""), None, n, {}))
-        for pid, n in ((1, 10), (3, 90))
+        ClientUpdate(pid, [np.full(s, float(pid), np.float32) for s in shapes], n, {}) for pid, n in ((1, 10), (3, 90))
     ]
     for array in super(FedMPQStrategy, strategy).aggregate(updates):
         np.testing.assert_allclose(array, 2.0)
