@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import yaml
 from analysis_builders import write_variation
 from conftest import TINY, write
@@ -173,9 +174,9 @@ def test_run_scripts_without_a_local_copy_leave_the_data_source_alone(tmp_path: 
 
 
 def test_the_makefile_takes_the_data_overrides_from_the_scripts_helper(cifar10_copy: Path, tmp_path: Path) -> None:
-    quick = run(["make", "-n", "quick", f"CIFAR10_DIR={cifar10_copy}"]).splitlines()[-1]
+    quick = run(["make", "--no-print-directory", "-n", "quick", f"CIFAR10_DIR={cifar10_copy}"]).splitlines()[-1]
     assert quick.endswith(f"--set dataset.source=npz --set dataset.path={cifar10_copy}")
-    full = run(["make", "-n", "full", f"CIFAR10_DIR={tmp_path / 'none'}"]).splitlines()[-1]
+    full = run(["make", "--no-print-directory", "-n", "full", f"CIFAR10_DIR={tmp_path / 'none'}"]).splitlines()[-1]
     assert "fedmpq_flwr.main --full-experiment" in full and "dataset." not in full
 
 
@@ -384,8 +385,24 @@ def test_publish_study(tmp_path: Path) -> None:
 
     shutil.rmtree(results / "fedmpq_s1")
     write_variation(results, "fedmpq", "fedmpq", {1: 0.62})  # the second seed finished
-    run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to])
+    write_variation(results, "fedmpq_kd", "fedmpq_kd", {0: 0.64, 1: 0.67})
+    page = "# The study\n\n<!-- results table: written by experiments/studies/publish_study.py -->\nold\n"
+    (to / "README.md").write_text(page + "<!-- end of the results table -->\n\nWhat it shows.\n")
+    (tmp_path / "plain.md").write_text("no markers\n")
+    pages = ["--pages", to / "README.md", tmp_path / "plain.md"]
+    run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to, *pages])
+    assert (tmp_path / "plain.md").read_text() == "no markers\n"
     assert json.loads((to / "comparison.json").read_text())["variations"]["fedmpq"]["n"] == 2
+    readme = (to / "README.md").read_text()
+    assert readme.startswith(page[: -len("old\n")]) and readme.endswith(
+        "<!-- end of the results table -->\n\nWhat it shows.\n"
+    )
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in readme.splitlines() if line.startswith("| fed")}
+    assert sorted(rows) == ["| fedavg", "| fedmpq", "| fedmpq_kd"] and "old" not in readme
+    # final accuracies 64 and 67 % against 60 and 62 %: Welch's p from scipy, the mean and std in %
+    p_final = scipy.stats.ttest_ind([0.64, 0.67], [0.60, 0.62], equal_var=False).pvalue
+    assert rows["| fedmpq_kd"][1:5] == ["main", "3", "0, 1", f"65.50 ± {100 * np.std([0.64, 0.67], ddof=1):.2f}"]
+    assert rows["| fedmpq_kd"][-1].startswith(f"against fedmpq: {p_final:.3f}, ")
 
 
 def test_quant_subset_error(tmp_path: Path, fedmpq_config) -> None:
