@@ -11,7 +11,8 @@
 # from $CIFAR10_DIR/train.npz when it exists (experiments/lib.sh), else synthetic data of the same shapes stands
 # in; data.txt and the JSON say which.
 # TINY=1 checks the script itself on any machine: CPU, 500 synthetic images, the tiny CNN for one short run per
-# --jobs setting with the GPU settings off (bf16 autocast is CUDA only), a one-round FedMPQ-KD run.
+# --jobs setting with the GPU settings off (bf16 autocast is CUDA only), a one-round FedMPQ-KD run on 100 test
+# images (ResNet-20: --set reaches every run of the file, and FedKD's mentee must be a ResNet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/lib.sh
@@ -28,7 +29,7 @@ if [[ -n "${TINY:-}" ]]; then
   device=(--device cpu --client-gpus 0)
   bench=(--model tiny_cnn --images 500 --rounds 2 --p4-runs 1 --p4-jobs 2 --data-dir "$WORK/synthetic")
   kd=(--set federation.device=cpu --set federation.client_gpus=0 --set train.num_rounds=1
-    --set dataset.name=synthetic --set dataset.synthetic_train_size=500)
+    --set dataset.name=synthetic --set dataset.synthetic_train_size=500 --set dataset.synthetic_test_size=100)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
   if [[ -f "$CIFAR10_JPEG" ]]; then

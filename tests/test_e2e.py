@@ -33,11 +33,14 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow  # each test starts Flower and Ray: minutes on 2 cores
 
 
-def run_experiment_file(document: dict, config_path: Path, results_dir: Path) -> subprocess.CompletedProcess:
-    """Write an experiment YAML and run it through the runner; it must succeed."""
+def run_experiment_file(
+    document: dict, config_path: Path, results_dir: Path, jobs: int = 1
+) -> subprocess.CompletedProcess:
+    """Write an experiment YAML and run it through the runner (`--jobs`); it must succeed."""
     config_path.write_text(yaml.safe_dump(document))
+    runner = [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)]
     proc = subprocess.run(
-        [sys.executable, "-m", "fedmpq_flwr.main", "--config", str(config_path), "--results-dir", str(results_dir)],
+        [*runner, "--jobs", str(jobs)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -170,7 +173,7 @@ def test_fedmpq_and_fedmpq_kd_runner_end_to_end_learn(tmp_path: Path) -> None:
         ],
     }
     results_dir = tmp_path / "results"
-    run_experiment_file(document, tmp_path / "runs.yaml", results_dir)
+    run_experiment_file(document, tmp_path / "runs.yaml", results_dir, jobs=min(2, os.cpu_count() or 1))
     floats = sum(w.size for w in get_weights(build_model("tiny_cnn")))
     layers = {"conv1", "conv2", "fc"}
     history = {}
