@@ -10,7 +10,6 @@ lines in a third panel. Contour levels are geometric: losses far from the model 
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from fedmpq_flwr.analysis.plotting import LABEL_BOX, Figure, legend, pyplot, save, slug, style
 from fedmpq_flwr.analysis.reference import FEDMPQ, PROPOSED, partner
+from fedmpq_flwr.analysis.runs import read_run_arrays
 from fedmpq_flwr.analysis.stats import axis_values
 from fedmpq_flwr.rundir.results import LANDSCAPE_FILE, landscape_key
 
@@ -53,14 +53,10 @@ class Snapshot:
 
 def read_landscape(run: dict[str, Any]) -> tuple[list[Snapshot], int] | str:
     """A run's snapshots by round and the number of test images, or why they cannot be used."""
-    path, run_id = Path(run["run_dir"]) / LANDSCAPE_FILE, run["run_id"]
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        return f"no {LANDSCAPE_FILE} in run {run_id}"
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return f"unreadable {LANDSCAPE_FILE} in run {run_id}"
+    run_id = run["run_id"]
+    arrays = read_run_arrays(run, LANDSCAPE_FILE)
+    if isinstance(arrays, str):
+        return arrays
     snapshots = []
     for server_round in arrays.get("rounds", np.array([], dtype=np.int64)).tolist():
         got = {name: arrays.get(landscape_key(server_round, name)) for name in ("coords", "loss", "accuracy")}

@@ -14,6 +14,7 @@ evaluated (`accuracy_rounds`, `quant_accuracy_rounds`).
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,17 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return config if isinstance(config, dict) else {}
+
+
+def read_run_arrays(run: dict[str, Any], name: str) -> dict[str, np.ndarray] | str:
+    """Every array of the run's npz file `name` (features.npz, landscape.npz), or why it cannot be used."""
+    try:
+        with np.load(Path(run["run_dir"]) / name, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        return f"no {name} in run {run['run_id']}"
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return f"unreadable {name} in run {run['run_id']}"
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:

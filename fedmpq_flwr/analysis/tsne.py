@@ -6,13 +6,13 @@ Both sets are embedded together, so the two panels share one map and distances c
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedmpq_flwr.analysis.plotting import MARKERS, Figure, pyplot, save, slug
+from fedmpq_flwr.analysis.runs import read_run_arrays
 from fedmpq_flwr.rundir.results import FEATURES_FILE
 
 MAX_POINTS = 2000  # embedded points, teacher and student samples together
@@ -21,14 +21,9 @@ SEED = 0
 
 def read_features(run: dict[str, Any]) -> dict[str, np.ndarray] | str:
     """labels, float_features, quant_features (and quant_partition) of a run, or why they cannot be used."""
-    path = Path(run["run_dir"]) / FEATURES_FILE
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        return f"no {FEATURES_FILE} in run {run['run_id']}"
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return f"unreadable {FEATURES_FILE} in run {run['run_id']}"
+    arrays = read_run_arrays(run, FEATURES_FILE)
+    if isinstance(arrays, str):
+        return arrays
     missing = [k for k in ("labels", "float_features", "quant_features") if k not in arrays]
     if missing:
         return f"{FEATURES_FILE} of run {run['run_id']} lacks {', '.join(missing)}"
