@@ -233,14 +233,11 @@ class MethodStrategy(Strategy):
         if self.schedule.evaluates_quantized(server_round):
             record.update(self.evaluate_extra(server_round))
         record.update(self.round_extra(server_round))
-        if self.landscape.due(server_round):
-            record.update(self.landscape.take(server_round, self.model, self.quantized_end()))
         current, fit = self.current, self.current.fit
         record.update(
             bits_up=fit.bits_up if fit else 0,
             bits_down=current.bits_down,
-            # a diagnostic, not the method's: a snapshot's seconds are `landscape_time_s`, not round time
-            round_time_s=time.perf_counter() - current.started - record.get("landscape_time_s", 0.0),
+            round_time_s=time.perf_counter() - current.started,
             server_peak_rss_mb=peak_rss_mb(),
             **{f"server_{key}": value for key, value in peak_gpu_mb(self.device).items()},
             num_sampled=len(current.sampled),
@@ -251,6 +248,9 @@ class MethodStrategy(Strategy):
         )
         if fit is not None:
             record.update(client_time_s=fit.client_time_s, **fit.fields)
+        # a diagnostic, after the round's time and memory are taken: its seconds are `landscape_time_s`
+        if self.landscape.due(server_round):
+            record.update(self.landscape.take(server_round, self.model, self.quantized_end()))
         self.round_log.write(record, self.progress_fields(record))
         if "test_accuracy" not in record:
             return None
