@@ -14,7 +14,6 @@ training goes on exactly as without the snapshots.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ from fedmpq_flwr.rundir.results import LANDSCAPE_FILE, landscape_key
 from fedmpq_flwr.server.evaluation import ServerEvaluator, balanced_subset
 from fedmpq_flwr.training.landscape import grid_coordinates, line_coordinates, loss_grid, loss_line, random_directions
 from fedmpq_flwr.training.loop import loss_and_accuracy
-
-ROUND_KEY = re.compile(r"^round(\d+)_")
 
 
 @dataclass(frozen=True)
@@ -55,16 +52,14 @@ def direction_seed(seed: int, server_round: int) -> int:
     return int(np.random.SeedSequence([seed, server_round]).generate_state(1)[0])
 
 
-def read_snapshots(path: Path, up_to_round: int) -> dict[str, np.ndarray]:
-    """The per-round arrays of landscape.npz from rounds 1..`up_to_round` (none without the file)."""
+def read_snapshots(path: Path, up_to_round: int) -> tuple[list[int], dict[str, np.ndarray]]:
+    """The snapshot rounds of landscape.npz up to `up_to_round` and their arrays (none without the file)."""
     if not path.is_file():
-        return {}
+        return [], {}
     with np.load(path, allow_pickle=False) as data:
-        return {
-            key: data[key]
-            for key in data.files
-            if (match := ROUND_KEY.match(key)) is not None and int(match.group(1)) <= up_to_round
-        }
+        kept = [r for r in data["rounds"].tolist() if r <= up_to_round]
+        prefixes = tuple(landscape_key(r, "") for r in kept)
+        return kept, {key: data[key] for key in data.files if key.startswith(prefixes)}
 
 
 class LandscapeSnapshots:
@@ -83,8 +78,8 @@ class LandscapeSnapshots:
         chosen = balanced_subset(data.y_test, diagnostics["landscape_images"], config["dataset"]["seed"])
         self.images = len(chosen)
         self.batches = evaluator.batches(data.x_test[chosen], data.y_test[chosen])
-        self.arrays = read_snapshots(self.path, completed_rounds)  # a run started again keeps none
-        if self.arrays:
+        self.taken, self.arrays = read_snapshots(self.path, completed_rounds)  # a run started again keeps none
+        if self.taken:
             self.write()
         else:
             self.path.unlink(missing_ok=True)
@@ -104,6 +99,7 @@ class LandscapeSnapshots:
         if end is not None:
             arrays.update(self.line(model, end))
         self.arrays.update({landscape_key(server_round, name): np.asarray(value) for name, value in arrays.items()})
+        self.taken.append(server_round)
         self.write()
         return {"landscape_time_s": time.perf_counter() - started}
 
@@ -127,8 +123,7 @@ class LandscapeSnapshots:
 
     def write(self) -> None:
         """landscape.npz with every snapshot so far (`rounds`, `images`), through a temporary file."""
-        taken = sorted({int(m.group(1)) for key in self.arrays if (m := ROUND_KEY.match(key)) is not None})
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, rounds=np.array(taken, dtype=np.int64), images=np.array(self.images), **self.arrays)
+            np.savez(handle, rounds=np.array(self.taken, dtype=np.int64), images=np.array(self.images), **self.arrays)
         tmp.replace(self.path)
