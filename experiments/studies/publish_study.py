@@ -17,7 +17,6 @@ FedMPQ-KD and its variants, in the same regime). Torch-free, like the analyzer.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -92,14 +91,13 @@ def study_table(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_table(readme: Path, comparison: dict[str, Any]) -> bool:
-    """Rewrite the table between the markers of `readme`; False when it has no markers (left alone)."""
+def write_table(readme: Path, comparison: dict[str, Any]) -> None:
+    """Rewrite the table between the markers of `readme`; a page without them is left alone."""
     text = readme.read_text() if readme.is_file() else ""
     begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
     if begin < 0 or end < begin:
-        return False
+        return
     readme.write_text(f"{text[: begin + len(TABLE_BEGIN)]}\n{study_table(comparison)}\n{text[end:]}")
-    return True
 
 
 def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> list[str]:
@@ -113,13 +111,12 @@ def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> lis
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "runs"
         shutil.copytree(to / "runs", copy)
-        analyze(copy)
+        comparison = analyze(copy)
         for name in (COMPARISON_FILE, REPORT_FILE):
             shutil.copy2(copy / name, to / name)
         shutil.rmtree(to / "images", ignore_errors=True)
         if (copy / "images").is_dir():
             shutil.copytree(copy / "images", to / "images")
-    comparison = json.loads((to / COMPARISON_FILE).read_text())
     for page in pages if pages is not None else [to / "README.md"]:
         write_table(page, comparison)
     return [run_dir.name for run_dir in runs]
