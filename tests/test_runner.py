@@ -38,6 +38,23 @@ def test_seeds_expand_and_overrides_apply(tmp_path: Path) -> None:
     assert runs[0]["results_dir"] == str(tmp_path / "out")
 
 
+def test_a_run_folders_config_is_run_again_as_it_was(tmp_path: Path) -> None:
+    """A run folder's config.yaml is a runner file of that one run: the same settings into another results
+    directory, `--set` still applying, a bad value named with the file it is in."""
+    original = expand_runs(write(tmp_path, TINY), tmp_path / "out", {})[1]
+    saved = tmp_path / "out" / original["run_id"] / "config.yaml"
+    saved.parent.mkdir(parents=True)
+    dump_yaml(original, str(saved))
+    (rerun,) = expand_runs(saved, tmp_path / "again", parse_overrides(["train.num_rounds=1"]))
+    assert rerun["results_dir"] == str(tmp_path / "again") and rerun["train"]["num_rounds"] == 1
+    changed = {"results_dir": rerun["results_dir"], "train": {**original["train"], "num_rounds": 1}}
+    assert rerun == {**original, **changed}
+    with pytest.raises(ConfigError, match=rf"^{saved}: key 'train.lr': value 'fast' has type str"):
+        expand_runs(saved, tmp_path / "again", parse_overrides(["train.lr=fast"]))
+    with pytest.raises(ConfigError, match="or one run's config.yaml"):
+        expand_runs(write(tmp_path, {"defaults": {}}), tmp_path / "again", {})
+
+
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [

@@ -2,8 +2,10 @@
 
 A runner file lists run variations; `expand_runs` resolves each into one validated config per seed
 (run_id `<variation>_seed<k>`), merging the file's defaults, the base file it `extends` and the
-command line's `--set KEY=VALUE` overrides. Torch-free: the runner, the launcher and the deployment
-helper all resolve runs through it.
+command line's `--set KEY=VALUE` overrides. One run's `config.yaml`, as the runner writes it into
+every run folder, is read as a runner file of that one run, so that a published run can be run
+again as it was (into another results directory, with `--set` for a local dataset path).
+Torch-free: the runner, the launcher and the deployment helper all resolve runs through it.
 """
 
 from __future__ import annotations
@@ -46,11 +48,27 @@ def inherited_defaults(path: Path, extends: Any) -> dict[str, Any]:
     return base.get("defaults") or {}
 
 
+def resolve(where: str, run: dict[str, Any], results_dir: Path) -> dict[str, Any]:
+    """One run's settings validated, writing into results_dir, its dataset path made absolute."""
+    try:
+        resolved = validate({**run, "results_dir": str(results_dir)})
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if resolved["dataset"]["path"]:
+        resolved["dataset"]["path"] = str(Path(resolved["dataset"]["path"]).expanduser().resolve())
+    return resolved
+
+
 def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """All runs of a runner file, resolved and validated; raises ConfigError on the first problem."""
     document = load_yaml(str(path))
+    if isinstance(document, dict) and "run_id" in document and "runs" not in document:
+        return [resolve(f"{path}", deep_merge(document, overrides), results_dir)]
     if not isinstance(document, dict) or not isinstance(document.get("runs"), list) or not document["runs"]:
-        raise ConfigError(f"{path}: expected a mapping with a non-empty 'runs' list (and optional 'defaults')")
+        raise ConfigError(
+            f"{path}: expected a mapping with a non-empty 'runs' list (and optional 'defaults'), "
+            "or one run's config.yaml (with a 'run_id')"
+        )
     unknown = set(document) - FILE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'; allowed: extends, defaults, runs")
@@ -84,14 +102,7 @@ def expand_runs(path: Path, results_dir: Path, overrides: dict[str, Any]) -> lis
             run["variation"] = variation
             if seed is not None:
                 run["seed"], run["run_id"] = seed, f"{variation}_seed{seed}"
-            run["results_dir"] = str(results_dir)
-            try:
-                resolved = validate(run)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {err}") from None
-            if resolved["dataset"]["path"]:
-                resolved["dataset"]["path"] = str(Path(resolved["dataset"]["path"]).expanduser().resolve())
-            runs.append(resolved)
+            runs.append(resolve(where, run, results_dir))
     seen: set[str] = set()
     for run in runs:
         if run["run_id"] in seen:
