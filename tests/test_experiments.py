@@ -382,6 +382,8 @@ def test_publish_study(tmp_path: Path) -> None:
     assert sorted(comparison["variations"]) == ["fedavg", "fedmpq"]
     assert comparison["variations"]["fedavg"]["n"] == 2
     assert (to / "report.md").is_file() and any((to / "images").glob("*.pdf"))
+    first_preview = (to / "accuracy_vs_rounds.png").read_bytes()
+    assert first_preview.startswith(b"\x89PNG\r\n\x1a\n")  # the README's inline copy of the accuracy figure
 
     shutil.rmtree(results / "fedmpq_s1")
     write_variation(results, "fedmpq", "fedmpq", {1: 0.62})  # the second seed finished
@@ -403,6 +405,10 @@ def test_publish_study(tmp_path: Path) -> None:
     p_final = scipy.stats.ttest_ind([0.64, 0.67], [0.60, 0.62], equal_var=False).pvalue
     assert rows["| fedmpq_kd"][1:5] == ["main", "3", "0, 1", f"65.50 ± {100 * np.std([0.64, 0.67], ddof=1):.2f}"]
     assert rows["| fedmpq_kd"][-1].startswith(f"against fedmpq: {p_final:.3f}, ")
+    preview = (to / "accuracy_vs_rounds.png").read_bytes()
+    assert preview != first_preview  # redrawn with the new runs ...
+    run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to, *pages])
+    assert (to / "accuracy_vs_rounds.png").read_bytes() == preview  # ... and the same runs draw the same file
 
 
 def test_quant_subset_error(tmp_path: Path, fedmpq_config) -> None:

@@ -11,7 +11,8 @@ in flight are left out, so a study that spans days lands in pieces. Then the ana
 TO/README.md) that holds the two table markers (TABLE_BEGIN, TABLE_END), the results table between them is
 rewritten from the new comparison.json: per variation the mean +- std over seeds of the final, AUC and clients'
 quantized accuracy, the rounds to the target, and the Welch p-values against the method's reference (FedMPQ for
-FedMPQ-KD and its variants, in the same regime). Torch-free, like the analyzer.
+FedMPQ-KD and its variants, in the same regime). The accuracy-per-round figure is also drawn as TO/PREVIEW, a
+PNG that a web page can show inline (the analyzer's figures are PDFs). Torch-free, like the analyzer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmpq_flwr.analysis.cli import COMPARISON_FILE, analyze
+from fedmpq_flwr.analysis.figures import Context, curve_figures
 from fedmpq_flwr.analysis.report import REPORT_FILE
 from fedmpq_flwr.rundir.results import RESULTS_FILE, read_results
 
@@ -31,6 +33,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", RESULTS_FILE, "bit_assignments.json
 TABLE_BEGIN = "<!-- results table: written by experiments/studies/publish_study.py -->"
 TABLE_END = "<!-- end of the results table -->"
 TESTED = ("final_accuracy", "auc_accuracy", "final_quant_accuracy_mean")  # the p-value column's order
+PREVIEW_FIGURE = "accuracy_vs_rounds"
+PREVIEW = f"{PREVIEW_FIGURE}.png"
 
 
 def finished_runs(results_dir: Path) -> list[Path]:
@@ -100,6 +104,14 @@ def write_table(readme: Path, comparison: dict[str, Any]) -> None:
     readme.write_text(f"{text[: begin + len(TABLE_BEGIN)]}\n{study_table(comparison)}\n{text[end:]}")
 
 
+def draw_preview(comparison: dict[str, Any], path: Path) -> None:
+    """The analyzer's accuracy-per-round figure of `comparison`, drawn to `path` as a PNG."""
+    context = Context(path.parent, comparison["variations"], {}, comparison["methods"], comparison["robustness"])
+    figure = next(f for f in curve_figures(context) if f.name == PREVIEW_FIGURE)
+    if figure.draw is not None:
+        figure.draw(path)
+
+
 def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> list[str]:
     """Copy the finished runs, re-run the analyzer on them, rewrite the pages' tables (default TO/README.md);
     the run ids published."""
@@ -117,6 +129,7 @@ def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> lis
         shutil.rmtree(to / "images", ignore_errors=True)
         if (copy / "images").is_dir():
             shutil.copytree(copy / "images", to / "images")
+    draw_preview(comparison, to / PREVIEW)
     for page in pages if pages is not None else [to / "README.md"]:
         write_table(page, comparison)
     return [run_dir.name for run_dir in runs]

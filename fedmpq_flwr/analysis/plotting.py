@@ -18,6 +18,7 @@ MARKERS = ["o", "s", "^", "D", "v", "x", "P", "*", "<", ">"]
 HATCHES = ["//", "..", "xx", "\\\\", "oo", "--", "++", "**", "||", "OO"]
 GRAYS = ["0.85", "0.55", "0.95", "0.7", "0.4", "0.8"]
 LABEL_BOX = {"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}  # text over lines
+PREVIEW_DPI = 120  # a PNG preview (README) readable at page width
 
 
 @dataclass
@@ -56,8 +57,13 @@ def style(i: int) -> dict[str, Any]:
 
 
 def save(fig: Any, path: Path) -> None:
+    """Write a figure as its file name says: a PDF (no creation date, so the same figure is the same
+    file) or, for a web page's preview, a PNG."""
     fig.tight_layout()
-    fig.savefig(path, format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
+    if path.suffix == ".png":
+        fig.savefig(path, format="png", dpi=PREVIEW_DPI, bbox_inches="tight")
+    else:
+        fig.savefig(path, format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
     pyplot().close(fig)
 
 
