@@ -384,10 +384,12 @@ def test_publish_study(tmp_path: Path) -> None:
     assert (to / "report.md").is_file() and any((to / "images").glob("*.pdf"))
     first_preview = (to / "accuracy_vs_rounds.png").read_bytes()
     assert first_preview.startswith(b"\x89PNG\r\n\x1a\n")  # the README's inline copy of the accuracy figure
+    assert [p.name for p in to.glob("*.png")] == ["accuracy_vs_rounds.png"]  # no axis yet
 
     shutil.rmtree(results / "fedmpq_s1")
     write_variation(results, "fedmpq", "fedmpq", {1: 0.62})  # the second seed finished
     write_variation(results, "fedmpq_kd", "fedmpq_kd", {0: 0.64, 1: 0.67})
+    write_variation(results, "fedmpq_epochs5", "fedmpq", {0: 0.7}, axis="train.local_epochs", local_epochs=5)
     page = "# The study\n\n<!-- results table: written by experiments/studies/publish_study.py -->\nold\n"
     (to / "README.md").write_text(page + "<!-- end of the results table -->\n\nWhat it shows.\n")
     (tmp_path / "plain.md").write_text("no markers\n")
@@ -400,13 +402,16 @@ def test_publish_study(tmp_path: Path) -> None:
         "<!-- end of the results table -->\n\nWhat it shows.\n"
     )
     rows = {line.split(" | ")[0]: line.split(" | ") for line in readme.splitlines() if line.startswith("| fed")}
-    assert sorted(rows) == ["| fedavg", "| fedmpq", "| fedmpq_kd"] and "old" not in readme
+    assert sorted(rows) == ["| fedavg", "| fedmpq", "| fedmpq_epochs5", "| fedmpq_kd"] and "old" not in readme
+    assert rows["| fedmpq_epochs5"][1:4] == ["train.local_epochs = 5", "3", "0"]
     # final accuracies 64 and 67 % against 60 and 62 %: Welch's p from scipy, the mean and std in %
     p_final = scipy.stats.ttest_ind([0.64, 0.67], [0.60, 0.62], equal_var=False).pvalue
     assert rows["| fedmpq_kd"][1:5] == ["main", "3", "0, 1", f"65.50 ± {100 * np.std([0.64, 0.67], ddof=1):.2f}"]
     assert rows["| fedmpq_kd"][-1].startswith(f"against fedmpq: {p_final:.3f}, ")
     preview = (to / "accuracy_vs_rounds.png").read_bytes()
     assert preview != first_preview  # redrawn with the new runs ...
+    axis_preview = to / "accuracy_vs_rounds_axis_local_epochs.png"  # ... and the local-epochs axis drawn too
+    assert axis_preview.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     run([sys.executable, STUDIES / "publish_study.py", "--results-dir", results, "--to", to, *pages])
     assert (to / "accuracy_vs_rounds.png").read_bytes() == preview  # ... and the same runs draw the same file
 

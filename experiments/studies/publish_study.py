@@ -11,8 +11,9 @@ in flight are left out, so a study that spans days lands in pieces. Then the ana
 TO/README.md) that holds the two table markers (TABLE_BEGIN, TABLE_END), the results table between them is
 rewritten from the new comparison.json: per variation the mean +- std over seeds of the final, AUC and clients'
 quantized accuracy, the rounds to the target, and the Welch p-values against the method's reference (FedMPQ for
-FedMPQ-KD and its variants, in the same regime). The accuracy-per-round figure is also drawn as TO/PREVIEW, a
-PNG that a web page can show inline (the analyzer's figures are PDFs). Torch-free, like the analyzer.
+FedMPQ-KD and its variants, in the same regime). The accuracy-per-round figures (the main experiment's and one per
+axis, e.g. local epochs) are also drawn as TO/<figure>.png, PNGs that a web page can show inline (the analyzer's
+figures are PDFs). Torch-free, like the analyzer.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmpq_flwr.analysis.cli import COMPARISON_FILE, analyze
-from fedmpq_flwr.analysis.figures import Context, curve_figures
+from fedmpq_flwr.analysis.figures import Context, axis_figures, curve_figures
 from fedmpq_flwr.analysis.report import REPORT_FILE
 from fedmpq_flwr.rundir.results import RESULTS_FILE, read_results
 
@@ -33,8 +34,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", RESULTS_FILE, "bit_assignments.json
 TABLE_BEGIN = "<!-- results table: written by experiments/studies/publish_study.py -->"
 TABLE_END = "<!-- end of the results table -->"
 TESTED = ("final_accuracy", "auc_accuracy", "final_quant_accuracy_mean")  # the p-value column's order
-PREVIEW_FIGURE = "accuracy_vs_rounds"
-PREVIEW = f"{PREVIEW_FIGURE}.png"
+PREVIEW_FIGURE = "accuracy_vs_rounds"  # and accuracy_vs_rounds_axis_<axis>, one per axis
 
 
 def finished_runs(results_dir: Path) -> list[Path]:
@@ -104,12 +104,19 @@ def write_table(readme: Path, comparison: dict[str, Any]) -> None:
     readme.write_text(f"{text[: begin + len(TABLE_BEGIN)]}\n{study_table(comparison)}\n{text[end:]}")
 
 
-def draw_preview(comparison: dict[str, Any], path: Path) -> None:
-    """The analyzer's accuracy-per-round figure of `comparison`, drawn to `path` as a PNG."""
-    context = Context(path.parent, comparison["variations"], {}, comparison["methods"], comparison["robustness"])
-    figure = next(f for f in curve_figures(context) if f.name == PREVIEW_FIGURE)
-    if figure.draw is not None:
-        figure.draw(path)
+def draw_previews(comparison: dict[str, Any], to: Path) -> list[str]:
+    """The analyzer's accuracy-per-round figures of `comparison` (main, then per axis), drawn as TO/<name>.png in
+    place of the previous ones; the names drawn."""
+    for stale in to.glob(f"{PREVIEW_FIGURE}*.png"):
+        stale.unlink()
+    context = Context(to, comparison["variations"], {}, comparison["methods"], comparison["robustness"])
+    drawn = []
+    for figure in [*curve_figures(context), *axis_figures(context)]:
+        wanted = figure.name == PREVIEW_FIGURE or figure.name.startswith(f"{PREVIEW_FIGURE}_axis_")
+        if wanted and figure.draw is not None:
+            figure.draw(to / f"{figure.name}.png")
+            drawn.append(figure.name)
+    return drawn
 
 
 def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> list[str]:
@@ -129,7 +136,7 @@ def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> lis
         shutil.rmtree(to / "images", ignore_errors=True)
         if (copy / "images").is_dir():
             shutil.copytree(copy / "images", to / "images")
-    draw_preview(comparison, to / PREVIEW)
+    draw_previews(comparison, to)
     for page in pages if pages is not None else [to / "README.md"]:
         write_table(page, comparison)
     return [run_dir.name for run_dir in runs]
