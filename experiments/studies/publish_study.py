@@ -104,19 +104,16 @@ def write_table(readme: Path, comparison: dict[str, Any]) -> None:
     readme.write_text(f"{text[: begin + len(TABLE_BEGIN)]}\n{study_table(comparison)}\n{text[end:]}")
 
 
-def draw_previews(comparison: dict[str, Any], to: Path) -> list[str]:
+def draw_previews(comparison: dict[str, Any], to: Path) -> None:
     """The analyzer's accuracy-per-round figures of `comparison` (main, then per axis), drawn as TO/<name>.png in
-    place of the previous ones; the names drawn."""
+    place of the previous ones."""
     for stale in to.glob(f"{PREVIEW_FIGURE}*.png"):
         stale.unlink()
     context = Context(to, comparison["variations"], {}, comparison["methods"], comparison["robustness"])
-    drawn = []
     for figure in [*curve_figures(context), *axis_figures(context)]:
         wanted = figure.name == PREVIEW_FIGURE or figure.name.startswith(f"{PREVIEW_FIGURE}_axis_")
         if wanted and figure.draw is not None:
             figure.draw(to / f"{figure.name}.png")
-            drawn.append(figure.name)
-    return drawn
 
 
 def publish(results_dir: Path, to: Path, pages: list[Path] | None = None) -> list[str]:
